@@ -1,0 +1,161 @@
+"""The DuckDB store: one file, one writer.
+
+DuckDB lets one process hold a database file for writing. The service opens it read-write and
+every write goes through this object on one thread; other processes open it read-only when the
+service is not running, or ask the service's local HTTP API (`/v1/sql`, `/v1/verdict`) when it
+is (see `shadowroute.client`). Batches are handed to DuckDB as Arrow tables, never row by row.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import polars as pl
+
+import sql
+from consumers.ingest import IngestBatch
+from shadowroute.errors import StoreError, StoreLockedError
+
+READ_ONLY_STATEMENTS = {"SELECT", "EXPLAIN", "PRAGMA", "SET"}
+
+
+def open_connection(path: str | Path, *, read_only: bool) -> duckdb.DuckDBPyConnection:
+    try:
+        return duckdb.connect(str(path), read_only=read_only)
+    except duckdb.IOException as e:
+        msg = str(e)
+        if "lock" in msg.lower():
+            raise StoreLockedError(f"{path} is held by another process: {msg.splitlines()[0]}") from None
+        raise StoreError(f"cannot open {path}: {msg.splitlines()[0]}") from None
+    except duckdb.Error as e:
+        raise StoreError(f"cannot open {path}: {str(e).splitlines()[0]}") from None
+
+
+class Store:
+    """Owns the read-write connection of the service (or of a one-shot command)."""
+
+    def __init__(self, path: str | Path, *, read_only: bool = False) -> None:
+        self.path = Path(path)
+        self.read_only = read_only
+        if not read_only:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        elif not self.path.exists():
+            raise StoreError(f"{self.path} does not exist (has the service run yet?)")
+        self.con = open_connection(self.path, read_only=read_only)
+        self._lock = threading.Lock()
+        if not read_only:
+            self.migrate()
+
+    def close(self) -> None:
+        with self._lock:
+            self.con.close()
+
+    def migrate(self) -> None:
+        with self._lock:
+            for stmt in sql.script("schema_"):
+                self.con.execute(stmt)
+
+    @contextmanager
+    def _tx(self, frames: Mapping[str, pl.DataFrame]) -> Iterator[duckdb.DuckDBPyConnection]:
+        """One transaction with `frames` registered as views under their names."""
+        with self._lock:
+            con = self.con
+            for name, df in frames.items():
+                con.register(name, df.to_arrow())
+            try:
+                con.execute("BEGIN TRANSACTION")
+                try:
+                    yield con
+                    con.execute("COMMIT")
+                except BaseException:
+                    con.execute("ROLLBACK")
+                    raise
+            finally:
+                for name in frames:
+                    con.unregister(name)
+
+    # -- ingest ---------------------------------------------------------------------------
+    def write_ingest(self, batch: IngestBatch) -> None:
+        """Rows and the offsets they came from, in one transaction."""
+        offsets = pl.DataFrame(
+            [(t, p, o) for (t, p), o in batch.offsets.items()],
+            schema={"topic": pl.Utf8, "partition": pl.Int32, "next_offset": pl.Int64}, orient="row")
+        frames = {"batch_requests": batch.requests, "batch_samples": batch.samples,
+                  "batch_rejected": batch.rejected, "batch_offsets": offsets}
+        with self._tx(frames) as con:
+            if batch.requests.height:
+                con.execute(sql.query("insert_requests"))
+            if batch.samples.height:
+                con.execute(sql.query("insert_samples"))
+            if batch.rejected.height:
+                con.execute(sql.query("insert_rejected"))
+            con.execute(sql.query("upsert_offsets"))
+
+    def stored_offsets(self) -> dict[tuple[str, int], int]:
+        rows = self.fetch(sql.query("stored_offsets"))
+        return {(t, p): o for t, p, o in rows}
+
+    # -- shadow results -------------------------------------------------------------------
+    def pending_samples(self, limit: int) -> list[dict[str, Any]]:
+        with self._lock:
+            cur = self.con.execute(sql.query("pending_samples"), {"limit": limit})
+            cols = [d[0] for d in cur.description]
+            return [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]
+
+    def write_results(self, frames: Mapping[str, pl.DataFrame]) -> None:
+        """router_scores, shadow_calls, scores and the samples' final status in one transaction."""
+        with self._tx(frames) as con:
+            for name, q in (("batch_router_scores", "insert_router_scores"),
+                            ("batch_shadow_calls", "insert_shadow_calls"),
+                            ("batch_scores", "insert_scores"),
+                            ("batch_finished", "finish_samples")):
+                if frames[name].height:
+                    con.execute(sql.query(q))
+
+    # -- reads ----------------------------------------------------------------------------
+    def fetch(self, query: str, params: Mapping[str, Any] | Sequence[Any] | None = None
+              ) -> list[tuple[Any, ...]]:
+        with self._lock:
+            return self.con.execute(query, params).fetchall()
+
+    def query_table(self, query: str, params: Mapping[str, Any] | Sequence[Any] | None = None,
+                    *, read_only_check: bool = False) -> tuple[list[str], list[tuple[Any, ...]]]:
+        """Run a query and return (column names, rows). With `read_only_check`, refuse anything
+        but SELECT-like statements (the service's /v1/sql shares the writer's connection)."""
+        # A cursor is its own connection to the same database: reads do not wait for writes.
+        cur = self.con.cursor()
+        if True:
+            try:
+                if read_only_check:
+                    check_read_only(cur, query)
+                try:
+                    res = cur.execute(query, params)
+                except duckdb.Error as e:
+                    raise StoreError(str(e).splitlines()[0]) from None
+                if res.description is None:
+                    return [], []
+                return [d[0] for d in res.description], res.fetchall()
+            finally:
+                cur.close()
+
+    def counts(self) -> dict[str, Any]:
+        cols, rows = self.query_table(sql.query("counts"))
+        return dict(zip(cols, rows[0], strict=True))
+
+
+def check_read_only(con: duckdb.DuckDBPyConnection, query: str) -> None:
+    try:
+        stmts = con.extract_statements(query)
+    except duckdb.Error as e:
+        raise StoreError(str(e).splitlines()[0]) from None
+    if not stmts:
+        raise StoreError("empty query")
+    for st in stmts:
+        kind = str(st.type).rsplit(".", 1)[-1]
+        if kind not in READ_ONLY_STATEMENTS:
+            raise StoreError(f"only read-only statements are allowed here, got {kind}")

@@ -1,0 +1,185 @@
+"""Batch ingest: raw messages -> decoded requests, rejections and samples, as column batches.
+
+`Ingestor.process` does no I/O: it turns one batch of `RawMessage` into an `IngestBatch` of
+polars frames plus the next offset per partition; a sink persists all of it in one transaction.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import orjson
+import polars as pl
+
+from consumers.formats import DECODERS, detect, message_text
+from consumers.records import DecodeError, RawMessage, Request
+from consumers.sampling import Sampler, stratum_of
+from shadowroute.config import Config, Price
+
+REQUESTS_SCHEMA: dict[str, Any] = {
+    "request_id": pl.Utf8, "ts": pl.Datetime("ms"), "topic": pl.Utf8, "partition": pl.Int32,
+    "offset": pl.Int64, "format": pl.Utf8, "provider": pl.Utf8, "model": pl.Utf8,
+    "input_tokens": pl.Int64, "output_tokens": pl.Int64, "cached_input_tokens": pl.Int64,
+    "cost_usd": pl.Float64, "cost_source": pl.Utf8, "latency_ms": pl.Float64,
+    "status": pl.Utf8, "error": pl.Utf8, "tags": pl.Utf8, "prompt_hash": pl.Utf8,
+    "prompt_chars": pl.Int64, "stratum": pl.Utf8, "eligible": pl.Boolean,
+    "ineligible_reason": pl.Utf8, "sampled": pl.Boolean, "sample_rate": pl.Float64,
+}
+SAMPLES_SCHEMA: dict[str, Any] = {
+    "sample_id": pl.Utf8, "stratum": pl.Utf8, "frontier_model": pl.Utf8, "messages": pl.Utf8,
+    "params": pl.Utf8, "tags": pl.Utf8, "response_text": pl.Utf8, "frontier_cost_usd": pl.Float64,
+    "input_tokens": pl.Int64, "output_tokens": pl.Int64, "scorer": pl.Utf8,
+}
+REJECTED_SCHEMA: dict[str, Any] = {
+    "topic": pl.Utf8, "partition": pl.Int32, "offset": pl.Int64, "reason": pl.Utf8,
+    "raw": pl.Binary, "raw_size": pl.Int64,
+}
+
+
+@dataclass
+class IngestBatch:
+    requests: pl.DataFrame
+    samples: pl.DataFrame
+    rejected: pl.DataFrame
+    # (topic, partition) -> next offset to read, i.e. last processed offset + 1.
+    offsets: dict[tuple[str, int], int] = field(default_factory=dict)
+
+    @property
+    def empty(self) -> bool:
+        return not self.offsets
+
+
+class IngestSink(Protocol):
+    """Persists a whole `IngestBatch`, offsets included, atomically."""
+
+    def write_ingest(self, batch: IngestBatch) -> None: ...
+
+
+def frontier_cost(price: Price, inp: int | None, cached: int | None, out: int | None) -> float | None:
+    if inp is None and out is None:
+        return None
+    cached = cached or 0
+    cached_price = price.input if price.cached_input < 0 else price.cached_input
+    return (max((inp or 0) - cached, 0) * price.input + cached * cached_price
+            + (out or 0) * price.output) / 1e6
+
+
+def prompt_text(messages: Sequence[dict[str, Any]]) -> str:
+    return "\n".join(message_text(m.get("content")) for m in messages)
+
+
+class Ingestor:
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.sampler = Sampler(cfg.sampling.default_rate, cfg.sampling.rates, cfg.sampling.salt)
+        self.tag = cfg.sampling.stratify_tag
+        self.score_tag = cfg.scoring.tag or cfg.sampling.stratify_tag
+        self.prices: Mapping[str, Price] = cfg.prices
+        self.max_bytes = cfg.storage.max_record_bytes
+        self.max_raw = cfg.storage.max_raw_bytes
+
+    def decode(self, msg: RawMessage) -> list[Request]:
+        """Decode one message or raise `DecodeError` with the reason."""
+        value = msg.value
+        if value is None:
+            raise DecodeError("empty message (null value)")
+        if len(value) > self.max_bytes:
+            raise DecodeError(f"message of {len(value):,} bytes exceeds "
+                              f"storage.max_record_bytes ({self.max_bytes:,})")
+        try:
+            obj = orjson.loads(value)
+        except orjson.JSONDecodeError as e:
+            raise DecodeError(_json_reason(value, e)) from None
+        return DECODERS[detect(obj)](obj, msg)
+
+    def process(self, msgs: Sequence[RawMessage]) -> IngestBatch:
+        req_rows: list[tuple[Any, ...]] = []
+        sample_rows: list[tuple[Any, ...]] = []
+        rej_rows: list[tuple[Any, ...]] = []
+        offsets: dict[tuple[str, int], int] = {}
+        seen: set[str] = set()
+        for msg in msgs:
+            tp = (msg.topic, msg.partition)
+            offsets[tp] = max(offsets.get(tp, -1), msg.offset + 1)
+            try:
+                decoded = self.decode(msg)
+            except DecodeError as e:
+                rej_rows.append(self._rejection(msg, str(e)))
+                continue
+            except RecursionError:
+                rej_rows.append(self._rejection(msg, "JSON nested too deeply"))
+                continue
+            for r in decoded:
+                if r.request_id in seen:  # the same id twice in one batch is stored once
+                    continue
+                seen.add(r.request_id)
+                row, sample = self._rows(r, msg)
+                req_rows.append(row)
+                if sample is not None:
+                    sample_rows.append(sample)
+        return IngestBatch(
+            requests=pl.DataFrame(req_rows, schema=REQUESTS_SCHEMA, orient="row"),
+            samples=pl.DataFrame(sample_rows, schema=SAMPLES_SCHEMA, orient="row"),
+            rejected=pl.DataFrame(rej_rows, schema=REJECTED_SCHEMA, orient="row"),
+            offsets=offsets,
+        )
+
+    def _rejection(self, msg: RawMessage, reason: str) -> tuple[Any, ...]:
+        raw = msg.value or b""
+        return (msg.topic, msg.partition, msg.offset, reason, raw[: self.max_raw], len(raw))
+
+    def _rows(self, r: Request, msg: RawMessage) -> tuple[tuple[Any, ...], tuple[Any, ...] | None]:
+        if r.cost_usd is None and r.model in self.prices:
+            r.cost_usd = frontier_cost(self.prices[r.model], r.input_tokens,
+                                       r.cached_input_tokens, r.output_tokens)
+            r.cost_source = "price_table" if r.cost_usd is not None else None
+        text = prompt_text(r.messages)
+        messages_json = orjson.dumps(r.messages)
+        prompt_hash = hashlib.blake2b(messages_json, digest_size=12).hexdigest()
+        stratum = stratum_of(r.model, r.tags.get(self.tag))
+        reason = self._ineligible(r)
+        sampled, rate = self.sampler.decide(r.request_id, stratum)
+        sampled = sampled and reason is None
+        tags_json = orjson.dumps(r.tags).decode()
+        row = (r.request_id, r.ts_ms, msg.topic, msg.partition, msg.offset, r.format, r.provider,
+               r.model, r.input_tokens, r.output_tokens, r.cached_input_tokens, r.cost_usd,
+               r.cost_source, r.latency_ms, r.status, r.error, tags_json, prompt_hash,
+               len(text), stratum, reason is None, reason, sampled, rate)
+        sample = None
+        if sampled:
+            scorer = self.cfg.scoring.by_tag.get(r.tags.get(self.score_tag, ""),
+                                                 self.cfg.scoring.default)
+            sample = (r.request_id, stratum, r.model, messages_json.decode(),
+                      orjson.dumps(r.params).decode(), tags_json, r.response_text, r.cost_usd,
+                      r.input_tokens, r.output_tokens, scorer)
+        return row, sample
+
+    def _ineligible(self, r: Request) -> str | None:
+        """Why a request cannot be replayed and compared, or None if it can."""
+        if r.status != "ok":
+            return "production call failed: no reference answer"
+        if r.not_replayable:
+            return r.not_replayable
+        if not r.response_text:
+            return "no frontier answer text in the log"
+        if r.params.get("tools") and not self.cfg.shadow.replay_tools:
+            return "request offered tools (shadow.replay_tools = false)"
+        if r.cost_usd is None:
+            return f"no cost in the log and no price for model {r.model!r} in [prices]"
+        return None
+
+
+def _json_reason(value: bytes, e: orjson.JSONDecodeError) -> str:
+    try:
+        value.decode("utf-8")
+    except UnicodeDecodeError as u:
+        return f"invalid UTF-8 at byte {u.start}"
+    return f"invalid JSON: {e}"[:300]
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)

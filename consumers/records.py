@@ -1,0 +1,53 @@
+"""The canonical shapes that flow out of the consumers: raw messages in, requests or rejections out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class RawMessage:
+    """One record as read from a source (a Kafka message, a line of a file)."""
+
+    topic: str
+    partition: int
+    offset: int
+    value: bytes | None
+    key: bytes | None = None
+    headers: tuple[tuple[str, bytes], ...] = ()
+    timestamp_ms: int | None = None
+
+    @property
+    def where(self) -> str:
+        return f"{self.topic}[{self.partition}]@{self.offset}"
+
+
+@dataclass(slots=True)
+class Request:
+    """One production LLM call, decoded from whatever format the log used."""
+
+    request_id: str
+    ts_ms: int
+    format: str
+    provider: str
+    model: str
+    messages: list[dict[str, Any]]
+    params: dict[str, Any]
+    response_text: str | None
+    finish_reason: str | None
+    input_tokens: int | None
+    output_tokens: int | None
+    cached_input_tokens: int | None
+    cost_usd: float | None
+    cost_source: str | None
+    latency_ms: float | None
+    status: str
+    error: str | None
+    tags: dict[str, str] = field(default_factory=dict)
+    # Set when the log lacks what a replay needs (no message content, tools, ...).
+    not_replayable: str | None = None
+
+
+class DecodeError(ValueError):
+    """A record cannot become a request; the message is the reason a person reads in `rejected`."""

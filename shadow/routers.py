@@ -1,0 +1,99 @@
+"""Routers: for a request, the probability that the strong (frontier) model is needed.
+
+A router is one async method (RouteLLM's `calculate_strong_win_rate`, typed)::
+
+    class Router(Protocol):
+        name: str
+        async def score(self, request: RouteInput) -> float: ...
+
+At threshold t a request goes to the cheap model when score < t. Router kinds are registered
+by name in `ROUTER_KINDS` and built from `RouterConfig`.
+
+- `random`: RouteLLM's baseline. A uniform number fixed by (seed, request id), so the same
+  sample always gets the same score.
+- `rules`: explainable rules from the config. Forced-strong overrides (tags, models, keywords)
+  give 1.0 — the escape hatch. Otherwise
+  `score = 0.5 * min(1, prompt_chars / long_prompt_chars) + 0.5 * [any strong keyword]`,
+  halved when a weak keyword is present and no strong keyword is.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from consumers.sampling import unit_hash
+from shadowroute.config import RouterConfig
+
+
+@dataclass(frozen=True)
+class RouteInput:
+    """What a router sees of a production request."""
+
+    request_id: str
+    model: str
+    prompt: str
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+class Router(Protocol):
+    name: str
+
+    async def score(self, request: RouteInput) -> float:
+        """Probability in [0, 1] that the strong model is needed."""
+        ...
+
+
+class RandomRouter:
+    def __init__(self, cfg: RouterConfig) -> None:
+        self.name = cfg.name
+        self._salt = f"router:{cfg.seed}"
+
+    async def score(self, request: RouteInput) -> float:
+        return unit_hash(self._salt, request.request_id)
+
+
+def _word_pattern(words: tuple[str, ...]) -> re.Pattern[str] | None:
+    if not words:
+        return None
+    return re.compile(r"\b(?:" + "|".join(re.escape(w.lower()) for w in words) + r")\b")
+
+
+class RulesRouter:
+    def __init__(self, cfg: RouterConfig) -> None:
+        self.name = cfg.name
+        self.long = max(cfg.long_prompt_chars, 1)
+        self.strong = _word_pattern(cfg.strong_keywords)
+        self.weak = _word_pattern(cfg.weak_keywords)
+        self.force = _word_pattern(cfg.force_strong_keywords)
+        self.force_tags = {k: set(v) for k, v in cfg.force_strong_tags.items()}
+        self.force_models = set(cfg.force_strong_models)
+
+    def forced(self, request: RouteInput, lowered: str) -> bool:
+        if request.model in self.force_models:
+            return True
+        if any(request.tags.get(k) in vals for k, vals in self.force_tags.items()):
+            return True
+        return bool(self.force and self.force.search(lowered))
+
+    async def score(self, request: RouteInput) -> float:
+        lowered = request.prompt.lower()
+        if self.forced(request, lowered):
+            return 1.0
+        strong = bool(self.strong and self.strong.search(lowered))
+        s = 0.5 * min(1.0, len(request.prompt) / self.long) + (0.5 if strong else 0.0)
+        if not strong and self.weak and self.weak.search(lowered):
+            s *= 0.5
+        return min(s, 1.0)
+
+
+ROUTER_KINDS: dict[str, Callable[[RouterConfig], Router]] = {
+    "random": RandomRouter,
+    "rules": RulesRouter,
+}
+
+
+def build_routers(cfgs: tuple[RouterConfig, ...]) -> list[Router]:
+    return [ROUTER_KINDS[c.kind](c) for c in cfgs]

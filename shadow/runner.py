@@ -1,0 +1,199 @@
+"""The shadow stage: pending samples -> router scores, cheap answers, quality scores.
+
+Ingest persists sampled requests as `pending`; this runner picks them up from the store (so
+work resumes after a restart), asks every router for its score, replays the request through
+every cheap model with bounded concurrency, scores each answer against the frontier answer and
+writes all results of a sample, with its final status, in one transaction. Results are
+buffered and flushed in batches. Ingest never waits for it: it only sets `wake`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import orjson
+import polars as pl
+
+from consumers.ingest import prompt_text
+from shadow.client import CallResult, ModelClient
+from shadow.routers import RouteInput, Router
+from shadow.scorers import SCORERS
+
+log = logging.getLogger("shadowroute.shadow")
+
+
+@dataclass
+class SampleResult:
+    sample_id: str
+    status: str  # done | skipped
+    skip_reason: str | None = None
+    router_scores: list[tuple[str, float]] = field(default_factory=list)
+    calls: list[CallResult] = field(default_factory=list)
+    scores: list[tuple[str, str, float]] = field(default_factory=list)  # (model, scorer, value)
+
+
+class ResultSink(Protocol):
+    async def pending(self, limit: int) -> list[dict[str, Any]]: ...
+    async def write(self, results: Sequence[SampleResult]) -> None: ...
+
+
+def results_to_frames(results: Sequence[SampleResult]) -> dict[str, pl.DataFrame]:
+    rs = [(r.sample_id, name, s) for r in results for name, s in r.router_scores]
+    calls = [(r.sample_id, c.model, c.answer, c.input_tokens, c.cached_input_tokens,
+              c.output_tokens, c.cost_usd, c.latency_ms, c.error, c.attempts)
+             for r in results for c in r.calls]
+    sc = [(r.sample_id, m, s, v) for r in results for m, s, v in r.scores]
+    fin = [(r.sample_id, r.status, r.skip_reason) for r in results]
+    return {
+        "batch_router_scores": pl.DataFrame(
+            rs, schema={"sample_id": pl.Utf8, "router": pl.Utf8, "score": pl.Float64}, orient="row"),
+        "batch_shadow_calls": pl.DataFrame(calls, schema={
+            "sample_id": pl.Utf8, "model": pl.Utf8, "answer": pl.Utf8, "input_tokens": pl.Int64,
+            "cached_input_tokens": pl.Int64, "output_tokens": pl.Int64, "cost_usd": pl.Float64,
+            "latency_ms": pl.Float64, "error": pl.Utf8, "attempts": pl.Int32}, orient="row"),
+        "batch_scores": pl.DataFrame(sc, schema={
+            "sample_id": pl.Utf8, "model": pl.Utf8, "scorer": pl.Utf8, "value": pl.Float64},
+            orient="row"),
+        "batch_finished": pl.DataFrame(fin, schema={
+            "sample_id": pl.Utf8, "status": pl.Utf8, "skip_reason": pl.Utf8}, orient="row"),
+    }
+
+
+class ShadowRunner:
+    def __init__(self, sink: ResultSink, routers: Sequence[Router], models: Sequence[ModelClient],
+                 *, concurrency: int, flush_every_s: float = 0.25, flush_max: int = 200,
+                 on_result: Callable[[SampleResult], None] | None = None) -> None:
+        self.sink = sink
+        self.routers = list(routers)
+        self.models = list(models)
+        self.concurrency = concurrency
+        self.calls = asyncio.Semaphore(concurrency)
+        self.wake = asyncio.Event()
+        self.flush_every_s = flush_every_s
+        self.flush_max = flush_max
+        self.on_result = on_result
+        self._buffer: list[SampleResult] = []
+        self._inflight: set[str] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._stopping = False
+        self.completed = 0
+
+    # -- one sample ---------------------------------------------------------------------------
+    async def process(self, sample: dict[str, Any]) -> SampleResult:
+        sid = sample["sample_id"]
+        messages = orjson.loads(sample["messages"])
+        params = orjson.loads(sample["params"])
+        tags = orjson.loads(sample["tags"] or "{}")
+        reference = sample["response_text"] or ""
+        route_in = RouteInput(sid, sample["frontier_model"], prompt_text(messages), tags)
+        result = SampleResult(sid, "done")
+        for r in self.routers:
+            try:
+                result.router_scores.append((r.name, float(await r.score(route_in))))
+            except Exception as e:  # a broken router must not lose the sample's other results
+                log.warning("router %s failed on %s: %s", r.name, sid, e)
+        if not self.models:
+            result.status, result.skip_reason = "skipped", "no cheap models configured"
+            return result
+
+        async def call(m: ModelClient) -> CallResult:
+            async with self.calls:
+                return await m.complete(messages, params)
+
+        result.calls = list(await asyncio.gather(*(call(m) for m in self.models)))
+        scorer_name = sample["scorer"]
+        scorer = SCORERS[scorer_name]
+        for c in result.calls:
+            if c.error is None:
+                result.scores.append((c.model, scorer_name, scorer(c.answer or "", reference)))
+        if all(c.error is not None for c in result.calls):
+            result.status = "skipped"
+            result.skip_reason = "all shadow calls failed: " + "; ".join(
+                f"{c.model}: {c.error}" for c in result.calls)[:500]
+        return result
+
+    # -- the loop ------------------------------------------------------------------------------
+    async def run(self) -> None:
+        flusher = asyncio.create_task(self._flush_loop())
+        try:
+            while not self._stopping:
+                room = self.concurrency * 2 - len(self._inflight)
+                if room > 0:
+                    batch = [s for s in await self.sink.pending(room + len(self._inflight))
+                             if s["sample_id"] not in self._inflight][:room]
+                    for s in batch:
+                        self._start(s)
+                    if batch:
+                        continue
+                self.wake.clear()
+                try:
+                    await asyncio.wait_for(self.wake.wait(), timeout=1.0)
+                except TimeoutError:
+                    pass
+        finally:
+            flusher.cancel()
+            await asyncio.gather(flusher, return_exceptions=True)
+
+    def _start(self, sample: dict[str, Any]) -> None:
+        sid = sample["sample_id"]
+        self._inflight.add(sid)
+        task = asyncio.create_task(self._one(sample))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _one(self, sample: dict[str, Any]) -> None:
+        sid = sample["sample_id"]
+        try:
+            res = await self.process(sample)
+        except asyncio.CancelledError:
+            self._inflight.discard(sid)  # stays pending in the store; resumed next start
+            raise
+        except Exception as e:
+            log.exception("shadow processing of %s failed", sid)
+            res = SampleResult(sid, "skipped", f"internal error: {type(e).__name__}: {e}"[:300])
+        self._buffer.append(res)
+        if self.on_result:
+            self.on_result(res)
+        if len(self._buffer) >= self.flush_max:
+            await self.flush()
+        self.wake.set()
+
+    async def flush(self) -> None:
+        if not self._buffer:
+            return
+        batch, self._buffer = self._buffer, []
+        await self.sink.write(batch)
+        for r in batch:
+            self._inflight.discard(r.sample_id)
+        self.completed += len(batch)
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.flush_every_s)
+            await self.flush()
+
+    async def stop(self) -> None:
+        """Cancel in-flight calls (their samples stay pending) and flush finished results."""
+        self._stopping = True
+        self.wake.set()
+        for t in list(self._tasks):
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.flush()
+
+    async def drain(self, idle: Callable[[], Awaitable[bool]]) -> None:
+        """Wait until nothing is in flight and `idle()` says no more work is pending."""
+        while True:
+            if not self._inflight and not self._buffer and await idle():
+                return
+            await asyncio.sleep(0.05)
+            self.wake.set()
+
+
+def monotonic_ms() -> float:
+    return time.monotonic() * 1000

@@ -1,0 +1,81 @@
+"""Scorers: how good a cheap answer is relative to the frontier answer, in [0, 1].
+
+A scorer is one function `(candidate, reference) -> float`, registered by name in `SCORERS`.
+1.0 means "as good as the frontier answer for this purpose".
+
+- `exact_match`: normalized text equality (case, whitespace, surrounding punctuation/quotes,
+  articles and markdown emphasis ignored).
+- `final_number`: GSM8K-style — the last number in each answer compared numerically
+  (handles `1,234`, `-3`, `+2`, `0.50`, `$12`, `12%`, `1/2` stays as two numbers).
+- `token_f1`: SQuAD-style token overlap F1 of the normalized answers (graded, for free text).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import string
+from collections import Counter
+from collections.abc import Callable
+
+Scorer = Callable[[str, str], float]
+
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+_WS = re.compile(r"\s+")
+_EMPHASIS = re.compile(r"[*_`]+")
+_PUNCT_EDGES = string.punctuation + "“”‘’«»"
+# A number: optional sign, optional currency, digits with optional thousands separators, decimals.
+_NUMBER = re.compile(r"(?<![\w.])([-+−]?)\s?[$€£]?\s?((?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+)")
+
+
+def normalize(text: str) -> str:
+    t = _EMPHASIS.sub("", text.lower())
+    t = _WS.sub(" ", t).strip().strip(_PUNCT_EDGES).strip()
+    t = _ARTICLES.sub(" ", t)
+    return _WS.sub(" ", t).strip()
+
+
+def exact_match(candidate: str, reference: str) -> float:
+    return 1.0 if normalize(candidate) == normalize(reference) else 0.0
+
+
+def final_number(text: str) -> float | None:
+    """The last number written in `text`, or None."""
+    last = None
+    for m in _NUMBER.finditer(text):
+        last = m
+    if last is None:
+        return None
+    sign = -1.0 if last.group(1) in ("-", "−") else 1.0
+    try:
+        return sign * float(last.group(2).replace(",", ""))
+    except ValueError:
+        return None
+
+
+def final_number_match(candidate: str, reference: str) -> float:
+    ref = final_number(reference)
+    cand = final_number(candidate)
+    if ref is None or cand is None:
+        # No number in the reference: fall back to text equality rather than guessing.
+        return exact_match(candidate, reference) if ref is None else 0.0
+    return 1.0 if math.isclose(cand, ref, rel_tol=1e-6, abs_tol=1e-9) else 0.0
+
+
+def token_f1(candidate: str, reference: str) -> float:
+    c = normalize(candidate).split()
+    r = normalize(reference).split()
+    if not c or not r:
+        return 1.0 if c == r else 0.0
+    common = sum((Counter(c) & Counter(r)).values())
+    if common == 0:
+        return 0.0
+    p, rc = common / len(c), common / len(r)
+    return 2 * p * rc / (p + rc)
+
+
+SCORERS: dict[str, Scorer] = {
+    "exact_match": exact_match,
+    "final_number": final_number_match,
+    "token_f1": token_f1,
+}

@@ -1,0 +1,118 @@
+"""The service's local HTTP API: /healthz, /metrics, /v1/verdict, /v1/sql, /v1/status.
+
+Bound to 127.0.0.1 by default. `/v1/sql` runs read-only statements only, on a cursor of the
+service's own connection: that is how `shadowroute sql` and `shadowroute gate` read live data
+while the service holds the DuckDB file for writing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import decimal
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from analytics.gate import GateRequest, evaluate
+from analytics.store import Store
+from shadowroute.config import Config
+from shadowroute.errors import StoreError
+from shadowroute.metrics import Metrics
+
+
+def _default(v: Any) -> Any:
+    if isinstance(v, (dt.datetime, dt.date, dt.time)):
+        return v.isoformat()
+    if isinstance(v, (decimal.Decimal,)):
+        return float(v)
+    if isinstance(v, (bytes, bytearray, memoryview)):
+        return bytes(v).hex()
+    if isinstance(v, uuid.UUID | dt.timedelta):
+        return str(v)
+    return str(v)
+
+
+def dumps(obj: Any) -> bytes:
+    return orjson.dumps(obj, default=_default, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+class ORJSON(JSONResponse):
+    def render(self, content: Any) -> bytes:
+        return dumps(content)
+
+
+def gate_request_from(params: dict[str, Any], cfg: Config) -> GateRequest:
+    """Build a `GateRequest` from query parameters; ValueError names the bad parameter."""
+    def get(name: str, conv: Callable[[Any], Any], default: Any) -> Any:
+        raw = params.get(name)
+        if raw is None or raw == "":
+            if default is ...:
+                raise ValueError(f"parameter {name} is required")
+            return default
+        try:
+            return conv(raw)
+        except (TypeError, ValueError):
+            raise ValueError(f"parameter {name}: cannot read {raw!r}") from None
+
+    return GateRequest(
+        router=get("router", str, ...),
+        threshold=get("threshold", float, ...),
+        model=get("model", str, ...),
+        min_quality=get("min_quality", float, cfg.gate.min_quality),
+        min_samples=get("min_samples", int, cfg.gate.min_samples),
+        confidence=get("confidence", float, cfg.gate.confidence),
+        min_savings=get("min_savings", float, None),
+    )
+
+
+def build_app(store: Store, cfg: Config, metrics: Metrics,
+              status: Callable[[], dict[str, Any]]) -> Starlette:
+    async def healthz(request: Request) -> Response:
+        st = status()
+        return ORJSON({"ok": st.get("healthy", True), **st},
+                      status_code=200 if st.get("healthy", True) else 503)
+
+    async def metrics_ep(request: Request) -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    async def verdict(request: Request) -> Response:
+        try:
+            req = gate_request_from(dict(request.query_params), cfg)
+        except ValueError as e:
+            return ORJSON({"error": str(e)}, status_code=400)
+        out = await asyncio.to_thread(evaluate, store.query_table, req)
+        return ORJSON(out)
+
+    async def sql_ep(request: Request) -> Response:
+        try:
+            body = orjson.loads(await request.body())
+            query = body["sql"]
+            if not isinstance(query, str):
+                raise TypeError
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            return ORJSON({"error": 'body must be JSON {"sql": "SELECT ..."}'}, status_code=400)
+        try:
+            cols, rows = await asyncio.to_thread(store.query_table, query, None,
+                                                 read_only_check=True)
+        except StoreError as e:
+            return ORJSON({"error": str(e)}, status_code=400)
+        return ORJSON({"columns": cols, "rows": rows})
+
+    async def status_ep(request: Request) -> Response:
+        return ORJSON(status())
+
+    return Starlette(routes=[
+        Route("/healthz", healthz),
+        Route("/metrics", metrics_ep),
+        Route("/v1/verdict", verdict),
+        Route("/v1/sql", sql_ep, methods=["POST"]),
+        Route("/v1/status", status_ep),
+    ])

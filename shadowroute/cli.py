@@ -1,0 +1,181 @@
+"""The `shadowroute` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+import click
+import orjson
+
+from shadowroute.config import Config, load_config
+from shadowroute.errors import ShadowrouteError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    click.echo(f"shadowroute: {message}", err=True)
+    sys.exit(code)
+
+
+def _load(config: str | None) -> Config:
+    try:
+        return load_config(config)
+    except ShadowrouteError as e:
+        fail(f"config error: {e}")
+
+
+def config_option(f: F) -> F:
+    return click.option(
+        "--config", "-c", "config", type=click.Path(dir_okay=False), envvar="SHADOWROUTE_CONFIG",
+        default=None, show_envvar=True,
+        help="TOML config file (see shadowroute.example.toml). Every key can also be set with "
+             "SHADOWROUTE_<SECTION>__<KEY> environment variables.")(f)
+
+
+def db_option(f: F) -> F:
+    return click.option("--db", "db", type=click.Path(dir_okay=False), default=None,
+                        help="DuckDB file to read (default: storage.db_path of the config).")(f)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="shadowroute")
+@click.option("--log-level", default="INFO", show_default=True,
+              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+def main(log_level: str) -> None:
+    """shadowroute: what would routing easy LLM requests to cheap models save, and cost?
+
+    Tails production LLM logs from Kafka, replays a sample through candidate routers and cheap
+    models in shadow, scores the answers against the frontier answers, and turns it into
+    savings estimates (SQL) and a rollout gate.
+    """
+    logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("aiokafka").setLevel(max(logging.WARNING, logging.getLevelName(log_level.upper())))
+
+
+@main.command()
+@config_option
+def run(config: str | None) -> None:
+    """Run the service against Kafka until SIGINT/SIGTERM.
+
+    Consumes the configured topics, persists every request, samples, replays samples through
+    the cheap models, and serves /healthz, /metrics, /v1/verdict and /v1/sql on server.host.
+    """
+    cfg = _load(config)
+    from shadowroute.service import Service
+
+    try:
+        asyncio.run(Service(cfg).run())
+    except ShadowrouteError as e:
+        fail(str(e), 1)
+    except OSError as e:
+        fail(f"{e} (is server.port {cfg.server.port} already in use?)", 1)
+
+
+def _db(db: str | None, config: str | None) -> Path:
+    return Path(db) if db else Path(_load(config).storage.db_path)
+
+
+def _cell(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return str(v)
+
+
+@main.command("sql")
+@click.argument("query")
+@db_option
+@config_option
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table",
+              show_default=True, help="table for people, csv or json (one object per row) for machines.")
+def sql_cmd(query: str, db: str | None, config: str | None, fmt: str) -> None:
+    """Run a read-only SQL QUERY on the DuckDB file (or on the running service).
+
+    Tables: requests, rejected, samples, shadow_calls, scores, router_scores, offsets.
+    Views: savings, strata, sample_outcomes. Example:
+
+        shadowroute sql "SELECT * FROM savings WHERE router = 'rules' ORDER BY threshold"
+    """
+    from shadowroute.access import run_sql
+
+    path = _db(db, config)
+    try:
+        cols, rows, source = run_sql(path, query)
+    except ShadowrouteError as e:
+        fail(str(e), 1)
+    if fmt == "json":
+        from shadowroute.api import dumps
+
+        for r in rows:
+            click.echo(dumps(dict(zip(cols, r, strict=True))).decode())
+    elif fmt == "csv":
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(cols)
+        w.writerows([[_cell(v) for v in r] for r in rows])
+        click.echo(buf.getvalue(), nl=False)
+    else:
+        from rich.console import Console
+        from rich.table import Table
+
+        t = Table(*cols, caption=f"{len(rows)} rows from {source}")
+        for r in rows:
+            t.add_row(*[_cell(v) for v in r])
+        Console().print(t)
+
+
+@main.command()
+@click.option("--router", required=True, help="Router name as configured (or all_cheap / oracle).")
+@click.option("--threshold", required=True, type=float,
+              help="Send a request to the cheap model when the router's score < THRESHOLD.")
+@click.option("--model", required=True, help="Cheap model name as configured.")
+@click.option("--min-quality", type=click.FloatRange(0, 1), default=None,
+              help="Pass only if the quality lower bound (relative to the frontier) reaches "
+                   "this. Default: gate.min_quality (0.95).")
+@click.option("--min-samples", type=click.IntRange(0), default=None,
+              help="Inconclusive below this many scored samples. Default: gate.min_samples (200).")
+@click.option("--confidence", type=click.FloatRange(0.5, 1, max_open=True), default=None,
+              help="One-sided confidence of the quality bound. Default: gate.confidence (0.95).")
+@click.option("--min-savings", type=float, default=None,
+              help="Also fail when estimated savings (share of frontier cost) are below this.")
+@db_option
+@config_option
+def gate(router: str, threshold: float, model: str, min_quality: float | None,
+         min_samples: int | None, confidence: float | None, min_savings: float | None,
+         db: str | None, config: str | None) -> None:
+    """Print a JSON rollout verdict; exit 0 pass, 1 fail, 2 inconclusive (not enough data).
+
+    Example: shadowroute gate --router rules --threshold 0.4 --model gpt-4o-mini --min-quality 0.95
+    """
+    from analytics.gate import GateRequest
+    from shadowroute.access import verdict
+
+    cfg = _load(config)
+    path = Path(db) if db else Path(cfg.storage.db_path)
+    req = GateRequest(
+        router=router, threshold=threshold, model=model,
+        min_quality=cfg.gate.min_quality if min_quality is None else min_quality,
+        min_samples=cfg.gate.min_samples if min_samples is None else min_samples,
+        confidence=cfg.gate.confidence if confidence is None else confidence,
+        min_savings=min_savings)
+    try:
+        out = verdict(path, req)
+    except ShadowrouteError as e:
+        # Exit 2 would read as "inconclusive"; a broken gate call is a failure of the check.
+        fail(str(e), 1)
+    click.echo(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode())
+    sys.exit(int(out["exit_code"]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,375 @@
+"""The one configuration object.
+
+Read from a TOML file, then overridden by environment variables named
+``SHADOWROUTE_<SECTION>__<KEY>`` (``__`` separates levels, a number indexes a list of tables:
+``SHADOWROUTE_SHADOW__MODELS__0__BASE_URL``). An environment value is read as a TOML value
+when it parses as one (``0.2``, ``true``, ``["a", "b"]``), otherwise as a plain string.
+
+API keys are never configuration values: a model names the *environment variable* that holds its
+key (``api_key_env``) and the key is read from the environment only when a call is made.
+
+Every mistake raises `ConfigError` naming the key, e.g.
+``sampling.default_rate: must be between 0 and 1, got 1.5``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from shadowroute.errors import ConfigError
+
+ENV_PREFIX = "SHADOWROUTE_"
+
+
+@dataclass(frozen=True)
+class KafkaConfig:
+    bootstrap_servers: str = "127.0.0.1:9092"
+    """Comma-separated host:port list of the Kafka cluster holding the production LLM logs."""
+    topics: tuple[str, ...] = ("llm-logs",)
+    """Topics to consume."""
+    group_id: str = "shadowroute"
+    """Consumer group; lag is visible to ordinary Kafka tooling under this name."""
+    auto_offset_reset: str = "earliest"
+    """Where a partition with no stored offset starts: `earliest` or `latest`."""
+    session_timeout_ms: int = 10000
+    """Consumer group session timeout (real Kafka requires >= 6000)."""
+    max_batch_records: int = 2000
+    """Most records decoded and persisted in one DuckDB transaction."""
+    poll_timeout_ms: int = 500
+    """How long one fetch waits for records before an empty batch."""
+    security_protocol: str = "PLAINTEXT"
+    """PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL."""
+    sasl_mechanism: str = "PLAIN"
+    """SASL mechanism when a SASL protocol is used."""
+    sasl_username_env: str = ""
+    """Name of the environment variable holding the SASL username."""
+    sasl_password_env: str = ""
+    """Name of the environment variable holding the SASL password."""
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    db_path: str = "shadowroute.duckdb"
+    """DuckDB file that holds every table. Only the service writes it while it runs."""
+    max_raw_bytes: int = 4096
+    """How many bytes of a rejected record are kept in `rejected.raw`."""
+    max_record_bytes: int = 1_048_576
+    """Records larger than this are rejected without being parsed."""
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    default_rate: float = 0.05
+    """Share of eligible requests in a stratum that is replayed in shadow."""
+    stratify_tag: str = "feature"
+    """Tag that, with the frontier model, forms the strata (stratum = `model|tag value`)."""
+    rates: Mapping[str, float] = field(default_factory=dict)
+    """Rate per stratum: keys `model|tag`, `model|*` or `*|tag`; the most specific wins."""
+    salt: str = "shadowroute"
+    """Mixed into the hash of the request id, so two deployments can draw different samples."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str
+    """Name used in tables and reports."""
+    base_url: str
+    """OpenAI-compatible base URL, e.g. `https://api.openai.com/v1` (the `/chat/completions` path is added)."""
+    model: str = ""
+    """Model name sent in the request body (defaults to `name`)."""
+    api_key_env: str = ""
+    """Name of the environment variable holding the API key (empty: no Authorization header)."""
+    input_per_mtok: float = 0.0
+    """USD per 1M input tokens."""
+    cached_input_per_mtok: float = 0.0
+    """USD per 1M cached input tokens."""
+    output_per_mtok: float = 0.0
+    """USD per 1M output tokens."""
+    timeout_s: float = 60.0
+    """Timeout of one call."""
+    max_tokens: int = 1024
+    """Cap on `max_tokens` sent to the cheap model."""
+
+
+@dataclass(frozen=True)
+class ShadowConfig:
+    concurrency: int = 8
+    """Most shadow calls in flight at once, over all models."""
+    models: tuple[ModelConfig, ...] = ()
+    """The cheap candidate models every sampled request is replayed through."""
+    replay_tools: bool = False
+    """Replay requests that offered tools (their answers are rarely comparable as text)."""
+
+
+@dataclass(frozen=True)
+class RouterConfig:
+    name: str
+    """Name used in `router_scores` and the savings view."""
+    kind: str = "rules"
+    """Registered router kind: `random` or `rules`."""
+    seed: int = 0
+    """`random`: seed mixed with the request id (scores are reproducible)."""
+    long_prompt_chars: int = 2000
+    """`rules`: prompt length (characters) at which the length part of the score is full."""
+    strong_keywords: tuple[str, ...] = ()
+    """`rules`: words that push a request to the strong model (case-insensitive)."""
+    weak_keywords: tuple[str, ...] = ()
+    """`rules`: words that mark an easy request."""
+    force_strong_keywords: tuple[str, ...] = ()
+    """`rules`: any of these in the prompt forces the strong model (score 1)."""
+    force_strong_tags: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    """`rules`: tag -> values that force the strong model, e.g. {tenant = ["acme"]}."""
+    force_strong_models: tuple[str, ...] = ()
+    """`rules`: frontier models whose traffic is never routed away."""
+
+
+@dataclass(frozen=True)
+class ScoringConfig:
+    default: str = "exact_match"
+    """Scorer for samples whose tag has no entry in `by_tag`."""
+    tag: str = ""
+    """Tag whose value picks the scorer (defaults to `sampling.stratify_tag`)."""
+    by_tag: Mapping[str, str] = field(default_factory=dict)
+    """Tag value -> scorer name, e.g. {math = "final_number"}."""
+
+
+@dataclass(frozen=True)
+class Price:
+    input: float = 0.0
+    """USD per 1M input tokens."""
+    cached_input: float = -1.0
+    """USD per 1M cached input tokens (negative: same as input)."""
+    output: float = 0.0
+    """USD per 1M output tokens."""
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    """Address of /healthz, /metrics, /v1/verdict and /v1/sql. Loopback unless you mean it."""
+    port: int = 8787
+    """Port of the local HTTP API (0: pick a free one)."""
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    min_quality: float = 0.95
+    """Default lower bound on quality relative to the frontier model."""
+    min_samples: int = 200
+    """Default number of scored samples below which the verdict is `inconclusive`."""
+    confidence: float = 0.95
+    """One-sided confidence of the quality bound the gate compares."""
+
+
+@dataclass(frozen=True)
+class Config:
+    kafka: KafkaConfig = field(default_factory=KafkaConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    shadow: ShadowConfig = field(default_factory=ShadowConfig)
+    routers: tuple[RouterConfig, ...] = (
+        RouterConfig(name="random", kind="random"),
+    )
+    scoring: ScoringConfig = field(default_factory=ScoringConfig)
+    prices: Mapping[str, Price] = field(default_factory=dict)
+    """Frontier model -> price, used when a log record carries no cost."""
+    server: ServerConfig = field(default_factory=ServerConfig)
+    gate: GateConfig = field(default_factory=GateConfig)
+
+    def replace(self, **changes: Any) -> Config:
+        return dataclasses.replace(self, **changes)
+
+
+def load_config(path: str | os.PathLike[str] | None = None,
+                env: Mapping[str, str] | None = None) -> Config:
+    """Read `path` (optional), apply `SHADOWROUTE_*` overrides from `env`, validate."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        try:
+            raw = tomllib.loads(p.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError("", f"config file {p} does not exist") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError("", f"config file {p} is not valid TOML: {e}") from None
+    _apply_env(raw, os.environ if env is None else env)
+    cfg = _build(Config, raw, "")
+    _validate(cfg)
+    return cfg
+
+
+def _apply_env(raw: dict[str, Any], env: Mapping[str, str]) -> None:
+    for name in sorted(env):
+        if not name.startswith(ENV_PREFIX):
+            continue
+        parts = [p.lower() for p in name[len(ENV_PREFIX):].split("__") if p]
+        if not parts:
+            continue
+        value = _parse_env_value(env[name])
+        node: Any = raw
+        for i, part in enumerate(parts[:-1]):
+            nxt_is_index = parts[i + 1].isdigit()
+            node = _child(node, part, [] if nxt_is_index else {}, name)
+        last = parts[-1]
+        if isinstance(node, list):
+            idx = int(last)
+            while len(node) <= idx:
+                node.append({})
+            node[idx] = value
+        else:
+            node[last] = value
+
+
+def _child(node: Any, part: str, empty: Any, env_name: str) -> Any:
+    if isinstance(node, list):
+        if not part.isdigit():
+            raise ConfigError(env_name, f"'{part}' must be a list index")
+        idx = int(part)
+        while len(node) <= idx:
+            node.append({})
+        return node[idx]
+    if part not in node or not isinstance(node[part], (dict, list)):
+        node[part] = empty
+    return node[part]
+
+
+def _parse_env_value(text: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def _build(cls: type, data: Any, prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(prefix, f"must be a table, got {_kind(data)}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in fields:
+            close = difflib.get_close_matches(key, list(fields), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else f"; known keys: {', '.join(fields)}"
+            raise ConfigError(_join(prefix, key), f"unknown key{hint}")
+    kwargs: dict[str, Any] = {}
+    for name, f in fields.items():
+        key = _join(prefix, name)
+        if name in data:
+            kwargs[name] = _convert(hints[name], data[name], key)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(key, "is required")
+    return cls(**kwargs)
+
+
+def _convert(tp: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key)  # type: ignore[arg-type]
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(key, f"must be true or false, got {_kind(value)}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(key, f"must be an integer, got {_kind(value)}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(key, f"must be a number, got {_kind(value)}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(key, f"must be a string, got {_kind(value)}")
+        return value
+    if origin is tuple:
+        if isinstance(value, str) and args[0] is str:
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list):
+            raise ConfigError(key, f"must be a list, got {_kind(value)}")
+        return tuple(_convert(args[0], v, f"{key}[{i}]") for i, v in enumerate(value))
+    if origin in (Mapping, dict) or (isinstance(origin, type) and issubclass(origin, Mapping)):
+        if not isinstance(value, dict):
+            raise ConfigError(key, f"must be a table, got {_kind(value)}")
+        return types.MappingProxyType(
+            {str(k): _convert(args[1], v, _join(key, str(k))) for k, v in value.items()})
+    raise ConfigError(key, f"unsupported type {tp}")  # a bug in this module, not user input
+
+
+def _join(prefix: str, key: str) -> str:
+    return f"{prefix}.{key}" if prefix else key
+
+
+def _kind(value: Any) -> str:
+    return f"{type(value).__name__} {value!r}"[:80]
+
+
+def _validate(cfg: Config) -> None:
+    def rate(key: str, v: float) -> None:
+        if not 0.0 <= v <= 1.0:
+            raise ConfigError(key, f"must be between 0 and 1, got {v}")
+
+    def positive(key: str, v: float) -> None:
+        if v <= 0:
+            raise ConfigError(key, f"must be greater than 0, got {v}")
+
+    rate("sampling.default_rate", cfg.sampling.default_rate)
+    for k, v in cfg.sampling.rates.items():
+        if "|" not in k:
+            raise ConfigError(f"sampling.rates.{k}", "key must be 'model|tag', 'model|*' or '*|tag'")
+        rate(f"sampling.rates.{k}", v)
+    if cfg.kafka.auto_offset_reset not in ("earliest", "latest"):
+        raise ConfigError("kafka.auto_offset_reset",
+                          f"must be 'earliest' or 'latest', got {cfg.kafka.auto_offset_reset!r}")
+    if not cfg.kafka.topics:
+        raise ConfigError("kafka.topics", "must name at least one topic")
+    positive("kafka.max_batch_records", cfg.kafka.max_batch_records)
+    positive("kafka.poll_timeout_ms", cfg.kafka.poll_timeout_ms)
+    positive("storage.max_record_bytes", cfg.storage.max_record_bytes)
+    positive("shadow.concurrency", cfg.shadow.concurrency)
+    if not 0 <= cfg.server.port <= 65535:
+        raise ConfigError("server.port", f"must be 0..65535, got {cfg.server.port}")
+    seen: set[str] = set()
+    for i, m in enumerate(cfg.shadow.models):
+        key = f"shadow.models[{i}]"
+        if m.name in seen:
+            raise ConfigError(f"{key}.name", f"duplicate model name {m.name!r}")
+        seen.add(m.name)
+        if not m.base_url.startswith(("http://", "https://")):
+            raise ConfigError(f"{key}.base_url", f"must start with http:// or https://, got {m.base_url!r}")
+        positive(f"{key}.timeout_s", m.timeout_s)
+        positive(f"{key}.max_tokens", m.max_tokens)
+        for p in ("input_per_mtok", "cached_input_per_mtok", "output_per_mtok"):
+            if getattr(m, p) < 0:
+                raise ConfigError(f"{key}.{p}", "must not be negative")
+    from shadow.routers import ROUTER_KINDS  # late: routers import config types
+    from shadow.scorers import SCORERS
+
+    names: set[str] = set()
+    for i, r in enumerate(cfg.routers):
+        if r.kind not in ROUTER_KINDS:
+            raise ConfigError(f"routers[{i}].kind",
+                              f"unknown router kind {r.kind!r}; known: {', '.join(sorted(ROUTER_KINDS))}")
+        if r.name in names or r.name in ("all_cheap", "oracle"):
+            raise ConfigError(f"routers[{i}].name", f"name {r.name!r} is taken")
+        names.add(r.name)
+    for key, scorer in [("scoring.default", cfg.scoring.default),
+                        *((f"scoring.by_tag.{k}", v) for k, v in cfg.scoring.by_tag.items())]:
+        if scorer not in SCORERS:
+            raise ConfigError(key, f"unknown scorer {scorer!r}; known: {', '.join(sorted(SCORERS))}")
+    rate("gate.min_quality", cfg.gate.min_quality)
+    if not 0.5 <= cfg.gate.confidence < 1.0:
+        raise ConfigError("gate.confidence", f"must be in [0.5, 1), got {cfg.gate.confidence}")
+
+
+def secret_from_env(env_name: str) -> str | None:
+    """The value of an API-key variable; read at call time, never stored in config or logs."""
+    return os.environ.get(env_name) if env_name else None

@@ -1,0 +1,232 @@
+"""Composition root of the running service: source -> ingest -> store, shadow runner, HTTP API.
+
+Everything that talks to the outside (Kafka consumer, httpx client, DuckDB connection, HTTP
+server) is built here and handed to the stages, never built at import time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Protocol
+
+import httpx
+import orjson
+import uvicorn
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from analytics.store import Store
+from consumers.ingest import IngestBatch, Ingestor
+from consumers.records import RawMessage
+from shadow.client import ModelClient
+from shadow.routers import build_routers
+from shadow.runner import SampleResult, ShadowRunner, results_to_frames
+from shadowroute.api import build_app
+from shadowroute.config import Config
+from shadowroute.metrics import Metrics
+
+log = logging.getLogger("shadowroute.service")
+
+
+class Source(Protocol):
+    """Yields batches of raw messages; `commit` is told what was persisted."""
+
+    async def start(self) -> None: ...
+    async def batch(self) -> list[RawMessage]: ...
+    async def commit(self, offsets: dict[tuple[str, int], int]) -> None: ...
+    async def stop(self) -> None: ...
+
+
+class AsyncStore:
+    """The store seen from the event loop: every write on one dedicated thread, in order."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="duckdb-writer")
+
+    async def _run(self, fn: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+
+    async def write_ingest(self, batch: IngestBatch) -> None:
+        await self._run(self.store.write_ingest, batch)
+
+    async def pending(self, limit: int) -> list[dict[str, Any]]:
+        return await self._run(self.store.pending_samples, limit)  # type: ignore[no-any-return]
+
+    async def write(self, results: Sequence[SampleResult]) -> None:
+        await self._run(self.store.write_results, results_to_frames(results))
+
+    async def counts(self) -> dict[str, Any]:
+        return await self._run(self.store.counts)  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
+        self.store.close()
+
+
+class _QuietServer(uvicorn.Server):
+    """uvicorn without its own signal handlers: the service owns SIGINT/SIGTERM."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def service_file(db_path: str | os.PathLike[str]) -> Path:
+    """Where the running service announces its HTTP address, beside the DuckDB file."""
+    return Path(f"{db_path}.service.json")
+
+
+class Service:
+    def __init__(self, cfg: Config, source: Source | None = None) -> None:
+        self.cfg = cfg
+        self.metrics = Metrics()
+        self.store = AsyncStore(Store(cfg.storage.db_path))
+        self.ingestor = Ingestor(cfg)
+        if source is None:
+            from consumers.kafka_source import KafkaSource
+
+            source = KafkaSource(cfg.kafka, self.store.store.stored_offsets)
+        self.source = source
+        self.stop_event = asyncio.Event()
+        self.http: httpx.AsyncClient | None = None
+        self.runner: ShadowRunner | None = None
+        self.url: str | None = None
+        self.started_at = time.time()
+        self.consumed = 0
+        self.rejected = 0
+        self.source_done = False
+
+    # -- wiring ---------------------------------------------------------------------------------
+    def _on_result(self, res: SampleResult) -> None:
+        self.metrics.samples_finished.labels(res.status).inc()
+        for c in res.calls:
+            self.metrics.shadow_calls.labels(c.model, "error" if c.error else "ok").inc()
+            self.metrics.shadow_latency.labels(c.model).observe(c.latency_ms / 1000)
+            if c.cost_usd:
+                self.metrics.spend.labels(c.model).inc(c.cost_usd)
+
+    def status(self) -> dict[str, Any]:
+        return {"healthy": True, "pid": os.getpid(), "uptime_s": round(time.time() - self.started_at, 1),
+                "consumed": self.consumed, "rejected": self.rejected,
+                "shadow_completed": self.runner.completed if self.runner else 0,
+                "db_path": str(self.cfg.storage.db_path)}
+
+    async def _refresh_gauges(self) -> None:
+        counts = await self.store.counts()
+        self.metrics.pending.set(counts["pending"])
+        lag = getattr(self.source, "lag", None)
+        if lag is not None:
+            for (t, p), v in (await lag()).items():
+                self.metrics.lag.labels(t, str(p)).set(v)
+
+    async def _serve_http(self) -> tuple[_QuietServer, asyncio.Task[None]]:
+        app = build_app(self.store.store, self.cfg, self.metrics, self.status)
+        sock = socket.socket(socket.AF_INET6 if ":" in self.cfg.server.host else socket.AF_INET)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((self.cfg.server.host, self.cfg.server.port))
+        host, port = sock.getsockname()[:2]
+        server = _QuietServer(uvicorn.Config(app, log_level="warning", lifespan="off",
+                                             access_log=False))
+        task = asyncio.create_task(server.serve(sockets=[sock]))
+        while not server.started and not task.done():
+            await asyncio.sleep(0.01)
+        shown = f"[{host}]" if ":" in host else host
+        self.url = f"http://{shown}:{port}"
+        service_file(self.cfg.storage.db_path).write_bytes(orjson.dumps(
+            {"url": self.url, "pid": os.getpid(), "started_at": self.started_at}))
+        log.info("HTTP API on %s (/healthz /metrics /v1/verdict /v1/sql)", self.url)
+        return server, task
+
+    # -- the loops ------------------------------------------------------------------------------
+    async def _ingest_loop(self) -> None:
+        while not self.stop_event.is_set():
+            msgs = await self.source.batch()
+            if not msgs:
+                if getattr(self.source, "exhausted", False):
+                    self.source_done = True
+                    return
+                continue
+            batch = await asyncio.to_thread(self.ingestor.process, msgs)
+            await self.store.write_ingest(batch)
+            await self.source.commit(batch.offsets)
+            n_req, n_rej = batch.requests.height, batch.rejected.height
+            self.consumed += len(msgs)
+            self.rejected += n_rej
+            self.metrics.records.labels("request").inc(n_req)
+            self.metrics.records.labels("rejected").inc(n_rej)
+            self.metrics.batches.inc()
+            if batch.samples.height:
+                self.metrics.sampled.inc(batch.samples.height)
+                if self.runner:
+                    self.runner.wake.set()
+            for r in batch.rejected.head(5).iter_rows(named=True):
+                log.warning("rejected %s[%s]@%s: %s", r["topic"], r["partition"], r["offset"],
+                            r["reason"])
+
+    async def run(self, *, install_signals: bool = True, until_drained: bool = False) -> None:
+        """Run until SIGINT/SIGTERM (or, with `until_drained`, until a finite source is
+        exhausted and every sample is finished)."""
+        loop = asyncio.get_running_loop()
+        if install_signals:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, self.stop_event.set)
+        self.http = httpx.AsyncClient(limits=httpx.Limits(max_connections=max(
+            16, self.cfg.shadow.concurrency * 2), max_keepalive_connections=64))
+        models = [ModelClient(m, self.http) for m in self.cfg.shadow.models]
+        self.runner = ShadowRunner(self.store, build_routers(self.cfg.routers), models,
+                                   concurrency=self.cfg.shadow.concurrency,
+                                   on_result=self._on_result)
+        server, server_task = await self._serve_http()
+        scheduler = AsyncIOScheduler()
+        scheduler.add_job(self._refresh_gauges, "interval", seconds=5, max_instances=1,
+                          coalesce=True)
+        scheduler.start()
+        await self.source.start()
+        runner_task = asyncio.create_task(self.runner.run())
+        ingest_task = asyncio.create_task(self._ingest_loop())
+        stop_task = asyncio.create_task(self.stop_event.wait())
+        try:
+            await asyncio.wait({ingest_task, stop_task, runner_task},
+                               return_when=asyncio.FIRST_COMPLETED)
+            if until_drained and ingest_task.done() and not self.stop_event.is_set():
+                ingest_task.result()
+
+                async def idle() -> bool:
+                    return (await self.store.counts())["pending"] == 0
+
+                drain = asyncio.create_task(self.runner.drain(idle))
+                await asyncio.wait({drain, stop_task, runner_task},
+                                   return_when=asyncio.FIRST_COMPLETED)
+                drain.cancel()
+            self.stop_event.set()
+            # Let the ingest loop finish the batch it holds: it persists, commits, then stops.
+            await ingest_task
+            if runner_task.done():
+                runner_task.result()  # surface a crash of the shadow stage
+        finally:
+            self.stop_event.set()
+            ingest_task.cancel()
+            stop_task.cancel()
+            await self.runner.stop()
+            runner_task.cancel()
+            await asyncio.gather(ingest_task, runner_task, stop_task, return_exceptions=True)
+            scheduler.shutdown(wait=False)
+            with contextlib.suppress(Exception):
+                await self.source.stop()
+            server.should_exit = True
+            await asyncio.gather(server_task, return_exceptions=True)
+            service_file(self.cfg.storage.db_path).unlink(missing_ok=True)
+            await self.http.aclose()
+            self.store.close()
+            if install_signals:
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    loop.remove_signal_handler(sig)

@@ -1,0 +1,51 @@
+-- name: stored_offsets
+SELECT topic, "partition", next_offset FROM offsets;
+
+-- name: upsert_offsets
+INSERT INTO offsets (topic, "partition", next_offset)
+SELECT topic, "partition", next_offset FROM batch_offsets
+ON CONFLICT (topic, "partition") DO UPDATE
+SET next_offset = greatest(offsets.next_offset, excluded.next_offset), updated_at = now();
+
+-- name: insert_requests
+INSERT OR IGNORE INTO requests BY NAME SELECT * FROM batch_requests;
+
+-- name: insert_samples
+INSERT OR IGNORE INTO samples BY NAME SELECT * FROM batch_samples;
+
+-- name: insert_rejected
+INSERT INTO rejected BY NAME SELECT * FROM batch_rejected;
+
+-- name: pending_samples
+SELECT sample_id, stratum, frontier_model, messages, params, tags, response_text,
+       frontier_cost_usd, input_tokens, scorer
+FROM samples
+WHERE status = 'pending'
+ORDER BY created_at, sample_id
+LIMIT $limit;
+
+-- name: insert_router_scores
+INSERT OR IGNORE INTO router_scores BY NAME SELECT * FROM batch_router_scores;
+
+-- name: insert_shadow_calls
+INSERT OR IGNORE INTO shadow_calls BY NAME SELECT * FROM batch_shadow_calls;
+
+-- name: insert_scores
+INSERT OR IGNORE INTO scores BY NAME SELECT * FROM batch_scores;
+
+-- name: finish_samples
+UPDATE samples SET status = f.status, skip_reason = f.skip_reason, finished_at = current_timestamp
+FROM batch_finished f
+WHERE samples.sample_id = f.sample_id AND samples.status = 'pending';
+
+-- name: gate_estimate
+SELECT * FROM savings_at([$threshold]) WHERE router = $router AND model = $model;
+
+-- name: counts
+SELECT (SELECT count(*) FROM requests) AS requests,
+       (SELECT count(*) FROM rejected) AS rejected,
+       (SELECT count(*) FROM samples) AS samples,
+       (SELECT count(*) FROM samples WHERE status = 'pending') AS pending,
+       (SELECT count(*) FROM samples WHERE status = 'done') AS done,
+       (SELECT count(*) FROM samples WHERE status LIKE 'skipped%') AS skipped,
+       (SELECT coalesce(sum(cost_usd), 0) FROM shadow_calls) AS shadow_spend_usd;

@@ -1,0 +1,199 @@
+-- The tables and views of shadowroute. Statements run in name order at start-up and are
+-- idempotent, so an existing file is opened as it is.
+
+-- name: schema_01_requests
+-- One row per consumed production LLM call (metadata only; prompts live in `samples`).
+CREATE TABLE IF NOT EXISTS requests (
+    request_id          VARCHAR PRIMARY KEY,
+    ts                  TIMESTAMP,          -- UTC time of the production call
+    topic               VARCHAR,
+    "partition"         INTEGER,
+    "offset"            BIGINT,
+    format              VARCHAR,            -- decoder that read it (openai_chat, ...)
+    provider            VARCHAR,
+    model               VARCHAR,            -- frontier model that served it
+    input_tokens        BIGINT,
+    output_tokens       BIGINT,
+    cached_input_tokens BIGINT,
+    cost_usd            DOUBLE,
+    cost_source         VARCHAR,            -- 'log' or 'price_table'
+    latency_ms          DOUBLE,
+    status              VARCHAR,            -- 'ok' or 'error'
+    error               VARCHAR,
+    tags                JSON,
+    prompt_hash         VARCHAR,
+    prompt_chars        BIGINT,
+    stratum             VARCHAR,            -- 'model|tag value'
+    eligible            BOOLEAN,            -- can be replayed and compared
+    ineligible_reason   VARCHAR,
+    sampled             BOOLEAN,
+    sample_rate         DOUBLE,             -- the stratum's sampling probability
+    ingested_at         TIMESTAMP DEFAULT current_timestamp
+);
+
+-- name: schema_02_rejected
+-- Dead letters: records that could not become a request, with the reason and raw bytes (bounded).
+CREATE TABLE IF NOT EXISTS rejected (
+    topic       VARCHAR,
+    "partition" INTEGER,
+    "offset"    BIGINT,
+    reason      VARCHAR,
+    raw         BLOB,
+    raw_size    BIGINT,
+    rejected_at TIMESTAMP DEFAULT current_timestamp
+);
+
+-- name: schema_03_samples
+CREATE TABLE IF NOT EXISTS samples (
+    sample_id         VARCHAR PRIMARY KEY,  -- = requests.request_id
+    stratum           VARCHAR,
+    frontier_model    VARCHAR,
+    messages          JSON,
+    params            JSON,
+    tags              JSON,
+    response_text     VARCHAR,              -- the frontier answer production got
+    frontier_cost_usd DOUBLE,
+    input_tokens      BIGINT,
+    output_tokens     BIGINT,
+    scorer            VARCHAR,              -- scorer chosen for this sample's tag
+    status            VARCHAR DEFAULT 'pending',  -- pending / done / skipped
+    skip_reason       VARCHAR,
+    created_at        TIMESTAMP DEFAULT current_timestamp,
+    finished_at       TIMESTAMP
+);
+
+-- name: schema_04_shadow_calls
+CREATE TABLE IF NOT EXISTS shadow_calls (
+    sample_id           VARCHAR,
+    model               VARCHAR,            -- configured cheap model name
+    answer              VARCHAR,
+    input_tokens        BIGINT,
+    cached_input_tokens BIGINT,
+    output_tokens       BIGINT,
+    cost_usd            DOUBLE,             -- usage x the model's configured prices
+    latency_ms          DOUBLE,
+    error               VARCHAR,            -- NULL when the call succeeded
+    attempts            INTEGER,
+    called_at           TIMESTAMP DEFAULT current_timestamp,
+    PRIMARY KEY (sample_id, model)
+);
+
+-- name: schema_05_scores
+CREATE TABLE IF NOT EXISTS scores (
+    sample_id VARCHAR,
+    model     VARCHAR,
+    scorer    VARCHAR,
+    value     DOUBLE,                       -- quality relative to the frontier answer, in [0, 1]
+    PRIMARY KEY (sample_id, model, scorer)
+);
+
+-- name: schema_06_router_scores
+CREATE TABLE IF NOT EXISTS router_scores (
+    sample_id VARCHAR,
+    router    VARCHAR,
+    score     DOUBLE,                       -- probability that the strong model is needed
+    PRIMARY KEY (sample_id, router)
+);
+
+-- name: schema_07_offsets
+-- Next offset to read per partition, written in the same transaction as the rows.
+CREATE TABLE IF NOT EXISTS offsets (
+    topic       VARCHAR,
+    "partition" INTEGER,
+    next_offset BIGINT,
+    updated_at  TIMESTAMP DEFAULT current_timestamp,
+    PRIMARY KEY (topic, "partition")
+);
+
+-- name: schema_10_sample_outcomes
+-- One row per completed (sample, cheap model) with its stratum weight N_h / n_h.
+CREATE OR REPLACE VIEW sample_outcomes AS
+WITH pop AS (
+    SELECT stratum, count(*) AS n_stratum FROM requests WHERE eligible GROUP BY stratum
+), o AS (
+    SELECT s.sample_id, s.stratum, c.model,
+           s.frontier_cost_usd AS cf, c.cost_usd AS cm, sc.value AS q
+    FROM samples s
+    JOIN shadow_calls c ON c.sample_id = s.sample_id AND c.error IS NULL
+    JOIN scores sc ON sc.sample_id = s.sample_id AND sc.model = c.model AND sc.scorer = s.scorer
+    WHERE s.status = 'done'
+)
+SELECT o.*, pop.n_stratum,
+       count(*) OVER (PARTITION BY o.stratum, o.model) AS n_samples,
+       pop.n_stratum / count(*) OVER (PARTITION BY o.stratum, o.model) AS weight
+FROM o JOIN pop USING (stratum);
+
+-- name: schema_11_policy_scores
+-- Router scores per (sample, model), plus the two reference policies:
+-- all_cheap (always the cheap model) and oracle (cheap exactly where it scored as well as the frontier).
+CREATE OR REPLACE VIEW policy_scores AS
+SELECT o.sample_id, o.model, rs.router, rs.score
+FROM sample_outcomes o JOIN router_scores rs USING (sample_id)
+UNION ALL
+SELECT sample_id, model, 'all_cheap', 0.0 FROM sample_outcomes
+UNION ALL
+SELECT sample_id, model, 'oracle', CASE WHEN q >= 1.0 THEN 0.0 ELSE 1.0 END FROM sample_outcomes;
+
+-- name: schema_12_savings_at
+-- Stratified estimates for every (router, threshold, model) at the given thresholds. A request
+-- goes to the cheap model when score < threshold. Quality is relative to the frontier (1 = as
+-- good); quality_se is the stratified standard error (strata with one sample count as
+-- maximal variance 0.25).
+CREATE OR REPLACE MACRO savings_at(thresholds) AS TABLE
+WITH g AS (
+    SELECT unnest(thresholds)::DOUBLE AS threshold
+), x AS (
+    SELECT ps.router, g.threshold, o.model, o.stratum, o.n_stratum, o.cf, o.cm, o.q,
+           ps.score < g.threshold AS cheap
+    FROM sample_outcomes o
+    JOIN policy_scores ps ON ps.sample_id = o.sample_id AND ps.model = o.model
+    CROSS JOIN g
+), h AS (
+    SELECT router, threshold, model, stratum,
+           any_value(n_stratum) AS big_n, count(*) AS n,
+           avg(CASE WHEN cheap THEN q ELSE 1.0 END) AS mq,
+           coalesce(var_samp(CASE WHEN cheap THEN q ELSE 1.0 END), 0.25) AS vq,
+           avg(CASE WHEN cheap THEN cm ELSE cf END) AS mc,
+           avg(cf) AS mcf,
+           avg(CASE WHEN cheap THEN 0.0 ELSE 1.0 END) AS ms
+    FROM x GROUP BY ALL
+)
+SELECT router, threshold, model,
+       count(*) AS strata,
+       sum(n)::BIGINT AS samples,
+       sum(big_n)::BIGINT AS requests,
+       sum(big_n * mq) / sum(big_n) AS quality,
+       sqrt(sum(big_n * big_n * vq / n)) / sum(big_n) AS quality_se,
+       1 - sum(big_n * mc) / nullif(sum(big_n * mcf), 0) AS savings,
+       sum(big_n * ms) / sum(big_n) AS strong_share,
+       sum(big_n * mcf) AS frontier_usd,
+       sum(big_n * mc) AS routed_usd,
+       sum(big_n * mcf) - sum(big_n * mc) AS projected_usd_saved
+FROM h GROUP BY ALL;
+
+-- name: schema_13_savings
+-- The savings table people query: every router on a threshold grid 0, 0.05, ..., 1, and the
+-- reference policies (threshold NULL).
+CREATE OR REPLACE VIEW savings AS
+SELECT * FROM savings_at([0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5,
+                          0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 1.0])
+WHERE router NOT IN ('all_cheap', 'oracle')
+UNION ALL
+SELECT * REPLACE (NULL::DOUBLE AS threshold) FROM savings_at([0.5])
+WHERE router IN ('all_cheap', 'oracle');
+
+-- name: schema_14_strata
+-- Traffic, samples and weights per stratum and cheap model.
+CREATE OR REPLACE VIEW strata AS
+WITH r AS (
+    SELECT stratum, count(*) AS requests, count(*) FILTER (WHERE eligible) AS eligible,
+           count(*) FILTER (WHERE sampled) AS sampled, any_value(sample_rate) AS sample_rate,
+           sum(cost_usd) AS frontier_usd
+    FROM requests GROUP BY stratum
+), s AS (
+    SELECT stratum, model, any_value(n_samples) AS completed, any_value(weight) AS weight,
+           avg(q) AS mean_quality
+    FROM sample_outcomes GROUP BY ALL
+)
+SELECT r.*, s.model, coalesce(s.completed, 0) AS completed, s.weight, s.mean_quality
+FROM r LEFT JOIN s USING (stratum);
