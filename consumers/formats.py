@@ -26,6 +26,7 @@ from consumers.records import DecodeError, RawMessage, Request
 Decoder = Callable[[dict[str, Any], RawMessage], list[Request]]
 
 MAX_TOKENS_SANE = 100_000_000  # more than any context window: a count above this is corrupt
+MAX_TS_MS = 253_402_300_800_000  # 10000-01-01T00:00:00Z in epoch milliseconds
 PARAM_KEYS = ("temperature", "top_p", "max_tokens", "max_completion_tokens", "response_format",
               "stop", "seed", "presence_penalty", "frequency_penalty", "n")
 
@@ -70,13 +71,15 @@ def parse_ts_ms(v: Any, fallback_ms: int | None) -> int:
     if isinstance(v, bool):
         raise DecodeError("field ts must be a time, got bool")
     if isinstance(v, (int, float)):
-        if not math.isfinite(v) or v < 0:
+        # Past the year 9999 even as milliseconds: corrupt, and it would overflow the tables.
+        if not math.isfinite(v) or v < 0 or v >= MAX_TS_MS:
             raise DecodeError(f"field ts is not a valid time: {v!r:.40}")
         # Seconds until the year 5138; anything larger is already milliseconds.
-        return int(v * 1000) if v < 1e11 else int(v)
+        # round, not int: 1764244800.123 * 1000 is 1764244800122.9998 in binary.
+        return round(v * 1000) if v < 1e11 else int(v)
     if isinstance(v, str):
         try:
-            return int(datetime.fromisoformat(v.replace("Z", "+00:00")).timestamp() * 1000)
+            return round(datetime.fromisoformat(v.replace("Z", "+00:00")).timestamp() * 1000)
         except ValueError:
             raise DecodeError(f"field ts is not an ISO-8601 time: {v!r:.40}") from None
     raise DecodeError(f"field ts must be a time, got {type(v).__name__}")

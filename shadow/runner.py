@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -171,6 +170,7 @@ class ShadowRunner:
         for r in batch:
             self._inflight.discard(r.sample_id)
         self.completed += len(batch)
+        self.wake.set()  # room for more work now that these left the in-flight set
 
     async def _flush_loop(self) -> None:
         while True:
@@ -194,6 +194,3 @@ class ShadowRunner:
             await asyncio.sleep(0.05)
             self.wake.set()
 
-
-def monotonic_ms() -> float:
-    return time.monotonic() * 1000

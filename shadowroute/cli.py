@@ -58,7 +58,9 @@ def main(log_level: str) -> None:
     """
     logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("aiokafka").setLevel(max(logging.WARNING, logging.getLevelName(log_level.upper())))
+    quiet = max(logging.WARNING, logging.getLevelName(log_level.upper()))
+    for noisy in ("aiokafka", "httpx", "apscheduler"):  # per-request / per-job lines
+        logging.getLogger(noisy).setLevel(quiet)
 
 
 @main.command()
