@@ -107,17 +107,21 @@ class Ingestor:
             offsets[tp] = max(offsets.get(tp, -1), msg.offset + 1)
             try:
                 decoded = self.decode(msg)
+                rows: dict[str, tuple[tuple[Any, ...], tuple[Any, ...] | None]] = {}
+                for r in decoded:
+                    if r.request_id in seen or r.request_id in rows:
+                        continue  # the same id twice in one batch is stored once
+                    rows[r.request_id] = self._rows(r, msg)
             except DecodeError as e:
                 rej_rows.append(self._rejection(msg, str(e)))
                 continue
-            except RecursionError:
+            # orjson reads 1024 levels of nesting but writes only 254: a record in between
+            # decodes, then fails in `_rows`.
+            except (RecursionError, orjson.JSONEncodeError):
                 rej_rows.append(self._rejection(msg, "JSON nested too deeply"))
                 continue
-            for r in decoded:
-                if r.request_id in seen:  # the same id twice in one batch is stored once
-                    continue
-                seen.add(r.request_id)
-                row, sample = self._rows(r, msg)
+            for rid, (row, sample) in rows.items():
+                seen.add(rid)
                 req_rows.append(row)
                 if sample is not None:
                     sample_rows.append(sample)
@@ -145,6 +149,8 @@ class Ingestor:
         sampled, rate = self.sampler.decide(r.request_id, stratum)
         sampled = sampled and reason is None
         tags_json = orjson.dumps(r.tags).decode()
+        # Always, not only when sampled: whether a record is accepted must not depend on sampling.
+        params_json = orjson.dumps(r.params).decode()
         row = (r.request_id, r.ts_ms, msg.topic, msg.partition, msg.offset, r.format, r.provider,
                r.model, r.input_tokens, r.output_tokens, r.cached_input_tokens, r.cost_usd,
                r.cost_source, r.latency_ms, r.status, r.error, tags_json, prompt_hash,
@@ -154,7 +160,7 @@ class Ingestor:
             scorer = self.cfg.scoring.by_tag.get(r.tags.get(self.score_tag, ""),
                                                  self.cfg.scoring.default)
             sample = (r.request_id, stratum, r.model, messages_json.decode(),
-                      orjson.dumps(r.params).decode(), tags_json, r.response_text, r.cost_usd,
+                      params_json, tags_json, r.response_text, r.cost_usd,
                       r.input_tokens, r.output_tokens, scorer)
         return row, sample
 

@@ -83,7 +83,7 @@ class ModelConfig:
     name: str
     """Name used in tables and reports."""
     base_url: str
-    """OpenAI-compatible base URL, e.g. `https://api.openai.com/v1` (the `/chat/completions` path is added)."""
+    """OpenAI-compatible base URL, e.g. `https://api.openai.com/v1` (`/chat/completions` is added)."""
     model: str = ""
     """Model name sent in the request body (defaults to `name`)."""
     api_key_env: str = ""

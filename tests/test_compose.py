@@ -115,7 +115,8 @@ def test_compose_file_matches_compose_spec() -> None:
 
 @pytest.mark.parametrize("breakage", [
     pytest.param(lambda d: d["services"]["shadowroute"].update(ports=5), id="ports-not-a-list"),
-    pytest.param(lambda d: d.update(service={"x": {"image": "busybox"}}), id="unknown-top-level-key"),
+    pytest.param(lambda d: d.update(service={"x": {"image": "busybox"}}),
+                 id="unknown-top-level-key"),
     pytest.param(lambda d: d["services"]["kafka"].update(helthcheck={"test": ["NONE"]}),
                  id="misspelt-service-key"),
     pytest.param(lambda d: d["services"]["shadowroute"]["depends_on"]["kafka"].update(

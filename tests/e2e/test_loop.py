@@ -65,8 +65,8 @@ def test_end_to_end(broker: Broker, topic: str, db_path: Path, tmp_path: Path) -
 
     # Sampled share within a binomial bound of each stratum's configured rate.
     for feature, rate in (("math", 0.3), ("extract", 0.2)):
-        n, k = q(f"SELECT count(*), count(*) FILTER (WHERE sampled) FROM requests "
-                 f"WHERE tags->>'feature' = '{feature}'")[0]
+        n, k = con.execute("SELECT count(*), count(*) FILTER (WHERE sampled) FROM requests "
+                           "WHERE tags->>'feature' = ?", [feature]).fetchone()
         assert abs(k - n * rate) <= 4 * math.sqrt(n * rate * (1 - rate)), (feature, n, k)
     sampled = {r[0] for r in q("SELECT request_id FROM requests WHERE sampled")}
     assert {r[0] for r in q("SELECT sample_id FROM samples")} == sampled

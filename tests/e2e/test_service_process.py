@@ -96,7 +96,7 @@ def test_kill_9_mid_stream_loses_and_duplicates_nothing(broker: Broker, topic: s
         for target in (800, 2000, 3500):
             svc = ServiceProcess(cfg, db_path, log)
             start = svc.status()["consumed"]
-            svc.wait(lambda s=svc, st=start: s.status()["consumed"] - st >= target // 3,
+            svc.wait(lambda s=svc, st=start, t=target: s.status()["consumed"] - st >= t // 3,
                      what=f"progress before kill {kills + 1}")
             svc.kill9()
             kills += 1

@@ -1,0 +1,386 @@
+"""consumers.ingest.Ingestor.process: whatever arrives, every message ends up somewhere, once."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import polars as pl
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from analytics.store import Store
+from consumers.ingest import Ingestor, IngestBatch
+from consumers.records import DecodeError, RawMessage
+from shadowroute.config import Config, Price, SamplingConfig, StorageConfig
+
+MAX_RAW = 64
+MAX_RECORD = 20_000
+SETTINGS = settings(max_examples=200, deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+CFG = Config(
+    storage=StorageConfig(max_raw_bytes=MAX_RAW, max_record_bytes=MAX_RECORD),
+    # Sample everything so every row also goes through the samples path.
+    sampling=SamplingConfig(default_rate=1.0),
+    prices={"gpt-4o": Price(input=2.5, output=10.0)},
+)
+
+
+def good(rid: str = "r-1", **changes: Any) -> dict[str, Any]:
+    rec: dict[str, Any] = {
+        "request_id": rid, "ts": 1_764_244_800,
+        "request": {"model": "gpt-4o", "messages": [{"role": "user", "content": "What is 2+2?"}]},
+        "response": {"choices": [{"message": {"content": "4"}}],
+                     "usage": {"prompt_tokens": 12, "completion_tokens": 1}},
+        "tags": {"feature": "math"},
+    }
+    rec.update(changes)
+    return rec
+
+
+def msgs(*values: bytes | None, topic: str = "logs", partition: int = 0) -> list[RawMessage]:
+    return [RawMessage(topic, partition, i, v) for i, v in enumerate(values)]
+
+
+def process(values: list[RawMessage], cfg: Config = CFG) -> IngestBatch:
+    return Ingestor(cfg).process(values)
+
+
+def only_reason(value: bytes | None, cfg: Config = CFG) -> str:
+    b = process(msgs(value), cfg)
+    assert b.requests.height == 0
+    assert b.rejected.height == 1
+    return str(b.rejected["reason"][0])
+
+
+# -- examples --------------------------------------------------------------------------------
+
+def test_a_good_record_becomes_a_request_and_a_sample() -> None:
+    b = process(msgs(orjson.dumps(good())))
+    assert b.rejected.height == 0
+    row = b.requests.row(0, named=True)
+    assert row["request_id"] == "r-1"
+    assert (row["topic"], row["partition"], row["offset"]) == ("logs", 0, 0)
+    assert row["stratum"] == "gpt-4o|math"
+    assert row["eligible"] is True and row["ineligible_reason"] is None
+    assert row["sampled"] is True and row["sample_rate"] == 1.0
+    # No cost in the log: priced from the table, (12 * 2.5 + 1 * 10) / 1e6.
+    assert row["cost_usd"] == pytest.approx(40e-6)
+    assert row["cost_source"] == "price_table"
+    assert row["prompt_chars"] == len("What is 2+2?")
+    assert b.samples["sample_id"].to_list() == ["r-1"]
+    assert b.samples["scorer"].to_list() == ["exact_match"]
+    assert b.offsets == {("logs", 0): 1}
+
+
+def test_ineligible_requests_are_stored_but_not_sampled() -> None:
+    no_price = good("r-2")
+    no_price["request"]["model"] = "mystery"
+    failed = good("r-3", status="error", error="rate limited")
+    b = process(msgs(orjson.dumps(no_price), orjson.dumps(failed)))
+    reasons = dict(zip(b.requests["request_id"], b.requests["ineligible_reason"], strict=True))
+    assert reasons == {"r-2": "no cost in the log and no price for model 'mystery' in [prices]",
+                       "r-3": "production call failed: no reference answer"}
+    assert b.requests["sampled"].to_list() == [False, False]
+    assert b.samples.height == 0
+
+
+def test_invalid_utf8_reason_names_the_byte() -> None:
+    value = b'{"request_id": "\xff"}'
+    assert only_reason(value) == "invalid UTF-8 at byte 16"
+    assert only_reason(b"\xfe") == "invalid UTF-8 at byte 0"
+
+
+def test_too_large_records_are_rejected_unparsed() -> None:
+    value = orjson.dumps(good(padding="x" * MAX_RECORD))
+    reason = only_reason(value)
+    assert reason == (f"message of {len(value):,} bytes exceeds "
+                      f"storage.max_record_bytes ({MAX_RECORD:,})")
+    b = process(msgs(value))
+    assert b.rejected["raw"][0] == value[:MAX_RAW]
+    assert b.rejected["raw_size"][0] == len(value)
+
+
+def test_missing_model_reason() -> None:
+    rec = good()
+    del rec["request"]["model"]
+    assert only_reason(orjson.dumps(rec)) == "missing field request.model"
+
+
+def test_nan_and_infinity_literals_are_not_json() -> None:
+    # Python's json writes NaN / Infinity; orjson (rightly) refuses them.
+    reason = only_reason(json.dumps(good(cost_usd=float("nan"))).encode())
+    assert reason.startswith("invalid JSON: unexpected character")
+    reason = only_reason(json.dumps(good(latency_ms=float("inf"))).encode())
+    assert reason.startswith("invalid JSON: unexpected character")
+
+
+def test_other_reasons() -> None:
+    assert only_reason(None) == "empty message (null value)"
+    assert only_reason(b"") .startswith("invalid JSON: ")
+    assert only_reason(b'{"request_id": "r", "request": ') .startswith("invalid JSON: ")
+    assert only_reason(b"[1, 2, 3]") == ("unrecognised log format "
+                                         "(a JSON list matching no supported format)")
+    assert only_reason(orjson.dumps(good(ts=2**64 - 1))) == (
+        "field ts is not a valid time: 18446744073709551615")
+
+
+@pytest.mark.parametrize("depth", [300, 1_100, 100_000])
+def test_deeply_nested_json_is_rejected(depth: int) -> None:
+    assert only_reason(b"[" * depth + b"]" * depth)
+
+
+@pytest.mark.parametrize("where", ["content", "stop", "tag"])
+def test_deep_nesting_inside_a_good_record_is_rejected_not_raised(where: str) -> None:
+    # orjson reads 1024 levels but writes only 254: a record between the two must not crash.
+    deep = [[]]
+    for _ in range(400):
+        deep = [deep]
+    rec = good()
+    if where == "content":
+        rec["request"]["messages"][0]["content"] = deep
+    elif where == "stop":
+        rec["request"]["stop"] = deep
+    else:
+        rec["tags"]["feature"] = deep
+    value = json.dumps(rec).encode()
+    b = process(msgs(value, orjson.dumps(good("r-ok"))))
+    assert b.requests.height + b.rejected.height == 2
+    assert "r-ok" in b.requests["request_id"].to_list()
+    if b.rejected.height:
+        assert b.rejected["reason"].to_list() == ["JSON nested too deeply"]
+
+
+def test_duplicate_ids_in_a_batch_are_stored_once() -> None:
+    b = process(msgs(orjson.dumps(good("a")), orjson.dumps(good("b")),
+                     orjson.dumps(good("a", ts=1_764_244_900)), b"junk"))
+    assert b.requests["request_id"].to_list() == ["a", "b"]
+    assert b.requests["offset"].to_list() == [0, 1]  # the first one wins
+    assert b.samples["sample_id"].to_list() == ["a", "b"]
+    assert b.rejected["offset"].to_list() == [3]
+    assert b.offsets == {("logs", 0): 4}
+
+
+def test_offsets_are_the_highest_offset_plus_one_per_partition() -> None:
+    values = [RawMessage("a", 0, 10, b"x"), RawMessage("a", 0, 7, b"x"),
+              RawMessage("a", 1, 3, orjson.dumps(good())), RawMessage("b", 0, 99, None)]
+    b = process(values)
+    assert b.offsets == {("a", 0): 11, ("a", 1): 4, ("b", 0): 100}
+    assert not b.empty
+    assert process([]).empty
+
+
+def test_empty_batch_has_typed_empty_frames() -> None:
+    b = process([])
+    assert (b.requests.height, b.samples.height, b.rejected.height) == (0, 0, 0)
+    assert b.requests.schema["ts"] == pl.Datetime("ms")
+    assert b.rejected.schema["raw"] == pl.Binary
+
+
+# -- properties ------------------------------------------------------------------------------
+
+json_scalars = (st.none() | st.booleans() | st.integers(min_value=-(2**70), max_value=2**70)
+                | st.floats() | st.text(max_size=12))
+json_values = st.recursive(
+    json_scalars,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=10,
+)
+numbers = (st.integers(min_value=-5, max_value=2**66) | st.floats()
+           | st.sampled_from([0, 1, 100_000_001, 1e11, 1e300, -0.0]))
+
+
+def _deep(depth: int) -> Any:
+    v: Any = "x"
+    for _ in range(depth):
+        v = [v]
+    return v
+
+
+def maybe(s: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    """Usually a plausible value, sometimes anything."""
+    return st.one_of(s, s, json_values)
+
+
+content = st.one_of(st.text(max_size=30), st.lists(st.fixed_dictionaries(
+    {"type": st.just("text"), "text": maybe(st.text(max_size=10))}), max_size=3),
+    st.sampled_from([300, 1_000]).map(_deep), st.integers(5_000, 25_000).map(lambda n: "y" * n))
+messages = st.lists(maybe(st.fixed_dictionaries(
+    {"role": maybe(st.sampled_from(["user", "system", "assistant"])), "content": content})),
+    min_size=1, max_size=3)
+usage = st.fixed_dictionaries({}, optional={
+    "prompt_tokens": numbers, "completion_tokens": numbers,
+    "prompt_tokens_details": maybe(st.fixed_dictionaries({"cached_tokens": numbers}))})
+response = st.fixed_dictionaries(
+    {"choices": maybe(st.lists(maybe(st.fixed_dictionaries(
+        {"message": maybe(st.fixed_dictionaries({"content": content})),
+         "finish_reason": maybe(st.just("stop"))})), max_size=2))},
+    optional={"id": maybe(st.text(max_size=8)), "model": maybe(st.just("gpt-4o-mini")),
+              "usage": maybe(usage)})
+records = st.fixed_dictionaries(
+    {"request": maybe(st.fixed_dictionaries(
+        {"model": maybe(st.sampled_from(["gpt-4o", "o3"])), "messages": maybe(messages)},
+        optional={"temperature": json_values, "stop": maybe(st.just(["\n"])) | st.just(_deep(300)),
+                  "tools": json_values, "stream": json_values}))},
+    optional={
+        # Few distinct ids, so batches hold duplicates.
+        "request_id": st.one_of(st.sampled_from(["dup-1", "dup-2", "dup-3"]), json_values),
+        "ts": maybe(numbers | st.sampled_from(["2026-11-27T12:00:00Z", "9999-12-31T23:59:59-14:00",
+                                               "0001-01-01T00:00:00+14:00"])),
+        "response": maybe(response),
+        "cost_usd": numbers, "latency_ms": numbers,
+        "status": maybe(st.sampled_from(["ok", "error"])),
+        "tags": maybe(st.dictionaries(st.sampled_from(["feature", "tenant"]),
+                                      maybe(st.text(max_size=5)) | st.just(_deep(300)))),
+        "error": json_values,
+    })
+
+
+@st.composite
+def encoded_records(draw: st.DrawFn) -> bytes:
+    # Python's json writes what orjson will not read: NaN, Infinity, ints beyond 64 bits.
+    text = json.dumps(draw(records), ensure_ascii=draw(st.booleans()))
+    return text.encode("utf-8", "surrogatepass")
+
+
+@st.composite
+def message_values(draw: st.DrawFn) -> bytes | None:
+    kind = draw(st.sampled_from(["record", "record", "record", "truncated", "bytes",
+                                 "nested", "bad_utf8", "none", "huge"]))
+    if kind == "none":
+        return None
+    if kind == "bytes":
+        return draw(st.binary(max_size=200))
+    if kind == "nested":
+        n = draw(st.sampled_from([10, 300, 1_025, 100_000]))
+        return draw(st.sampled_from([b"[", b'{"a":'])) * n + b"1" + b"]" * n
+    value = draw(encoded_records())
+    if kind == "truncated":
+        return value[: draw(st.integers(0, max(len(value) - 1, 0)))]
+    if kind == "bad_utf8":
+        i = draw(st.integers(0, len(value)))
+        return value[:i] + draw(st.sampled_from([b"\xff", b"\xc3", b"\xed\xa0\x80"])) + value[i:]
+    if kind == "huge":
+        return value + b" " * draw(st.integers(MAX_RECORD - len(value), MAX_RECORD * 2))
+    return value
+
+
+@st.composite
+def batches(draw: st.DrawFn) -> list[RawMessage]:
+    values = draw(st.lists(message_values(), max_size=12))
+    next_offset: dict[tuple[str, int], int] = {}
+    out = []
+    for v in values:
+        tp = (draw(st.sampled_from(["logs", "other"])), draw(st.integers(0, 2)))
+        off = next_offset.get(tp, draw(st.integers(0, 10**12))) + draw(st.integers(0, 3))
+        next_offset[tp] = off + 1
+        out.append(RawMessage(tp[0], tp[1], off, v, timestamp_ms=draw(
+            st.none() | st.integers(0, 2_000_000_000_000))))
+    # Kafka hands partitions over in offset order, but a batch interleaves partitions freely.
+    return draw(st.permutations(out))
+
+
+def check_batch(ing: Ingestor, ms: list[RawMessage], b: IngestBatch) -> None:
+    where = lambda df: list(zip(df["topic"], df["partition"], df["offset"], strict=True))  # noqa: E731
+    accepted = where(b.requests)
+    rejected = where(b.rejected)
+    assert len(set(accepted)) == len(accepted)
+    assert not set(accepted) & set(rejected)
+    ids = b.requests["request_id"].to_list()
+    assert len(set(ids)) == len(ids), "a request id is stored once per batch"
+    by_id = dict(zip(ids, accepted, strict=True))
+    duplicates = 0
+    for m in ms:
+        place = (m.topic, m.partition, m.offset)
+        if place in accepted or place in rejected:
+            continue
+        # Neither: only a repeat of an id already taken from an earlier message of the batch.
+        [r] = ing.decode(m)
+        assert r.request_id in by_id and by_id[r.request_id] != place
+        duplicates += 1
+    assert b.requests.height + b.rejected.height + duplicates == len(ms)
+
+    values = {(m.topic, m.partition, m.offset): m.value for m in ms}
+    for row in b.rejected.iter_rows(named=True):
+        assert isinstance(row["reason"], str) and row["reason"].strip()
+        value = values[(row["topic"], row["partition"], row["offset"])] or b""
+        assert row["raw"] == value[:MAX_RAW]
+        assert row["raw_size"] == len(value)
+        assert len(row["raw"]) <= MAX_RAW
+
+    expected: dict[tuple[str, int], int] = {}
+    for m in ms:
+        expected[(m.topic, m.partition)] = max(expected.get((m.topic, m.partition), 0), m.offset + 1)
+    assert b.offsets == expected
+
+    sampled = b.requests.filter(pl.col("sampled"))["request_id"].to_list()
+    assert sorted(b.samples["sample_id"].to_list()) == sorted(sampled)
+    assert b.requests.filter(pl.col("sampled") & ~pl.col("eligible")).height == 0
+
+
+@SETTINGS
+@given(batches())
+def test_every_message_is_a_request_or_a_rejection(ms: list[RawMessage]) -> None:
+    ing = Ingestor(CFG)
+    b = ing.process(ms)  # must not raise, whatever the bytes
+    check_batch(ing, ms, b)
+
+
+@SETTINGS
+@given(st.lists(st.binary(max_size=300), max_size=20))
+def test_random_bytes_never_raise(values: list[bytes]) -> None:
+    ms = msgs(*values)
+    ing = Ingestor(CFG)
+    check_batch(ing, ms, ing.process(ms))
+
+
+@SETTINGS
+@given(encoded_records())
+def test_decode_raises_only_decode_error(value: bytes) -> None:
+    msg = RawMessage("logs", 0, 0, value)
+    try:
+        out = Ingestor(CFG).decode(msg)
+    except DecodeError as e:
+        assert str(e)
+    else:
+        assert len(out) == 1
+
+
+@SETTINGS
+@given(st.integers(1, 200), st.lists(message_values(), min_size=1, max_size=5))
+def test_raw_bytes_are_cut_to_max_raw_bytes(max_raw: int, values: list[bytes | None]) -> None:
+    cfg = dataclasses.replace(CFG, storage=StorageConfig(max_raw_bytes=max_raw,
+                                                         max_record_bytes=MAX_RECORD))
+    ms = msgs(*values)
+    b = Ingestor(cfg).process(ms)
+    for row in b.rejected.iter_rows(named=True):
+        value = ms[row["offset"]].value or b""
+        assert row["raw"] == value[:max_raw]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
+    s = Store(Path(tmp_path_factory.mktemp("ingest")) / "ingest.duckdb")
+    yield s
+    s.close()
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(batches())
+def test_every_batch_can_be_written(store: Store, ms: list[RawMessage]) -> None:
+    # What the decoder lets through must also fit the tables (times, counts, JSON).
+    b = Ingestor(CFG).process(ms)
+    before = store.fetch("SELECT count(*) FROM rejected")[0][0]
+    store.write_ingest(b)
+    assert store.fetch("SELECT count(*) FROM rejected")[0][0] == before + b.rejected.height
+    for (topic, partition), nxt in b.offsets.items():
+        [(stored,)] = store.fetch('SELECT next_offset FROM offsets WHERE topic = $1 '
+                                  'AND "partition" = $2', [topic, partition])
+        assert stored >= nxt
