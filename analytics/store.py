@@ -80,21 +80,35 @@ class Store:
                     con.unregister(name)
 
     # -- ingest ---------------------------------------------------------------------------
-    def write_ingest(self, batch: IngestBatch) -> None:
-        """Rows and the offsets they came from, in one transaction."""
+    def write_ingest(self, batch: IngestBatch) -> int:
+        """Rows and the offsets they came from, in one transaction. Returns how many requests
+        were already stored (same request id) and so were not stored again."""
+        try:
+            return self._write_ingest(batch, ignore_known=False)
+        except duckdb.ConstraintException:
+            # A request id that is already stored (a re-read file, a producer retry): redo the
+            # batch skipping known ids. Rare, so the common path pays no per-row lookup
+            # (INSERT OR IGNORE costs about twice a plain INSERT here).
+            return self._write_ingest(batch, ignore_known=True)
+
+    def _write_ingest(self, batch: IngestBatch, *, ignore_known: bool) -> int:
         offsets = pl.DataFrame(
             [(t, p, o) for (t, p), o in batch.offsets.items()],
             schema={"topic": pl.Utf8, "partition": pl.Int32, "next_offset": pl.Int64}, orient="row")
         frames = {"batch_requests": batch.requests, "batch_samples": batch.samples,
                   "batch_rejected": batch.rejected, "batch_offsets": offsets}
+        suffix = "_ignore_known" if ignore_known else ""
+        duplicates = 0
         with self._tx(frames) as con:
             if batch.requests.height:
-                con.execute(sql.query("insert_requests"))
+                row = con.execute(sql.query("insert_requests" + suffix)).fetchone()
+                duplicates = batch.requests.height - (int(row[0]) if row else 0)
             if batch.samples.height:
-                con.execute(sql.query("insert_samples"))
+                con.execute(sql.query("insert_samples" + suffix))
             if batch.rejected.height:
                 con.execute(sql.query("insert_rejected"))
             con.execute(sql.query("upsert_offsets"))
+        return duplicates
 
     def stored_offsets(self) -> dict[tuple[str, int], int]:
         rows = self.fetch(sql.query("stored_offsets"))

@@ -28,6 +28,8 @@ from typing import Any
 from shadowroute.errors import ConfigError
 
 ENV_PREFIX = "SHADOWROUTE_"
+# Variables of the command line, not config keys (SHADOWROUTE_CONFIG names the config file).
+ENV_NOT_KEYS = {"SHADOWROUTE_CONFIG"}
 
 
 @dataclass(frozen=True)
@@ -209,7 +211,7 @@ def load_config(path: str | os.PathLike[str] | None = None,
 
 def _apply_env(raw: dict[str, Any], env: Mapping[str, str]) -> None:
     for name in sorted(env):
-        if not name.startswith(ENV_PREFIX):
+        if not name.startswith(ENV_PREFIX) or name in ENV_NOT_KEYS:
             continue
         parts = [p.lower() for p in name[len(ENV_PREFIX):].split("__") if p]
         if not parts:

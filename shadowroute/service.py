@@ -25,6 +25,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from analytics.store import Store
 from consumers.ingest import IngestBatch, Ingestor
+from consumers.pipeline import IngestPipeline
 from consumers.records import RawMessage
 from shadow.client import ModelClient
 from shadow.routers import build_routers
@@ -55,8 +56,8 @@ class AsyncStore:
     async def _run(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
 
-    async def write_ingest(self, batch: IngestBatch) -> None:
-        await self._run(self.store.write_ingest, batch)
+    async def write_ingest(self, batch: IngestBatch) -> int:
+        return await self._run(self.store.write_ingest, batch)  # type: ignore[no-any-return]
 
     async def pending(self, limit: int) -> list[dict[str, Any]]:
         return await self._run(self.store.pending_samples, limit)  # type: ignore[no-any-return]
@@ -147,30 +148,26 @@ class Service:
         return server, task
 
     # -- the loops ------------------------------------------------------------------------------
+    def _on_persisted(self, batch: IngestBatch, duplicates: int) -> None:
+        n_req, n_rej = batch.requests.height, batch.rejected.height
+        self.consumed += n_req + n_rej
+        self.rejected += n_rej
+        self.metrics.records.labels("request").inc(n_req - duplicates)
+        self.metrics.records.labels("duplicate").inc(duplicates)
+        self.metrics.records.labels("rejected").inc(n_rej)
+        self.metrics.batches.inc()
+        if batch.samples.height:
+            self.metrics.sampled.inc(batch.samples.height)
+            if self.runner:
+                self.runner.wake.set()
+        for r in batch.rejected.head(5).iter_rows(named=True):
+            log.warning("rejected %s[%s]@%s: %s", r["topic"], r["partition"], r["offset"], r["reason"])
+
     async def _ingest_loop(self) -> None:
-        while not self.stop_event.is_set():
-            msgs = await self.source.batch()
-            if not msgs:
-                if getattr(self.source, "exhausted", False):
-                    self.source_done = True
-                    return
-                continue
-            batch = await asyncio.to_thread(self.ingestor.process, msgs)
-            await self.store.write_ingest(batch)
-            await self.source.commit(batch.offsets)
-            n_req, n_rej = batch.requests.height, batch.rejected.height
-            self.consumed += len(msgs)
-            self.rejected += n_rej
-            self.metrics.records.labels("request").inc(n_req)
-            self.metrics.records.labels("rejected").inc(n_rej)
-            self.metrics.batches.inc()
-            if batch.samples.height:
-                self.metrics.sampled.inc(batch.samples.height)
-                if self.runner:
-                    self.runner.wake.set()
-            for r in batch.rejected.head(5).iter_rows(named=True):
-                log.warning("rejected %s[%s]@%s: %s", r["topic"], r["partition"], r["offset"],
-                            r["reason"])
+        pipeline = IngestPipeline(self.ingestor, self.store, self.source,
+                                  on_persisted=self._on_persisted)
+        await pipeline.run(self.stop_event)
+        self.source_done = pipeline.exhausted
 
     async def run(self, *, install_signals: bool = True, until_drained: bool = False) -> None:
         """Run until SIGINT/SIGTERM (or, with `until_drained`, until a finite source is

@@ -8,9 +8,15 @@ ON CONFLICT (topic, "partition") DO UPDATE
 SET next_offset = greatest(offsets.next_offset, excluded.next_offset), updated_at = now();
 
 -- name: insert_requests
+INSERT INTO requests BY NAME SELECT * FROM batch_requests;
+
+-- name: insert_requests_ignore_known
 INSERT OR IGNORE INTO requests BY NAME SELECT * FROM batch_requests;
 
 -- name: insert_samples
+INSERT INTO samples BY NAME SELECT * FROM batch_samples;
+
+-- name: insert_samples_ignore_known
 INSERT OR IGNORE INTO samples BY NAME SELECT * FROM batch_samples;
 
 -- name: insert_rejected

@@ -1,0 +1,156 @@
+"""Ingest throughput: shadowroute's full ingest vs bare aiokafka `getmany` on the same topic.
+
+Starts its own local Kafka-protocol broker (Tansu), preloads N realistic log records (~1-3 KB,
+mixed formats), then measures in the same run:
+  (a) bare aiokafka: a consumer reading the topic with `getmany`, doing nothing with the records;
+  (b) shadowroute: the service's ingest path (KafkaSource -> decode + sample -> DuckDB with
+      offsets, one transaction per batch) until every record is persisted.
+The last line printed is one JSON object with `baseline_records_per_s`, `ingest_records_per_s`
+and `ratio` (the goal is ratio >= 0.5). The machine is noisy: compare the ratio, not the figures.
+
+    python benchmarks/ingest.py [--records 200000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from analytics.store import Store  # noqa: E402
+from consumers.ingest import Ingestor  # noqa: E402
+from consumers.kafka_source import KafkaSource  # noqa: E402
+from shadowroute.broker import Broker  # noqa: E402
+from shadowroute.config import load_config  # noqa: E402
+from shadowroute.traffic import TrafficGenerator  # noqa: E402
+
+PARTITIONS = 4
+
+
+async def preload(bootstrap: str, topic: str, n: int) -> tuple[int, int]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    await admin.create_topics([NewTopic(topic, num_partitions=PARTITIONS, replication_factor=1)])
+    await admin.close()
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=20,
+                                max_batch_size=1024 * 1024, max_request_size=16 * 1024 * 1024)
+    await producer.start()
+    gen = TrafficGenerator(seed=1, formats=("openai_chat",))
+    total_bytes = 0
+    try:
+        pending = []
+        for i, value in enumerate(gen.encoded(n)):
+            total_bytes += len(value)
+            pending.append(await producer.send(topic, value, partition=i % PARTITIONS))
+            if len(pending) >= 5000:
+                await asyncio.gather(*pending)
+                pending.clear()
+        await asyncio.gather(*pending)
+    finally:
+        await producer.stop()
+    return n, total_bytes
+
+
+async def bare(bootstrap: str, topic: str, n: int) -> float:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                                max_partition_fetch_bytes=8 * 1024 * 1024)
+    await consumer.start()
+    tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
+    consumer.assign(tps)
+    await consumer.seek_to_beginning(*tps)
+    got = 0
+    start = time.perf_counter()
+    try:
+        while got < n:
+            batch = await consumer.getmany(timeout_ms=500, max_records=2000)
+            got += sum(len(v) for v in batch.values())
+    finally:
+        elapsed = time.perf_counter() - start
+        await consumer.stop()
+    return got / elapsed
+
+
+async def ours(bootstrap: str, topic: str, n: int, db: Path) -> float:
+    cfg = load_config(None, env={
+        "SHADOWROUTE_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
+        "SHADOWROUTE_KAFKA__TOPICS": f'["{topic}"]',
+        "SHADOWROUTE_KAFKA__GROUP_ID": "bench",
+        "SHADOWROUTE_KAFKA__SESSION_TIMEOUT_MS": "6000",
+        "SHADOWROUTE_STORAGE__DB_PATH": str(db),
+        "SHADOWROUTE_SAMPLING__DEFAULT_RATE": "0.05",
+    })
+    from consumers.pipeline import IngestPipeline
+    from shadowroute.service import AsyncStore
+
+    store = AsyncStore(Store(db))
+    source = KafkaSource(cfg.kafka, store.store.stored_offsets)
+    await source.start()
+    stop = asyncio.Event()
+    state = {"got": 0, "start": 0.0, "end": 0.0}
+
+    class Timed:
+        """The Kafka source, noting when the first record arrived (the group join is excluded,
+        as the bare consumer has none)."""
+
+        async def batch(self) -> list:  # type: ignore[type-arg]
+            msgs = await source.batch()
+            if msgs and not state["start"]:
+                state["start"] = time.perf_counter()
+            return msgs
+
+        async def commit(self, offsets: dict[tuple[str, int], int]) -> None:
+            await source.commit(offsets)
+
+    def persisted(batch, duplicates: int) -> None:  # type: ignore[no-untyped-def]
+        state["got"] += batch.requests.height + batch.rejected.height + duplicates * 0
+        if state["got"] >= n:
+            state["end"] = time.perf_counter()
+            stop.set()
+
+    try:
+        await IngestPipeline(Ingestor(cfg), store, Timed(), on_persisted=persisted).run(stop)
+        elapsed = state["end"] - state["start"]
+    finally:
+        await source.stop()
+        store.close()
+    con = Store(db, read_only=True)
+    stored = con.fetch("SELECT (SELECT count(*) FROM requests) + (SELECT count(*) FROM rejected)")[0][0]
+    con.close()
+    if stored < n:  # duplicates are stored once; every record must be accounted for
+        print(f"warning: {stored} rows for {n} records", file=sys.stderr)
+    return n / elapsed
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--records", type=int, default=200_000)
+    args = ap.parse_args()
+    broker = Broker()
+    try:
+        topic = "bench-ingest"
+        t0 = time.perf_counter()
+        n, size = await preload(broker.bootstrap, topic, args.records)
+        print(f"preloaded {n:,} records ({size / n:,.0f} B avg) in {time.perf_counter() - t0:.1f}s")
+        base = await bare(broker.bootstrap, topic, n)
+        print(f"bare aiokafka getmany:   {base:>10,.0f} records/s")
+        with tempfile.TemporaryDirectory() as d:
+            ing = await ours(broker.bootstrap, topic, n, Path(d) / "bench.duckdb")
+        print(f"shadowroute full ingest: {ing:>10,.0f} records/s")
+        print(json.dumps({"records": n, "avg_record_bytes": round(size / n),
+                          "baseline_records_per_s": round(base), "ingest_records_per_s": round(ing),
+                          "ratio": round(ing / base, 3)}))
+    finally:
+        broker.stop()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

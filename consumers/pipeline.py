@@ -1,0 +1,94 @@
+"""The ingest pipeline: fetch -> decode -> persist, with the stages overlapped.
+
+Fetching and decoding the next batch runs while the previous one is written: DuckDB releases
+the GIL while it inserts and commits, so on two cores the stages overlap. When the writer falls
+behind, the batches waiting for it are merged into one transaction, so the fixed cost of a
+transaction (registering frames, commit) is spread over more records exactly when it matters.
+Offsets are committed to the source only after the transaction that holds them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Protocol
+
+import polars as pl
+
+from consumers.ingest import IngestBatch, Ingestor
+from consumers.records import RawMessage
+
+
+def merge_batches(batches: list[IngestBatch]) -> IngestBatch:
+    offsets: dict[tuple[str, int], int] = {}
+    for b in batches:
+        for tp, o in b.offsets.items():
+            offsets[tp] = max(offsets.get(tp, o), o)
+    return IngestBatch(
+        requests=pl.concat([b.requests for b in batches]),
+        samples=pl.concat([b.samples for b in batches]),
+        rejected=pl.concat([b.rejected for b in batches]),
+        offsets=offsets)
+
+
+class BatchSource(Protocol):
+    async def batch(self) -> list[RawMessage]: ...
+    async def commit(self, offsets: dict[tuple[str, int], int]) -> None: ...
+
+
+class AsyncIngestSink(Protocol):
+    async def write_ingest(self, batch: IngestBatch) -> int: ...
+
+
+class IngestPipeline:
+    def __init__(self, ingestor: Ingestor, sink: AsyncIngestSink, source: BatchSource, *,
+                 on_persisted: Callable[[IngestBatch, int], None] | None = None,
+                 max_waiting: int = 4, max_merge_records: int = 20_000) -> None:
+        self.ingestor = ingestor
+        self.sink = sink
+        self.source = source
+        self.on_persisted = on_persisted
+        self.queue: asyncio.Queue[IngestBatch | None] = asyncio.Queue(maxsize=max_waiting)
+        self.max_merge_records = max_merge_records
+        self.exhausted = False
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Until `stop` is set (or a finite source is exhausted); the batch in hand is always
+        persisted and committed before returning."""
+        writer = asyncio.create_task(self._write_loop())
+        try:
+            while not stop.is_set() and not writer.done():
+                msgs = await self.source.batch()
+                if not msgs:
+                    if getattr(self.source, "exhausted", False):
+                        self.exhausted = True
+                        break
+                    continue
+                batch = await asyncio.to_thread(self.ingestor.process, msgs)
+                await self.queue.put(batch)
+        finally:
+            if not writer.done():
+                await self.queue.put(None)
+            await writer  # re-raises a failed write: the service must not go on without it
+
+    async def _write_loop(self) -> None:
+        while True:
+            first = await self.queue.get()
+            if first is None:
+                return
+            batches, done = [first], False
+            size = first.requests.height + first.rejected.height
+            while not self.queue.empty() and size < self.max_merge_records:
+                nxt = self.queue.get_nowait()
+                if nxt is None:
+                    done = True
+                    break
+                batches.append(nxt)
+                size += nxt.requests.height + nxt.rejected.height
+            batch = merge_batches(batches) if len(batches) > 1 else first
+            duplicates = await self.sink.write_ingest(batch)
+            await self.source.commit(batch.offsets)
+            if self.on_persisted:
+                self.on_persisted(batch, duplicates)
+            if done:
+                return
