@@ -95,8 +95,10 @@ class Store:
         offsets = pl.DataFrame(
             [(t, p, o) for (t, p), o in batch.offsets.items()],
             schema={"topic": pl.Utf8, "partition": pl.Int32, "next_offset": pl.Int64}, orient="row")
-        frames = {"batch_requests": batch.requests, "batch_samples": batch.samples,
-                  "batch_rejected": batch.rejected, "batch_offsets": offsets}
+        frames = {name: df for name, df in (
+            ("batch_requests", batch.requests), ("batch_samples", batch.samples),
+            ("batch_rejected", batch.rejected), ("batch_skipped", batch.skipped),
+            ("batch_offsets", offsets)) if df.height}  # registering costs ~1 ms a frame
         suffix = "_ignore_known" if ignore_known else ""
         duplicates = 0
         with self._tx(frames) as con:
@@ -107,7 +109,10 @@ class Store:
                 con.execute(sql.query("insert_samples" + suffix))
             if batch.rejected.height:
                 con.execute(sql.query("insert_rejected"))
-            con.execute(sql.query("upsert_offsets"))
+            if batch.skipped.height:
+                con.execute(sql.query("insert_skipped"))
+            if offsets.height:
+                con.execute(sql.query("upsert_offsets"))
         return duplicates
 
     def stored_offsets(self) -> dict[tuple[str, int], int]:
@@ -130,6 +135,22 @@ class Store:
                             ("batch_finished", "finish_samples")):
                 if frames[name].height:
                     con.execute(sql.query(q))
+
+    def shed_pending(self, keep: int, reason: str) -> tuple[int, int]:
+        """Backpressure: mark pending samples beyond the oldest `keep` as `skipped_shed`.
+        Returns (pending before, shed)."""
+        with self._lock:
+            row = self.con.execute(sql.query("pending_count")).fetchone()
+            pending = int(row[0]) if row else 0
+            if pending <= keep:
+                return pending, 0
+            cur = self.con.execute(sql.query("shed_samples"), {"keep": keep, "reason": reason})
+            shed = cur.fetchone()
+            return pending, int(shed[0]) if shed else 0
+
+    def recent_shadow_spend(self) -> list[tuple[float, float]]:
+        """(age in seconds, USD) of shadow spend over the last day, to seed the budget."""
+        return [(float(a), float(u)) for a, u in self.fetch(sql.query("recent_shadow_spend"))]
 
     # -- reads ----------------------------------------------------------------------------
     def fetch(self, query: str, params: Mapping[str, Any] | Sequence[Any] | None = None

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import tempfile
 import time
@@ -87,6 +88,7 @@ async def ours(bootstrap: str, topic: str, n: int, db: Path) -> float:
         "SHADOWROUTE_KAFKA__SESSION_TIMEOUT_MS": "6000",
         "SHADOWROUTE_STORAGE__DB_PATH": str(db),
         "SHADOWROUTE_SAMPLING__DEFAULT_RATE": "0.05",
+        **{k: v for k, v in os.environ.items() if k.startswith("SHADOWROUTE_")},
     })
     from consumers.pipeline import IngestPipeline
     from shadowroute.service import AsyncStore

@@ -7,6 +7,7 @@ polars frames plus the next offset per partition; a sink persists all of it in o
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -15,10 +16,13 @@ from typing import Any, Protocol
 import orjson
 import polars as pl
 
-from consumers.formats import DECODERS, detect, message_text
-from consumers.records import DecodeError, RawMessage, Request
+from consumers.formats import Decoders, message_text
+from consumers.formats.mapping import build_mapping_formats
+from consumers.records import Decoded, DecodeError, RawMessage, Request
 from consumers.sampling import Sampler, stratum_of
 from shadowroute.config import Config, Price
+
+log = logging.getLogger("shadowroute.ingest")
 
 REQUESTS_SCHEMA: dict[str, Any] = {
     "request_id": pl.Utf8, "ts": pl.Datetime("ms"), "topic": pl.Utf8, "partition": pl.Int32,
@@ -34,6 +38,10 @@ SAMPLES_SCHEMA: dict[str, Any] = {
     "params": pl.Utf8, "tags": pl.Utf8, "response_text": pl.Utf8, "frontier_cost_usd": pl.Float64,
     "input_tokens": pl.Int64, "output_tokens": pl.Int64, "scorer": pl.Utf8,
 }
+MAX_REASON_CHARS = 300
+SKIPPED_SCHEMA: dict[str, Any] = {
+    "topic": pl.Utf8, "partition": pl.Int32, "offset": pl.Int64, "reason": pl.Utf8, "items": pl.Int64,
+}
 REJECTED_SCHEMA: dict[str, Any] = {
     "topic": pl.Utf8, "partition": pl.Int32, "offset": pl.Int64, "reason": pl.Utf8,
     "raw": pl.Binary, "raw_size": pl.Int64,
@@ -47,6 +55,8 @@ class IngestBatch:
     rejected: pl.DataFrame
     # (topic, partition) -> next offset to read, i.e. last processed offset + 1.
     offsets: dict[tuple[str, int], int] = field(default_factory=dict)
+    # Items inside records that are counted, not stored: non-LLM spans, repeated request ids.
+    skipped: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=SKIPPED_SCHEMA))
 
     @property
     def empty(self) -> bool:
@@ -81,8 +91,9 @@ class Ingestor:
         self.prices: Mapping[str, Price] = cfg.prices
         self.max_bytes = cfg.storage.max_record_bytes
         self.max_raw = cfg.storage.max_raw_bytes
+        self.decoders = Decoders(cfg.formats.by_topic, extra=build_mapping_formats(cfg.formats))
 
-    def decode(self, msg: RawMessage) -> list[Request]:
+    def decode(self, msg: RawMessage) -> Decoded:
         """Decode one message or raise `DecodeError` with the reason."""
         value = msg.value
         if value is None:
@@ -90,17 +101,14 @@ class Ingestor:
         if len(value) > self.max_bytes:
             raise DecodeError(f"message of {len(value):,} bytes exceeds "
                               f"storage.max_record_bytes ({self.max_bytes:,})")
-        try:
-            obj = orjson.loads(value)
-        except orjson.JSONDecodeError as e:
-            raise DecodeError(_json_reason(value, e)) from None
-        return DECODERS[detect(obj)](obj, msg)
+        return self.decoders.decode(value, msg)
 
     def process(self, msgs: Sequence[RawMessage]) -> IngestBatch:
         req_rows: list[tuple[Any, ...]] = []
         sample_rows: list[tuple[Any, ...]] = []
         rej_rows: list[tuple[Any, ...]] = []
         offsets: dict[tuple[str, int], int] = {}
+        skip_rows: list[tuple[Any, ...]] = []
         seen: set[str] = set()
         for msg in msgs:
             tp = (msg.topic, msg.partition)
@@ -108,9 +116,11 @@ class Ingestor:
             try:
                 decoded = self.decode(msg)
                 rows: dict[str, tuple[tuple[Any, ...], tuple[Any, ...] | None]] = {}
-                for r in decoded:
+                dups = 0
+                for r in decoded.requests:
                     if r.request_id in seen or r.request_id in rows:
-                        continue  # the same id twice in one batch is stored once
+                        dups += 1  # the same id twice in one batch is stored once
+                        continue
                     rows[r.request_id] = self._rows(r, msg)
             except DecodeError as e:
                 rej_rows.append(self._rejection(msg, str(e)))
@@ -120,6 +130,15 @@ class Ingestor:
             except (RecursionError, orjson.JSONEncodeError):
                 rej_rows.append(self._rejection(msg, "JSON nested too deeply"))
                 continue
+            except Exception as e:  # a decoder bug must cost one record, never the pipeline
+                log.exception("decoder failed on %s", msg.where)
+                rej_rows.append(self._rejection(msg, f"decoder error: {type(e).__name__}: {e}"))
+                continue
+            if decoded.skipped:
+                skip_rows.append((msg.topic, msg.partition, msg.offset, "not an LLM call",
+                                  decoded.skipped))
+            if dups:
+                skip_rows.append((msg.topic, msg.partition, msg.offset, "duplicate request id", dups))
             for rid, (row, sample) in rows.items():
                 seen.add(rid)
                 req_rows.append(row)
@@ -130,10 +149,13 @@ class Ingestor:
             samples=pl.DataFrame(sample_rows, schema=SAMPLES_SCHEMA, orient="row"),
             rejected=pl.DataFrame(rej_rows, schema=REJECTED_SCHEMA, orient="row"),
             offsets=offsets,
+            skipped=pl.DataFrame(skip_rows, schema=SKIPPED_SCHEMA, orient="row"),
         )
 
     def _rejection(self, msg: RawMessage, reason: str) -> tuple[Any, ...]:
         raw = msg.value or b""
+        if len(reason) > MAX_REASON_CHARS:  # a reason quotes values; keep it a readable line
+            reason = reason[: MAX_REASON_CHARS - 1] + "…"
         return (msg.topic, msg.partition, msg.offset, reason, raw[: self.max_raw], len(raw))
 
     def _rows(self, r: Request, msg: RawMessage) -> tuple[tuple[Any, ...], tuple[Any, ...] | None]:
@@ -177,14 +199,6 @@ class Ingestor:
         if r.cost_usd is None:
             return f"no cost in the log and no price for model {r.model!r} in [prices]"
         return None
-
-
-def _json_reason(value: bytes, e: orjson.JSONDecodeError) -> str:
-    try:
-        value.decode("utf-8")
-    except UnicodeDecodeError as u:
-        return f"invalid UTF-8 at byte {u.start}"
-    return f"invalid JSON: {e}"[:300]
 
 
 def now_ms() -> int:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,5 +49,21 @@ class Request:
     not_replayable: str | None = None
 
 
+class Decoded(NamedTuple):
+    """What one record held: its LLM calls, and how many other items it held that are not LLM
+    calls (e.g. non-GenAI spans in an OTLP message), counted rather than rejected."""
+
+    requests: list[Request]
+    skipped: int = 0
+
+
 class DecodeError(ValueError):
-    """A record cannot become a request; the message is the reason a person reads in `rejected`."""
+    """A record cannot become a request; the message is the reason a person reads in `rejected`.
+    Reasons quote values, so they are cut to one readable line."""
+
+    MAX_CHARS = 300
+
+    def __init__(self, reason: str) -> None:
+        if len(reason) > self.MAX_CHARS:
+            reason = reason[: self.MAX_CHARS - 1] + "…"
+        super().__init__(reason)

@@ -1,28 +1,52 @@
-"""Calls to cheap models through an OpenAI-compatible `/chat/completions` endpoint.
+"""Calls to a cheap model (a group of OpenAI-compatible deployments), as dependable as a router.
 
-`ModelClient.complete` never raises for a failed call: it returns a `CallResult` whose `error`
-says what went wrong (status, timeout, malformed body), so a failing endpoint cannot stall or
-crash the pipeline. Transient failures (429, 5xx, timeouts, connection errors) are retried with
-exponential backoff and jitter, honouring `Retry-After`. The API key is read from the
+`ModelClient.complete` never raises for a failed call: it returns a `CallResult` whose
+`outcome` and `error` say what happened, so a failing endpoint cannot stall or crash the
+pipeline. One call:
+
+1. reuses an identical earlier replay within `reuse_window_s` (`outcome = "reused"`);
+2. takes a lease on the best deployment of the group (`DeploymentGroup.acquire`: cooldowns,
+   `Retry-After`, concurrency and rpm/tpm limits; waits at most `max_wait_s`, else
+   `"unavailable"`);
+3. reserves the attempt's worst-case cost in the `Budget` (exhausted: `"budget"`);
+4. sends it; 429, 5xx, timeouts, connection errors and malformed answers are retried with
+   exponential backoff and jitter, on another deployment right away when one is ready, and
+   `Retry-After` keeps the deployment idle that long; 400/401/403/404 (and other 4xx) are not
+   retried and are reported as they came (`"error"`);
+5. settles the reservation to the actual cost: from `usage`, or when the answer has none, from
+   the upper bounds of `shadow.tokens` (`usage_estimated`). An attempt whose fate is unknown
+   (timed out or dropped after the request was sent, malformed answer) is charged its worst
+   case: it may have been billed.
+
+`cost_usd` is what the answer costs (the cheap model's cost in the estimates); `spend_usd` is
+what the budget was charged for this call over all its attempts. The API key is read from the
 environment at call time and never appears in results, errors or logs.
 """
 
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import random
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import orjson
 
-from shadowroute.config import ModelConfig, secret_from_env
+from shadow.budget import Budget
+from shadow.deployments import Deployment, DeploymentGroup, GroupUnavailable, Lease
+from shadow.reuse import ReuseCache, reuse_key
+from shadow.tokens import prompt_token_bound, prompt_token_estimate
+from shadowroute.config import ModelConfig, ShadowConfig, secret_from_env
 
-RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
+RETRY_STATUS = {408, 409, 429}  # and every 5xx
+HEALTH_STATUS = {401, 403, 404}  # not retried, but they say the deployment is misconfigured
 REPLAY_PARAMS = ("temperature", "top_p", "response_format", "stop", "seed",
                  "presence_penalty", "frequency_penalty")
+OUTCOMES = ("ok", "reused", "error", "budget", "unavailable")
 
 
 @dataclass
@@ -36,19 +60,47 @@ class CallResult:
     latency_ms: float
     error: str | None
     attempts: int
+    outcome: str = "ok"  # one of OUTCOMES
+    deployment: str | None = None
+    spend_usd: float = 0.0
+    usage_estimated: bool = False
+    reused_from: str | None = None
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_retries: int = 2
+    backoff_s: float = 0.5
+    max_backoff_s: float = 20.0
+    max_wait_s: float = 300.0
+
+    def delay(self, failures: int) -> float:
+        d = min(self.max_backoff_s, self.backoff_s * 2 ** (failures - 1))
+        return d * (0.5 + random.random())  # jitter: callers that failed together spread out
+
+
+def replay_params(params: dict[str, Any]) -> dict[str, Any]:
+    """The production request's sampling parameters the replay keeps. Never `stream` (a
+    streamed request is replayed unstreamed), never `n` (one answer is scored), never tools."""
+    return {k: params[k] for k in REPLAY_PARAMS if params.get(k) is not None}
 
 
 def replay_body(model: ModelConfig, messages: list[dict[str, Any]], params: dict[str, Any]
                 ) -> dict[str, Any]:
     """The production request, as faithfully as the cheap model allows: same messages and
     sampling parameters, `max_tokens` capped, never streamed."""
-    body: dict[str, Any] = {"model": model.model or model.name, "messages": messages}
-    for k in REPLAY_PARAMS:
-        if params.get(k) is not None:
-            body[k] = params[k]
-    asked = params.get("max_tokens") or params.get("max_completion_tokens")
-    body["max_tokens"] = min(int(asked), model.max_tokens) if asked else model.max_tokens
+    body: dict[str, Any] = {"model": model.model or model.name, "messages": messages,
+                            **replay_params(params)}
+    body["max_tokens"] = capped_max_tokens(params, model.max_tokens)
     return body
+
+
+def capped_max_tokens(params: dict[str, Any], cap: int) -> int:
+    asked = params.get("max_tokens") or params.get("max_completion_tokens")
+    try:
+        return min(int(asked), cap) if asked else cap
+    except (TypeError, ValueError):
+        return cap
 
 
 def cost_of(model: ModelConfig, inp: int, cached: int, out: int) -> float:
@@ -56,77 +108,229 @@ def cost_of(model: ModelConfig, inp: int, cached: int, out: int) -> float:
             + out * model.output_per_mtok) / 1e6
 
 
+class _Attempt:
+    """What one attempt produced."""
+
+    __slots__ = ("result", "error", "retriable", "health", "retry_after", "unknown_cost")
+
+    def __init__(self, result: CallResult | None = None, error: str = "", *,
+                 retriable: bool = False, health: bool = True, retry_after: float | None = None,
+                 unknown_cost: bool = False) -> None:
+        self.result = result
+        self.error = error
+        self.retriable = retriable
+        self.health = health
+        self.retry_after = retry_after
+        self.unknown_cost = unknown_cost
+
+
 class ModelClient:
     def __init__(self, cfg: ModelConfig, http: httpx.AsyncClient, *, retries: int = 2,
-                 backoff_s: float = 0.5, max_backoff_s: float = 20.0) -> None:
+                 backoff_s: float = 0.5, max_backoff_s: float = 20.0, max_wait_s: float = 300.0,
+                 allowed_fails: int = 3, cooldown_s: float = 60.0, budget: Budget | None = None,
+                 reuse_window_s: float = 0.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.cfg = cfg
         self.http = http
-        self.retries = retries
-        self.backoff_s = backoff_s
-        self.max_backoff_s = max_backoff_s
-        self.url = cfg.base_url.rstrip("/") + "/chat/completions"
+        self.policy = RetryPolicy(retries, backoff_s, max_backoff_s, max_wait_s)
+        self.budget = budget
+        self.clock = clock
+        self.group = DeploymentGroup(cfg.name, [Deployment(d) for d in cfg.resolved_deployments()],
+                                     allowed_fails=allowed_fails, cooldown_s=cooldown_s,
+                                     clock=clock)
+        self.reuse: ReuseCache[CallResult] | None = (
+            ReuseCache(reuse_window_s, clock=clock) if reuse_window_s > 0 else None)
+        self._static_headers = {
+            d.name: {"Content-Type": "application/json", **d.spec.extra_headers}
+            for d in self.group.deployments}
 
-    def _headers(self) -> dict[str, str]:
-        key = secret_from_env(self.cfg.api_key_env)
-        return {"Authorization": f"Bearer {key}"} if key else {}
+    @classmethod
+    def from_config(cls, cfg: ModelConfig, shadow: ShadowConfig, http: httpx.AsyncClient,
+                    budget: Budget | None = None) -> ModelClient:
+        return cls(cfg, http, retries=shadow.max_retries, backoff_s=shadow.backoff_s,
+                   max_backoff_s=shadow.max_backoff_s, max_wait_s=shadow.max_wait_s,
+                   allowed_fails=shadow.allowed_fails, cooldown_s=shadow.cooldown_s,
+                   budget=budget, reuse_window_s=shadow.reuse_window_s)
 
-    async def complete(self, messages: list[dict[str, Any]], params: dict[str, Any]) -> CallResult:
-        body = orjson.dumps(replay_body(self.cfg, messages, params))
-        headers = {"Content-Type": "application/json", **self._headers()}
+    @property
+    def name(self) -> str:
+        return self.cfg.name
+
+    @property
+    def deployments(self) -> Sequence[Deployment]:
+        return self.group.deployments
+
+    def _headers(self, d: Deployment) -> dict[str, str]:
+        headers = self._static_headers[d.name]
+        key = secret_from_env(d.spec.api_key_env)
+        if not key:
+            return headers
+        h = d.spec.api_key_header or "Authorization"
+        return {**headers, h: f"Bearer {key}" if h.lower() == "authorization" else key}
+
+    async def complete(self, messages: list[dict[str, Any]], params: dict[str, Any], *,
+                       sample_id: str | None = None) -> CallResult:
         start = time.perf_counter()
-        error = "not attempted"
-        attempt = 0
-        while attempt <= self.retries:
-            attempt += 1
-            delay: float | None = None
-            try:
-                resp = await self.http.post(self.url, content=body, headers=headers,
-                                            timeout=self.cfg.timeout_s)
-            except httpx.TimeoutException:
-                error = f"timeout after {self.cfg.timeout_s:g}s"
-            except httpx.TransportError as e:
-                error = f"connection error: {type(e).__name__}"
-            else:
-                if resp.status_code == 200:
-                    return self._parse(resp.content, start, attempt)
-                error = f"HTTP {resp.status_code}: {_short(resp.text)}"
-                if resp.status_code not in RETRY_STATUS:
-                    break
-                delay = _retry_after(resp.headers.get("retry-after"))
-            if attempt > self.retries:
-                break
-            if delay is None:
-                delay = min(self.max_backoff_s, self.backoff_s * 2 ** (attempt - 1))
-                delay *= 0.5 + random.random()  # jitter: callers that failed together spread out
-            await asyncio.sleep(min(delay, self.max_backoff_s))
-        key = secret_from_env(self.cfg.api_key_env)
-        if key:  # some providers echo the key they were given in their error text
-            error = error.replace(key, "***")
-        return CallResult(self.cfg.name, None, None, None, None, None,
-                          (time.perf_counter() - start) * 1000, error, attempt)
+        # Serialized once: the body of each deployment is spliced around it.
+        base = orjson.dumps({"messages": messages, **replay_params(params)})
+        cap = capped_max_tokens(params, self.cfg.max_tokens)
+        if self.reuse is None:
+            return await self._call(base, cap, messages, params, start)
+        key = reuse_key(self.cfg.name, base + b"%d" % cap)
+        hit = await self.reuse.claim(key)
+        if hit is not None:
+            first_id, r = hit
+            return CallResult(r.model, r.answer, r.input_tokens, r.cached_input_tokens,
+                              r.output_tokens, r.cost_usd, r.latency_ms, None, 0, "reused",
+                              r.deployment, 0.0, r.usage_estimated, first_id)
+        res: CallResult | None = None
+        try:
+            res = await self._call(base, cap, messages, params, start)
+        finally:
+            self.reuse.release(key, sample_id, res if res is not None and res.outcome == "ok"
+                               else None)
+        return res
 
-    def _parse(self, content: bytes, start: float, attempts: int) -> CallResult:
+    async def _call(self, base: bytes, group_cap: int, messages: list[dict[str, Any]],
+                    params: dict[str, Any], start: float) -> CallResult:
+        group = self.group
+        deadline = self.clock() + self.policy.max_wait_s
+        tokens = prompt_token_estimate(base) + group_cap  # what a rate limiter counts up front
+        bodies: dict[tuple[str, int], bytes] = {}
+        failures = attempts = 0
+        spend = 0.0
+        avoid: Deployment | None = None
+        last: str | None = None
+        last_dep: str | None = None
+        while True:
+            try:
+                lease = await group.acquire(tokens, deadline, avoid)
+            except GroupUnavailable as e:
+                outcome = "unavailable" if attempts == 0 else "error"
+                error = str(e) if last is None else f"{last}; then {e}"
+                return self._failed(outcome, error, attempts, spend, last_dep, start)
+            d = lease.deployment
+            cap = capped_max_tokens(params, d.spec.max_tokens)
+            body = bodies.get((d.spec.model, cap))
+            if body is None:
+                body = bodies[(d.spec.model, cap)] = (
+                    b'{"model":' + orjson.dumps(d.spec.model) + b"," + base[1:-1]
+                    + b',"max_tokens":%d}' % cap)
+            bound = prompt_token_bound(body, messages)
+            reservation = None
+            if self.budget is not None:
+                reservation = await self.budget.reserve(d.worst_cost(bound, cap))
+                if reservation is None:
+                    group.cancel(lease)
+                    left = min(self.budget.left_usd("hour"), self.budget.left_usd("day"))
+                    error = (f"shadow budget exhausted: this call may cost up to "
+                             f"${d.worst_cost(bound, cap):.6f}, ${left:.6f} left")
+                    if last is not None:
+                        error = f"{last}; then {error}"
+                    return self._failed("budget" if attempts == 0 else "error", error, attempts,
+                                        spend, d.name, start)
+            attempts += 1
+            att = await self._attempt(lease, body, bound, cap, start, attempts)
+            charge = 0.0
+            if att.result is not None:
+                charge = att.result.cost_usd or 0.0
+            elif att.unknown_cost:
+                charge = d.worst_cost(bound, cap)
+            if reservation is not None and self.budget is not None:
+                self.budget.settle(reservation, charge)
+            spend += charge
+            if att.result is not None:
+                group.succeeded(lease, (att.result.input_tokens or 0)
+                                + (att.result.output_tokens or 0))
+                att.result.spend_usd = spend
+                return att.result
+            group.failed(lease, att.error, health=att.health, retry_after=att.retry_after)
+            last, last_dep = f"{d.name}: {att.error}", d.name
+            if not att.retriable:
+                return self._failed("error", last, attempts, spend, d.name, start)
+            failures += 1
+            if failures > self.policy.max_retries:
+                return self._failed("error", last, attempts, spend, d.name, start)
+            avoid = d
+            if not group.ready_other_than(d, tokens):  # no fallback ready: back off
+                delay = self.policy.delay(failures)
+                if att.retry_after is not None:
+                    delay = max(delay, att.retry_after)
+                remaining = deadline - self.clock()
+                if delay > remaining:
+                    return self._failed("error", f"{last} (no time left to retry)", attempts,
+                                        spend, d.name, start)
+                await asyncio.sleep(delay)
+
+    def _failed(self, outcome: str, error: str, attempts: int, spend: float,
+                deployment: str | None, start: float) -> CallResult:
+        return CallResult(self.cfg.name, None, None, None, None, None,
+                          (time.perf_counter() - start) * 1000, self._redact(error), attempts,
+                          outcome, deployment, spend)
+
+    def _redact(self, text: str) -> str:
+        # Some providers echo the key they were given in their error text.
+        for d in self.group.deployments:
+            key = secret_from_env(d.spec.api_key_env)
+            if key:
+                text = text.replace(key, "***")
+        return text
+
+    async def _attempt(self, lease: Lease, body: bytes, bound: int, cap: int, start: float,
+                       attempts: int) -> _Attempt:
+        d = lease.deployment
+        try:
+            resp = await self.http.post(d.url, content=body, headers=self._headers(d),
+                                        timeout=d.spec.timeout_s)
+        except (httpx.ConnectError, httpx.ConnectTimeout) as e:
+            return _Attempt(error=f"connection error: {type(e).__name__}", retriable=True)
+        except (httpx.WriteTimeout, httpx.PoolTimeout) as e:
+            return _Attempt(error=f"timeout sending the request ({type(e).__name__})",
+                            retriable=True)
+        except httpx.TimeoutException:
+            return _Attempt(error=f"timeout after {d.spec.timeout_s:g}s", retriable=True,
+                            unknown_cost=True)
+        except httpx.TransportError as e:
+            # Sent, then the connection dropped: the provider may have billed it.
+            return _Attempt(error=f"connection dropped: {type(e).__name__}", retriable=True,
+                            unknown_cost=True)
+        status = resp.status_code
+        if status == 200:
+            res = self._parse(resp.content, d, bound, cap, start, attempts)
+            if res is None:
+                return _Attempt(error="malformed response body", retriable=True,
+                                unknown_cost=True)
+            return _Attempt(res)
+        error = f"HTTP {status}: {_short(resp.text)}"
+        if status in RETRY_STATUS or status >= 500:
+            return _Attempt(error=error, retriable=True,
+                            retry_after=_retry_after(resp.headers.get("retry-after")))
+        return _Attempt(error=error, retriable=False, health=status in HEALTH_STATUS)
+
+    def _parse(self, content: bytes, d: Deployment, bound: int, cap: int, start: float,
+               attempts: int) -> CallResult | None:
         latency = (time.perf_counter() - start) * 1000
         try:
             data = orjson.loads(content)
             msg = data["choices"][0]["message"]
             answer = msg.get("content") or ""
             if not isinstance(answer, str):
-                raise TypeError("content is not a string")
-        except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, AttributeError) as e:
-            return CallResult(self.cfg.name, None, None, None, None, None, latency,
-                              f"malformed response body: {type(e).__name__}", attempts)
-        usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
+                return None
+        except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, AttributeError):
+            return None
+        usage = data.get("usage")
+        if not isinstance(usage, dict):
+            usage = {}
         inp = _int(usage.get("prompt_tokens"))
         out = _int(usage.get("completion_tokens"))
         details = usage.get("prompt_tokens_details")
-        cached = _int(details.get("cached_tokens")) if isinstance(details, dict) else 0
-        if inp is None or out is None:
-            # No usage reported: estimate ~4 characters a token so the cost is not silently zero.
-            inp = inp if inp is not None else 0
-            out = out if out is not None else max(1, len(answer) // 4)
-        return CallResult(self.cfg.name, answer, inp, cached or 0, out,
-                          cost_of(self.cfg, inp, cached or 0, out), latency, None, attempts)
+        cached = (_int(details.get("cached_tokens")) if isinstance(details, dict) else 0) or 0
+        estimated = inp is None or out is None
+        if inp is None:
+            inp = bound  # no usage: charge upper bounds, never a silent zero
+        if out is None:
+            out = min(len(answer.encode()), cap)
+        return CallResult(self.cfg.name, answer, inp, cached, out, d.cost(inp, cached, out),
+                          latency, None, attempts, "ok", d.name, 0.0, estimated)
 
 
 def _int(v: Any) -> int | None:
@@ -134,12 +338,18 @@ def _int(v: Any) -> int | None:
 
 
 def _retry_after(v: str | None) -> float | None:
+    """Seconds from a `Retry-After` header: a number or an HTTP date."""
     if not v:
         return None
     try:
         return max(0.0, float(v))
     except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(v)
+    except (TypeError, ValueError):
         return None
+    return max(0.0, when.timestamp() - time.time())
 
 
 def _short(text: str) -> str:

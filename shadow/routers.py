@@ -56,9 +56,13 @@ class RandomRouter:
 
 
 def _word_pattern(words: tuple[str, ...]) -> re.Pattern[str] | None:
+    # An empty word would match everywhere: it is a config slip, not a keyword.
+    words = tuple(w for w in words if w)
     if not words:
         return None
-    return re.compile(r"\b(?:" + "|".join(re.escape(w.lower()) for w in words) + r")\b")
+    # Not \b: it needs a word character inside the keyword's edge, so "c++" or "#urgent"
+    # never matched. "No word character just outside" is the same for ordinary words.
+    return re.compile(r"(?<!\w)(?:" + "|".join(re.escape(w.lower()) for w in words) + r")(?!\w)")
 
 
 class RulesRouter:

@@ -5,12 +5,29 @@ work resumes after a restart), asks every router for its score, replays the requ
 every cheap model with bounded concurrency, scores each answer against the frontier answer and
 writes all results of a sample, with its final status, in one transaction. Results are
 buffered and flushed in batches. Ingest never waits for it: it only sets `wake`.
+
+Backpressure: about once a second the runner asks the sink to keep at most `max_queue` pending
+samples; the newest beyond that are shed (`skipped_shed`), never ingest slowed down.
+
+A sample ends with one of these statuses (`SAMPLE_STATUSES`); only `done` samples count in
+n_h, every sampled request stays in N_h:
+
+- `done`: at least one cheap model answered (a model that did not has its reason in
+  `shadow_calls.error` / `outcome`);
+- `skipped_budget`: the shadow budget had no room for any model's worst-case cost;
+- `skipped_unavailable`: no deployment of any model could take the call within `max_wait_s`;
+- `skipped_failed`: every call failed (retries exhausted, or a 4xx);
+- `skipped_shed`: the backlog was above `shadow.max_queue`;
+- `skipped_tools`: the request offered tools and `shadow.replay_tools` is false;
+- `skipped_no_models`: no cheap model is configured;
+- `skipped_error`: an internal error (a bug) while processing it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -26,10 +43,15 @@ from shadow.scorers import SCORERS
 log = logging.getLogger("shadowroute.shadow")
 
 
+SAMPLE_STATUSES = ("pending", "done", "skipped_budget", "skipped_unavailable", "skipped_failed",
+                   "skipped_shed", "skipped_tools", "skipped_no_models", "skipped_error")
+SHED_REASON = "shadow backlog above shadow.max_queue: newest samples shed"
+
+
 @dataclass
 class SampleResult:
     sample_id: str
-    status: str  # done | skipped
+    status: str  # one of SAMPLE_STATUSES
     skip_reason: str | None = None
     router_scores: list[tuple[str, float]] = field(default_factory=list)
     calls: list[CallResult] = field(default_factory=list)
@@ -40,11 +62,17 @@ class ResultSink(Protocol):
     async def pending(self, limit: int) -> list[dict[str, Any]]: ...
     async def write(self, results: Sequence[SampleResult]) -> None: ...
 
+    async def shed(self, keep: int, reason: str) -> tuple[int, int]:
+        """Mark pending samples beyond the oldest `keep` as `skipped_shed`; returns
+        (pending before, shed)."""
+        ...
+
 
 def results_to_frames(results: Sequence[SampleResult]) -> dict[str, pl.DataFrame]:
     rs = [(r.sample_id, name, s) for r in results for name, s in r.router_scores]
     calls = [(r.sample_id, c.model, c.answer, c.input_tokens, c.cached_input_tokens,
-              c.output_tokens, c.cost_usd, c.latency_ms, c.error, c.attempts)
+              c.output_tokens, c.cost_usd, c.latency_ms, c.error, c.attempts, c.deployment,
+              c.outcome, c.spend_usd, c.usage_estimated, c.reused_from)
              for r in results for c in r.calls]
     sc = [(r.sample_id, m, s, v) for r in results for m, s, v in r.scores]
     fin = [(r.sample_id, r.status, r.skip_reason) for r in results]
@@ -54,7 +82,9 @@ def results_to_frames(results: Sequence[SampleResult]) -> dict[str, pl.DataFrame
         "batch_shadow_calls": pl.DataFrame(calls, schema={
             "sample_id": pl.Utf8, "model": pl.Utf8, "answer": pl.Utf8, "input_tokens": pl.Int64,
             "cached_input_tokens": pl.Int64, "output_tokens": pl.Int64, "cost_usd": pl.Float64,
-            "latency_ms": pl.Float64, "error": pl.Utf8, "attempts": pl.Int32}, orient="row"),
+            "latency_ms": pl.Float64, "error": pl.Utf8, "attempts": pl.Int32,
+            "deployment": pl.Utf8, "outcome": pl.Utf8, "spend_usd": pl.Float64,
+            "usage_estimated": pl.Boolean, "reused_from": pl.Utf8}, orient="row"),
         "batch_scores": pl.DataFrame(sc, schema={
             "sample_id": pl.Utf8, "model": pl.Utf8, "scorer": pl.Utf8, "value": pl.Float64},
             orient="row"),
@@ -66,8 +96,17 @@ def results_to_frames(results: Sequence[SampleResult]) -> dict[str, pl.DataFrame
 class ShadowRunner:
     def __init__(self, sink: ResultSink, routers: Sequence[Router], models: Sequence[ModelClient],
                  *, concurrency: int, flush_every_s: float = 0.25, flush_max: int = 200,
-                 on_result: Callable[[SampleResult], None] | None = None) -> None:
+                 on_result: Callable[[SampleResult], None] | None = None,
+                 replay_tools: bool = False, max_queue: int | None = None,
+                 shed_every_s: float = 1.0, on_shed: Callable[[int], None] | None = None) -> None:
         self.sink = sink
+        self.replay_tools = replay_tools
+        self.max_queue = max_queue
+        self.shed_every_s = shed_every_s
+        self.on_shed = on_shed
+        self.queue_depth = 0
+        self.shed_total = 0
+        self._last_shed = -1e18
         self.routers = list(routers)
         self.models = list(models)
         self.concurrency = concurrency
@@ -91,29 +130,38 @@ class ShadowRunner:
         reference = sample["response_text"] or ""
         route_in = RouteInput(sid, sample["frontier_model"], prompt_text(messages), tags)
         result = SampleResult(sid, "done")
+        if params.get("tools") and not self.replay_tools:
+            result.status = "skipped_tools"
+            result.skip_reason = "request offered tools (shadow.replay_tools = false)"
+            return result
         for r in self.routers:
             try:
                 result.router_scores.append((r.name, float(await r.score(route_in))))
             except Exception as e:  # a broken router must not lose the sample's other results
                 log.warning("router %s failed on %s: %s", r.name, sid, e)
         if not self.models:
-            result.status, result.skip_reason = "skipped", "no cheap models configured"
+            result.status, result.skip_reason = "skipped_no_models", "no cheap models configured"
             return result
 
         async def call(m: ModelClient) -> CallResult:
             async with self.calls:
-                return await m.complete(messages, params)
+                return await m.complete(messages, params, sample_id=sid)
 
-        result.calls = list(await asyncio.gather(*(call(m) for m in self.models)))
+        if len(self.models) == 1:
+            result.calls = [await call(self.models[0])]
+        else:
+            result.calls = list(await asyncio.gather(*(call(m) for m in self.models)))
         scorer_name = sample["scorer"]
         scorer = SCORERS[scorer_name]
         for c in result.calls:
             if c.error is None:
                 result.scores.append((c.model, scorer_name, scorer(c.answer or "", reference)))
         if all(c.error is not None for c in result.calls):
-            result.status = "skipped"
-            result.skip_reason = "all shadow calls failed: " + "; ".join(
-                f"{c.model}: {c.error}" for c in result.calls)[:500]
+            outcomes = {c.outcome for c in result.calls}
+            result.status = ("skipped_budget" if outcomes == {"budget"} else
+                             "skipped_unavailable" if outcomes == {"unavailable"} else
+                             "skipped_failed")
+            result.skip_reason = "; ".join(f"{c.model}: {c.error}" for c in result.calls)[:500]
         return result
 
     # -- the loop ------------------------------------------------------------------------------
@@ -121,6 +169,7 @@ class ShadowRunner:
         flusher = asyncio.create_task(self._flush_loop())
         try:
             while not self._stopping:
+                await self._shed()
                 room = self.concurrency * 2 - len(self._inflight)
                 if room > 0:
                     batch = [s for s in await self.sink.pending(room + len(self._inflight))
@@ -138,6 +187,30 @@ class ShadowRunner:
             flusher.cancel()
             await asyncio.gather(flusher, return_exceptions=True)
 
+    async def _shed(self) -> None:
+        if self.max_queue is None:
+            return
+        now = time.monotonic()
+        if now - self._last_shed < self.shed_every_s:
+            return
+        self._last_shed = now
+        try:
+            pending, shed = await self.sink.shed(self.max_queue, SHED_REASON)
+        except Exception:  # the store is unwell: shedding waits, the runner goes on
+            log.exception("shedding the shadow backlog failed")
+            return
+        self.queue_depth = pending - shed
+        if shed:
+            self.shed_total += shed
+            log.warning("shadow backlog %d above shadow.max_queue %d: shed the %d newest samples",
+                        pending, self.max_queue, shed)
+            if self.on_shed:
+                self.on_shed(shed)
+
+    @property
+    def inflight(self) -> int:
+        return len(self._inflight)
+
     def _start(self, sample: dict[str, Any]) -> None:
         sid = sample["sample_id"]
         self._inflight.add(sid)
@@ -154,7 +227,8 @@ class ShadowRunner:
             raise
         except Exception as e:
             log.exception("shadow processing of %s failed", sid)
-            res = SampleResult(sid, "skipped", f"internal error: {type(e).__name__}: {e}"[:300])
+            res = SampleResult(sid, "skipped_error",
+                               f"internal error: {type(e).__name__}: {e}"[:300])
         self._buffer.append(res)
         if self.on_result:
             self.on_result(res)

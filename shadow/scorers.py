@@ -62,9 +62,14 @@ def final_number_match(candidate: str, reference: str) -> float:
     return 1.0 if math.isclose(cand, ref, rel_tol=1e-6, abs_tol=1e-9) else 0.0
 
 
+def _tokens(text: str) -> list[str]:
+    # Punctuation glued to a word ("France,") is not part of the token, as in SQuAD.
+    return [t for t in (w.strip(_PUNCT_EDGES) for w in normalize(text).split()) if t]
+
+
 def token_f1(candidate: str, reference: str) -> float:
-    c = normalize(candidate).split()
-    r = normalize(reference).split()
+    c = _tokens(candidate)
+    r = _tokens(reference)
     if not c or not r:
         return 1.0 if c == r else 0.0
     common = sum((Counter(c) & Counter(r)).values())

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import tomllib
 import types
@@ -81,15 +82,58 @@ class SamplingConfig:
 
 
 @dataclass(frozen=True)
+class DeploymentConfig:
+    """One endpoint serving a model. A field left unset takes the model's value, so a model with
+    two keys for the same URL needs only `deployments = [{api_key_env = "K1"}, {api_key_env = "K2"}]`."""
+
+    base_url: str = ""
+    """OpenAI-compatible base URL (empty: the model's `base_url`)."""
+    name: str = ""
+    """Label in metrics and logs (empty: `<model name>#<index>`)."""
+    model: str = ""
+    """Model name sent in the request body (empty: the model's `model`, else its `name`)."""
+    api_key_env: str = ""
+    """Name of the environment variable holding this deployment's key (empty: the model's)."""
+    api_key_header: str = ""
+    """Header that carries the key (empty: the model's; `Authorization` sends `Bearer <key>`)."""
+    rpm: int = -1
+    """Requests per minute allowed (0: no limit; -1: the model's `rpm`)."""
+    tpm: int = -1
+    """Tokens per minute allowed (0: no limit; -1: the model's `tpm`)."""
+    max_concurrency: int = -1
+    """Most calls in flight at this deployment (0: no limit of its own; -1: the model's)."""
+    timeout_s: float = 0.0
+    """Timeout of one attempt (0: the model's `timeout_s`)."""
+    max_tokens: int = 0
+    """Cap on `max_tokens` sent (0: the model's `max_tokens`)."""
+    input_per_mtok: float = -1.0
+    """USD per 1M input tokens (negative: the model's)."""
+    cached_input_per_mtok: float = -1.0
+    """USD per 1M cached input tokens (negative: the model's)."""
+    output_per_mtok: float = -1.0
+    """USD per 1M output tokens (negative: the model's)."""
+    extra_headers: Mapping[str, str] = field(default_factory=dict)
+    """Headers sent with every call, over the model's `extra_headers` (not for keys: those only
+    come from `api_key_env`)."""
+
+
+@dataclass(frozen=True)
 class ModelConfig:
+    """A cheap model: a group of one or more deployments serving it. Without `deployments` the
+    model is one deployment built from its own fields (the original, single-endpoint form)."""
+
     name: str
     """Name used in tables and reports."""
-    base_url: str
-    """OpenAI-compatible base URL, e.g. `https://api.openai.com/v1` (`/chat/completions` is added)."""
+    base_url: str = ""
+    """OpenAI-compatible base URL, e.g. `https://api.openai.com/v1` (`/chat/completions` is added).
+    Required unless every deployment has its own."""
     model: str = ""
     """Model name sent in the request body (defaults to `name`)."""
     api_key_env: str = ""
-    """Name of the environment variable holding the API key (empty: no Authorization header)."""
+    """Name of the environment variable holding the API key (empty: no key is sent)."""
+    api_key_header: str = "Authorization"
+    """Header that carries the key: `Authorization` sends `Bearer <key>`, any other header
+    (e.g. Azure's `api-key`) the key itself."""
     input_per_mtok: float = 0.0
     """USD per 1M input tokens."""
     cached_input_per_mtok: float = 0.0
@@ -97,9 +141,54 @@ class ModelConfig:
     output_per_mtok: float = 0.0
     """USD per 1M output tokens."""
     timeout_s: float = 60.0
-    """Timeout of one call."""
+    """Timeout of one attempt of one call."""
     max_tokens: int = 1024
-    """Cap on `max_tokens` sent to the cheap model."""
+    """Cap on `max_tokens` sent to the cheap model (the budget reserves this many output tokens)."""
+    rpm: int = 0
+    """Requests per minute allowed per deployment (0: no limit)."""
+    tpm: int = 0
+    """Tokens per minute allowed per deployment, prompt + max_tokens estimated before the call
+    and corrected from `usage` after (0: no limit)."""
+    max_concurrency: int = 0
+    """Most calls in flight per deployment (0: only `shadow.concurrency` bounds it)."""
+    extra_headers: Mapping[str, str] = field(default_factory=dict)
+    """Headers sent with every call (not for keys: those only come from `api_key_env`)."""
+    deployments: tuple[DeploymentConfig, ...] = ()
+    """Endpoints serving this model; calls go to the least busy healthy one and fall back to the
+    others when one fails (empty: one deployment from the fields above)."""
+
+    def resolved_deployments(self) -> tuple[DeploymentConfig, ...]:
+        """Every deployment with each unset field filled from the model."""
+        specs = self.deployments or (DeploymentConfig(),)
+        out = []
+        for i, d in enumerate(specs):
+            out.append(DeploymentConfig(
+                base_url=d.base_url or self.base_url,
+                name=d.name or f"{self.name}#{i}",
+                model=d.model or self.model or self.name,
+                api_key_env=d.api_key_env or self.api_key_env,
+                api_key_header=d.api_key_header or self.api_key_header,
+                rpm=self.rpm if d.rpm < 0 else d.rpm,
+                tpm=self.tpm if d.tpm < 0 else d.tpm,
+                max_concurrency=self.max_concurrency if d.max_concurrency < 0 else d.max_concurrency,
+                timeout_s=d.timeout_s or self.timeout_s,
+                max_tokens=d.max_tokens or self.max_tokens,
+                input_per_mtok=self.input_per_mtok if d.input_per_mtok < 0 else d.input_per_mtok,
+                cached_input_per_mtok=(self.cached_input_per_mtok if d.cached_input_per_mtok < 0
+                                       else d.cached_input_per_mtok),
+                output_per_mtok=self.output_per_mtok if d.output_per_mtok < 0 else d.output_per_mtok,
+                extra_headers=types.MappingProxyType({**self.extra_headers, **d.extra_headers}),
+            ))
+        return tuple(out)
+
+
+@dataclass(frozen=True)
+class BudgetConfig:
+    usd_per_hour: float = math.inf
+    """Hard cap on shadow spend over any sliding hour, all models together (`inf`: no cap;
+    0: only free models are called)."""
+    usd_per_day: float = math.inf
+    """Hard cap on shadow spend over any sliding 24 hours (`inf`: no cap; 0: only free models)."""
 
 
 @dataclass(frozen=True)
@@ -109,7 +198,28 @@ class ShadowConfig:
     models: tuple[ModelConfig, ...] = ()
     """The cheap candidate models every sampled request is replayed through."""
     replay_tools: bool = False
-    """Replay requests that offered tools (their answers are rarely comparable as text)."""
+    """Replay requests that offered tools (their answers are rarely comparable as text); when
+    false such samples end `skipped_tools`."""
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
+    """Hard spend caps: every call reserves its worst-case cost before it starts."""
+    max_retries: int = 2
+    """Retries of one call after a 429, 5xx, timeout, dropped connection or malformed answer."""
+    backoff_s: float = 0.5
+    """First retry delay; doubles each retry, with jitter (a `Retry-After` answer wins)."""
+    max_backoff_s: float = 20.0
+    """Longest delay between two attempts."""
+    allowed_fails: int = 3
+    """Consecutive failures after which a deployment goes on cooldown."""
+    cooldown_s: float = 60.0
+    """How long a failing deployment gets no calls; then one probe call decides."""
+    max_wait_s: float = 300.0
+    """Longest a call waits for a deployment of its model (cooldown, rate limit, concurrency)
+    before it is given up as unavailable."""
+    reuse_window_s: float = 0.0
+    """Identical replays (same model, messages and parameters) within this many seconds reuse
+    the first answer instead of paying again (0: never reuse)."""
+    max_queue: int = 10000
+    """Most samples waiting for shadow work; beyond it the newest are shed (`skipped_shed`)."""
 
 
 @dataclass(frozen=True)
@@ -173,6 +283,66 @@ class GateConfig:
 
 
 @dataclass(frozen=True)
+class MappingConfig:
+    """Where the fields of an in-house JSON log format are. Each field except `model` is an
+    optional field path: keys separated by dots, a number indexes a list (`choices.0.text`),
+    `$headers.<name>` reads a Kafka message header and `$key` the message key."""
+
+    model: str
+    """Path of the model name (required), e.g. `llm.model`."""
+    request_id: str = ""
+    """Path of the request id, e.g. `$headers.x-request-id` (none: `topic:partition:offset`)."""
+    ts: str = ""
+    """Path of the request time: epoch seconds, milliseconds or ISO-8601 (none: the message's)."""
+    provider: str = ""
+    """Path of the provider name."""
+    default_provider: str = "unknown"
+    """Provider when the record names none."""
+    messages: str = ""
+    """Path of the chat message list (`[{role, content}]`). Set this or `prompt`."""
+    prompt: str = ""
+    """Path of the prompt as a plain string (a single user message). Set this or `messages`."""
+    system: str = ""
+    """Path of the system prompt as a plain string (with `prompt`)."""
+    response_text: str = ""
+    """Path of the answer text."""
+    finish_reason: str = ""
+    """Path of the finish reason."""
+    input_tokens: str = ""
+    """Path of the input (prompt) token count."""
+    output_tokens: str = ""
+    """Path of the output (completion) token count."""
+    cached_input_tokens: str = ""
+    """Path of the cached input token count."""
+    cost_usd: str = ""
+    """Path of the cost in USD (none: priced from [prices])."""
+    latency_ms: str = ""
+    """Path of the latency, in `latency_unit`."""
+    latency_unit: str = "ms"
+    """Unit of the latency field: `ms` or `s`."""
+    status: str = ""
+    """Path of the status; the call succeeded when its value is in `ok_values` (none: it
+    succeeded unless `error` is set)."""
+    ok_values: tuple[str, ...] = ("ok", "success", "succeeded", "200", "true")
+    """Status values (compared ignoring case) that mean the call succeeded."""
+    error: str = ""
+    """Path of the error message."""
+    params: str = ""
+    """Path of an object of request parameters (temperature, max_tokens, ..., tools)."""
+    tags: Mapping[str, str] = field(default_factory=dict)
+    """Tag name -> path of its value, e.g. {feature = "meta.feature"}."""
+
+
+@dataclass(frozen=True)
+class FormatsConfig:
+    by_topic: Mapping[str, str] = field(default_factory=dict)
+    """Topic -> format: `auto` (detected per message, the default for unlisted topics),
+    `openai_chat`, `litellm`, `openai_batch`, `otlp_json`, `otlp_proto`, or a mapping's name."""
+    mappings: Mapping[str, MappingConfig] = field(default_factory=dict)
+    """In-house JSON formats by name, described by field paths ([formats.mappings.<name>])."""
+
+
+@dataclass(frozen=True)
 class Config:
     kafka: KafkaConfig = field(default_factory=KafkaConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
@@ -186,6 +356,8 @@ class Config:
     """Frontier model -> price, used when a log record carries no cost."""
     server: ServerConfig = field(default_factory=ServerConfig)
     gate: GateConfig = field(default_factory=GateConfig)
+    formats: FormatsConfig = field(default_factory=FormatsConfig)
+    """Log format per topic, and in-house formats described by field paths."""
 
     def replace(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes)
@@ -336,22 +508,11 @@ def _validate(cfg: Config) -> None:
     positive("kafka.max_batch_records", cfg.kafka.max_batch_records)
     positive("kafka.poll_timeout_ms", cfg.kafka.poll_timeout_ms)
     positive("storage.max_record_bytes", cfg.storage.max_record_bytes)
+
     positive("shadow.concurrency", cfg.shadow.concurrency)
     if not 0 <= cfg.server.port <= 65535:
         raise ConfigError("server.port", f"must be 0..65535, got {cfg.server.port}")
-    seen: set[str] = set()
-    for i, m in enumerate(cfg.shadow.models):
-        key = f"shadow.models[{i}]"
-        if m.name in seen:
-            raise ConfigError(f"{key}.name", f"duplicate model name {m.name!r}")
-        seen.add(m.name)
-        if not m.base_url.startswith(("http://", "https://")):
-            raise ConfigError(f"{key}.base_url", f"must start with http:// or https://, got {m.base_url!r}")
-        positive(f"{key}.timeout_s", m.timeout_s)
-        positive(f"{key}.max_tokens", m.max_tokens)
-        for p in ("input_per_mtok", "cached_input_per_mtok", "output_per_mtok"):
-            if getattr(m, p) < 0:
-                raise ConfigError(f"{key}.{p}", "must not be negative")
+    _validate_shadow(cfg.shadow)
     from shadow.routers import ROUTER_KINDS  # late: routers import config types
     from shadow.scorers import SCORERS
 
@@ -370,6 +531,96 @@ def _validate(cfg: Config) -> None:
     rate("gate.min_quality", cfg.gate.min_quality)
     if not 0.5 <= cfg.gate.confidence < 1.0:
         raise ConfigError("gate.confidence", f"must be in [0.5, 1), got {cfg.gate.confidence}")
+    _validate_formats(cfg.formats)
+
+
+def _validate_shadow(sh: ShadowConfig) -> None:
+    def at_least(key: str, v: float, low: float) -> None:
+        if not v >= low:  # also refuses NaN
+            raise ConfigError(key, f"must be at least {low:g}, got {v}")
+
+    at_least("shadow.budget.usd_per_hour", sh.budget.usd_per_hour, 0)
+    at_least("shadow.budget.usd_per_day", sh.budget.usd_per_day, 0)
+    at_least("shadow.max_retries", sh.max_retries, 0)
+    at_least("shadow.backoff_s", sh.backoff_s, 0)
+    at_least("shadow.max_backoff_s", sh.max_backoff_s, 0)
+    at_least("shadow.allowed_fails", sh.allowed_fails, 1)
+    at_least("shadow.cooldown_s", sh.cooldown_s, 0)
+    at_least("shadow.max_wait_s", sh.max_wait_s, 0)
+    at_least("shadow.reuse_window_s", sh.reuse_window_s, 0)
+    if sh.max_queue < 2 * sh.concurrency:
+        raise ConfigError("shadow.max_queue", f"must be at least 2 x shadow.concurrency "
+                          f"({2 * sh.concurrency}, the samples in flight), got {sh.max_queue}")
+    seen: set[str] = set()
+    for i, m in enumerate(sh.models):
+        key = f"shadow.models[{i}]"
+        if m.name in seen:
+            raise ConfigError(f"{key}.name", f"duplicate model name {m.name!r}")
+        seen.add(m.name)
+        if not m.timeout_s > 0:
+            raise ConfigError(f"{key}.timeout_s", f"must be greater than 0, got {m.timeout_s}")
+        at_least(f"{key}.max_tokens", m.max_tokens, 1)
+        for p in ("input_per_mtok", "cached_input_per_mtok", "output_per_mtok", "rpm", "tpm",
+                  "max_concurrency"):
+            if not getattr(m, p) >= 0:
+                raise ConfigError(f"{key}.{p}", "must not be negative")
+        if m.base_url and not m.base_url.startswith(("http://", "https://")):
+            raise ConfigError(f"{key}.base_url",
+                              f"must start with http:// or https://, got {m.base_url!r}")
+        names: set[str] = set()
+        for j, d in enumerate(m.resolved_deployments()):
+            dkey = f"{key}.deployments[{j}]" if m.deployments else key
+            if not d.base_url:
+                raise ConfigError(f"{dkey}.base_url", "is required")
+            if not d.base_url.startswith(("http://", "https://")):
+                raise ConfigError(f"{dkey}.base_url",
+                                  f"must start with http:// or https://, got {d.base_url!r}")
+            if d.name in names:
+                raise ConfigError(f"{dkey}.name", f"duplicate deployment name {d.name!r}")
+            names.add(d.name)
+            if m.deployments:
+                raw = m.deployments[j]
+                for p in ("rpm", "tpm", "max_concurrency"):
+                    at_least(f"{dkey}.{p}", getattr(raw, p), -1)
+                at_least(f"{dkey}.timeout_s", raw.timeout_s, 0)
+                at_least(f"{dkey}.max_tokens", raw.max_tokens, 0)
+
+
+def _validate_formats(fc: FormatsConfig) -> None:
+    from consumers.formats import FORMATS  # late: the registry imports every decoder
+    from consumers.formats.mapping import NOT_PATHS, compile_path
+
+    for name, m in fc.mappings.items():
+        key = f"formats.mappings.{name}"
+        if name == "auto" or name in FORMATS:
+            raise ConfigError(key, f"name {name!r} is taken by a built-in format")
+        for f in dataclasses.fields(m):
+            path = getattr(m, f.name)
+            if f.name in NOT_PATHS or (not path and f.name != "model"):
+                continue
+            try:
+                compile_path(path)
+            except ValueError as e:
+                raise ConfigError(f"{key}.{f.name}", str(e)) from None
+        for tag, path in m.tags.items():
+            try:
+                compile_path(path)
+            except ValueError as e:
+                raise ConfigError(f"{key}.tags.{tag}", str(e)) from None
+        if m.messages and m.prompt:
+            raise ConfigError(f"{key}.prompt", "set either messages or prompt, not both")
+        if m.system and not m.prompt:
+            raise ConfigError(f"{key}.system", "goes with prompt (a plain-string prompt); "
+                              "with messages the system prompt is one of the messages")
+        if m.latency_unit not in ("ms", "s"):
+            raise ConfigError(f"{key}.latency_unit", f"must be 'ms' or 's', got {m.latency_unit!r}")
+        if m.status and not m.ok_values:
+            raise ConfigError(f"{key}.ok_values", "must list at least one value when status is set")
+    known = sorted({"auto", *FORMATS, *fc.mappings})
+    for topic, fmt in fc.by_topic.items():
+        if fmt not in known:
+            raise ConfigError(f"formats.by_topic.{topic}",
+                              f"unknown format {fmt!r}; known: {', '.join(known)}")
 
 
 def secret_from_env(env_name: str) -> str | None:

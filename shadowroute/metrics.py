@@ -17,16 +17,43 @@ class Metrics:
         self.batches = Counter("shadowroute_ingest_batches_total", "Persisted ingest batches",
                                registry=r)
         self.shadow_calls = Counter("shadowroute_shadow_calls_total",
-                                    "Shadow calls by cheap model and outcome",
+                                    "Shadow calls by cheap model and outcome (ok, reused, error, "
+                                    "budget, unavailable)",
                                     ["model", "outcome"], registry=r)
         self.shadow_latency = Histogram(
             "shadowroute_shadow_call_seconds", "Shadow call latency by model", ["model"],
             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60), registry=r)
-        self.spend = Counter("shadowroute_shadow_spend_usd_total", "USD spent on shadow calls",
+        self.spend = Counter("shadowroute_shadow_spend_usd_total",
+                             "USD charged to the shadow budget (worst case for attempts of unknown "
+                             "fate)",
                              ["model"], registry=r)
         self.samples_finished = Counter("shadowroute_samples_finished_total",
                                         "Samples finished, by status", ["status"], registry=r)
         self.pending = Gauge("shadowroute_samples_pending", "Samples waiting for shadow calls",
                              registry=r)
+        # Shadow execution: budget, backlog, reuse, deployment health.
+        self.budget_left = Gauge("shadowroute_shadow_budget_left_usd",
+                                 "Room left under the shadow budget cap (+Inf: no cap), after "
+                                 "settled spend and in-flight reservations", ["window"], registry=r)
+        self.budget_spent = Gauge("shadowroute_shadow_budget_spent_usd",
+                                  "Settled shadow spend in the sliding window", ["window"],
+                                  registry=r)
+        self.queue_depth = Gauge("shadowroute_shadow_queue_depth",
+                                 "Pending samples at the last backlog check (bounded by "
+                                 "shadow.max_queue)", registry=r)
+        self.inflight = Gauge("shadowroute_shadow_inflight_samples",
+                              "Samples being replayed right now", registry=r)
+        self.shed = Counter("shadowroute_shadow_shed_total",
+                            "Samples shed because the backlog was above shadow.max_queue",
+                            registry=r)
+        self.reused = Counter("shadowroute_shadow_reused_total",
+                              "Shadow calls answered by reusing an identical earlier replay",
+                              ["model"], registry=r)
+        self.cooldown = Gauge("shadowroute_shadow_deployment_cooldown",
+                              "1 while a deployment is on cooldown, else 0",
+                              ["model", "deployment"], registry=r)
+        self.cooldowns = Gauge("shadowroute_shadow_deployment_cooldowns",
+                               "Times a deployment was put on cooldown since start",
+                               ["model", "deployment"], registry=r)
         self.lag = Gauge("shadowroute_consumer_lag", "Records behind the partition's high water",
                          ["topic", "partition"], registry=r)

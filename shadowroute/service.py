@@ -27,6 +27,7 @@ from analytics.store import Store
 from consumers.ingest import IngestBatch, Ingestor
 from consumers.pipeline import IngestPipeline
 from consumers.records import RawMessage
+from shadow.budget import Budget
 from shadow.client import ModelClient
 from shadow.routers import build_routers
 from shadow.runner import SampleResult, ShadowRunner, results_to_frames
@@ -64,6 +65,12 @@ class AsyncStore:
 
     async def write(self, results: Sequence[SampleResult]) -> None:
         await self._run(self.store.write_results, results_to_frames(results))
+
+    async def shed(self, keep: int, reason: str) -> tuple[int, int]:
+        return await self._run(self.store.shed_pending, keep, reason)  # type: ignore[no-any-return]
+
+    async def recent_shadow_spend(self) -> list[tuple[float, float]]:
+        return await self._run(self.store.recent_shadow_spend)  # type: ignore[no-any-return]
 
     async def counts(self) -> dict[str, Any]:
         return await self._run(self.store.counts)  # type: ignore[no-any-return]
@@ -108,12 +115,36 @@ class Service:
 
     # -- wiring ---------------------------------------------------------------------------------
     def _on_result(self, res: SampleResult) -> None:
-        self.metrics.samples_finished.labels(res.status).inc()
+        m = self.metrics
+        m.samples_finished.labels(res.status).inc()
         for c in res.calls:
-            self.metrics.shadow_calls.labels(c.model, "error" if c.error else "ok").inc()
-            self.metrics.shadow_latency.labels(c.model).observe(c.latency_ms / 1000)
-            if c.cost_usd:
-                self.metrics.spend.labels(c.model).inc(c.cost_usd)
+            m.shadow_calls.labels(c.model, c.outcome).inc()
+            if c.outcome == "ok":
+                m.shadow_latency.labels(c.model).observe(c.latency_ms / 1000)
+            elif c.outcome == "reused":
+                m.reused.labels(c.model).inc()
+            if c.spend_usd:
+                m.spend.labels(c.model).inc(c.spend_usd)
+
+    def _on_shed(self, n: int) -> None:
+        self.metrics.shed.inc(n)
+        self.metrics.samples_finished.labels("skipped_shed").inc(n)
+
+    def _shadow_gauges(self) -> None:
+        m = self.metrics
+        budget = getattr(self, "budget", None)
+        if budget is not None:
+            for window in ("hour", "day"):
+                m.budget_left.labels(window).set(budget.left_usd(window))
+                m.budget_spent.labels(window).set(budget.spent_usd(window))
+        if self.runner is not None:
+            m.queue_depth.set(self.runner.queue_depth)
+            m.inflight.set(self.runner.inflight)
+            now = time.monotonic()
+            for client in self.runner.models:
+                for d in client.deployments:
+                    m.cooldown.labels(client.name, d.name).set(1 if d.on_cooldown(now) else 0)
+                    m.cooldowns.labels(client.name, d.name).set(d.cooldowns)
 
     def status(self) -> dict[str, Any]:
         return {"healthy": True, "pid": os.getpid(), "uptime_s": round(time.time() - self.started_at, 1),
@@ -122,6 +153,7 @@ class Service:
                 "db_path": str(self.cfg.storage.db_path)}
 
     async def _refresh_gauges(self) -> None:
+        self._shadow_gauges()
         counts = await self.store.counts()
         self.metrics.pending.set(counts["pending"])
         lag = getattr(self.source, "lag", None)
@@ -176,12 +208,20 @@ class Service:
         if install_signals:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, self.stop_event.set)
+        sh = self.cfg.shadow
         self.http = httpx.AsyncClient(limits=httpx.Limits(max_connections=max(
-            16, self.cfg.shadow.concurrency * 2), max_keepalive_connections=64))
-        models = [ModelClient(m, self.http) for m in self.cfg.shadow.models]
+            16, sh.concurrency * 2), max_keepalive_connections=64))
+        self.budget = Budget(sh.budget.usd_per_hour, sh.budget.usd_per_day)
+        if self.budget.limited:
+            # Spend of the last day survives a restart: the budget is not reset by one.
+            self.budget.seed(await self.store.recent_shadow_spend())
+        elif any(m.input_per_mtok or m.output_per_mtok for m in sh.models):
+            log.warning("shadow.budget sets no cap: shadow spend on paid models is unlimited")
+        models = [ModelClient.from_config(m, sh, self.http, self.budget) for m in sh.models]
         self.runner = ShadowRunner(self.store, build_routers(self.cfg.routers), models,
-                                   concurrency=self.cfg.shadow.concurrency,
-                                   on_result=self._on_result)
+                                   concurrency=sh.concurrency, on_result=self._on_result,
+                                   replay_tools=sh.replay_tools, max_queue=sh.max_queue,
+                                   on_shed=self._on_shed)
         server, server_task = await self._serve_http()
         scheduler = AsyncIOScheduler()
         scheduler.add_job(self._refresh_gauges, "interval", seconds=5, max_instances=1,

@@ -19,6 +19,9 @@ INSERT INTO samples BY NAME SELECT * FROM batch_samples;
 -- name: insert_samples_ignore_known
 INSERT OR IGNORE INTO samples BY NAME SELECT * FROM batch_samples;
 
+-- name: insert_skipped
+INSERT INTO skipped BY NAME SELECT * FROM batch_skipped;
+
 -- name: insert_rejected
 INSERT INTO rejected BY NAME SELECT * FROM batch_rejected;
 
@@ -55,3 +58,25 @@ SELECT (SELECT count(*) FROM requests) AS requests,
        (SELECT count(*) FROM samples WHERE status = 'done') AS done,
        (SELECT count(*) FROM samples WHERE status LIKE 'skipped%') AS skipped,
        (SELECT coalesce(sum(cost_usd), 0) FROM shadow_calls) AS shadow_spend_usd;
+
+-- name: pending_count
+SELECT count(*) FROM samples WHERE status = 'pending';
+
+-- name: shed_samples
+-- Backpressure: keep the oldest $keep pending samples (the runner works from the oldest), shed
+-- the newer rest. Shed samples stay out of n_h; their requests stay in N_h.
+UPDATE samples SET status = 'skipped_shed', skip_reason = $reason, finished_at = current_timestamp
+WHERE status = 'pending' AND sample_id IN (
+    SELECT sample_id FROM samples WHERE status = 'pending'
+    ORDER BY created_at, sample_id
+    OFFSET $keep
+);
+
+-- name: recent_shadow_spend
+-- Shadow spend of the last day, per minute, with the age of the minute's end (for the budget).
+SELECT greatest(0, epoch(current_timestamp::TIMESTAMP)
+                   - epoch(date_trunc('minute', called_at)) - 60) AS age_s,
+       sum(coalesce(spend_usd, cost_usd, 0)) AS usd
+FROM shadow_calls
+WHERE called_at > current_timestamp::TIMESTAMP - INTERVAL 1 DAY
+GROUP BY date_trunc('minute', called_at);

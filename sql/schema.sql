@@ -105,6 +105,18 @@ CREATE TABLE IF NOT EXISTS offsets (
     PRIMARY KEY (topic, "partition")
 );
 
+-- name: schema_08_skipped
+-- Items inside consumed records that are counted, not stored as requests: spans that are not
+-- LLM calls, and request ids seen before in the same batch.
+CREATE TABLE IF NOT EXISTS skipped (
+    topic       VARCHAR,
+    "partition" INTEGER,
+    "offset"    BIGINT,
+    reason      VARCHAR,
+    items       BIGINT,
+    skipped_at  TIMESTAMP DEFAULT current_timestamp
+);
+
 -- name: schema_10_sample_outcomes
 -- One row per completed (sample, cheap model) with its stratum weight N_h / n_h.
 CREATE OR REPLACE VIEW sample_outcomes AS
@@ -197,3 +209,21 @@ WITH r AS (
 )
 SELECT r.*, s.model, coalesce(s.completed, 0) AS completed, s.weight, s.mean_quality
 FROM r LEFT JOIN s USING (stratum);
+
+-- name: schema_40_shadow_calls_deployment
+-- Shadow execution (issue 4): columns added to existing files. `outcome` is ok / reused /
+-- error / budget / unavailable; `spend_usd` is what the budget was charged over all attempts
+-- (the restarted budget is seeded from it); `cost_usd` stays the answer's cost.
+ALTER TABLE shadow_calls ADD COLUMN IF NOT EXISTS deployment VARCHAR;
+
+-- name: schema_41_shadow_calls_outcome
+ALTER TABLE shadow_calls ADD COLUMN IF NOT EXISTS outcome VARCHAR;
+
+-- name: schema_42_shadow_calls_spend
+ALTER TABLE shadow_calls ADD COLUMN IF NOT EXISTS spend_usd DOUBLE;
+
+-- name: schema_43_shadow_calls_usage_estimated
+ALTER TABLE shadow_calls ADD COLUMN IF NOT EXISTS usage_estimated BOOLEAN;
+
+-- name: schema_44_shadow_calls_reused_from
+ALTER TABLE shadow_calls ADD COLUMN IF NOT EXISTS reused_from VARCHAR;

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 from collections.abc import Iterator
@@ -15,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from analytics.store import Store
-from consumers.ingest import Ingestor, IngestBatch
+from consumers.ingest import IngestBatch, Ingestor
 from consumers.records import DecodeError, RawMessage
 from shadowroute.config import Config, Price, SamplingConfig, StorageConfig
 
@@ -94,7 +95,8 @@ def test_ineligible_requests_are_stored_but_not_sampled() -> None:
 def test_invalid_utf8_reason_names_the_byte() -> None:
     value = b'{"request_id": "\xff"}'
     assert only_reason(value) == "invalid UTF-8 at byte 16"
-    assert only_reason(b"\xfe") == "invalid UTF-8 at byte 0"
+    # Not JSON: it could only be OTLP protobuf, so the reason says why it is neither.
+    assert only_reason(b"\xfe").startswith("neither JSON (invalid UTF-8 at byte 0) nor OTLP protobuf")
 
 
 def test_too_large_records_are_rejected_unparsed() -> None:
@@ -116,17 +118,17 @@ def test_missing_model_reason() -> None:
 def test_nan_and_infinity_literals_are_not_json() -> None:
     # Python's json writes NaN / Infinity; orjson (rightly) refuses them.
     reason = only_reason(json.dumps(good(cost_usd=float("nan"))).encode())
-    assert reason.startswith("invalid JSON: unexpected character")
+    assert reason.startswith("invalid JSON: ")
     reason = only_reason(json.dumps(good(latency_ms=float("inf"))).encode())
-    assert reason.startswith("invalid JSON: unexpected character")
+    assert reason.startswith("invalid JSON: ")
 
 
 def test_other_reasons() -> None:
     assert only_reason(None) == "empty message (null value)"
-    assert only_reason(b"") .startswith("invalid JSON: ")
+    assert only_reason(b"") == "empty message"
     assert only_reason(b'{"request_id": "r", "request": ') .startswith("invalid JSON: ")
-    assert only_reason(b"[1, 2, 3]") == ("unrecognised log format "
-                                         "(a JSON list matching no supported format)")
+    assert only_reason(b"[1, 2, 3]").startswith(
+        "element 0: unrecognised log format (a JSON int matching no supported format: ")
     assert only_reason(orjson.dumps(good(ts=2**64 - 1))) == (
         "field ts is not a valid time: 18446744073709551615")
 
@@ -153,8 +155,9 @@ def test_deep_nesting_inside_a_good_record_is_rejected_not_raised(where: str) ->
     b = process(msgs(value, orjson.dumps(good("r-ok"))))
     assert b.requests.height + b.rejected.height == 2
     assert "r-ok" in b.requests["request_id"].to_list()
-    if b.rejected.height:
-        assert b.rejected["reason"].to_list() == ["JSON nested too deeply"]
+    if b.rejected.height:  # the type checks may catch it first; either way a plain reason
+        reason = b.rejected["reason"].to_list()[0]
+        assert reason == "JSON nested too deeply" or "Expected" in reason
 
 
 def test_duplicate_ids_in_a_batch_are_stored_once() -> None:
@@ -203,56 +206,87 @@ def _deep(depth: int) -> Any:
     return v
 
 
-def maybe(s: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
-    """Usually a plausible value, sometimes anything."""
-    return st.one_of(s, s, json_values)
-
-
-content = st.one_of(st.text(max_size=30), st.lists(st.fixed_dictionaries(
-    {"type": st.just("text"), "text": maybe(st.text(max_size=10))}), max_size=3),
-    st.sampled_from([300, 1_000]).map(_deep), st.integers(5_000, 25_000).map(lambda n: "y" * n))
-messages = st.lists(maybe(st.fixed_dictionaries(
-    {"role": maybe(st.sampled_from(["user", "system", "assistant"])), "content": content})),
+text_parts = st.lists(st.fixed_dictionaries({"type": st.just("text"), "text": st.text(max_size=10)}),
+                      min_size=1, max_size=3)
+content = st.one_of(st.text(min_size=1, max_size=30), st.text(min_size=1, max_size=30), text_parts)
+messages = st.lists(st.fixed_dictionaries(
+    {"role": st.sampled_from(["user", "system", "assistant"]), "content": content}),
     min_size=1, max_size=3)
-usage = st.fixed_dictionaries({}, optional={
-    "prompt_tokens": numbers, "completion_tokens": numbers,
-    "prompt_tokens_details": maybe(st.fixed_dictionaries({"cached_tokens": numbers}))})
+counts = st.integers(0, 100_000)
 response = st.fixed_dictionaries(
-    {"choices": maybe(st.lists(maybe(st.fixed_dictionaries(
-        {"message": maybe(st.fixed_dictionaries({"content": content})),
-         "finish_reason": maybe(st.just("stop"))})), max_size=2))},
-    optional={"id": maybe(st.text(max_size=8)), "model": maybe(st.just("gpt-4o-mini")),
-              "usage": maybe(usage)})
-records = st.fixed_dictionaries(
-    {"request": maybe(st.fixed_dictionaries(
-        {"model": maybe(st.sampled_from(["gpt-4o", "o3"])), "messages": maybe(messages)},
-        optional={"temperature": json_values, "stop": maybe(st.just(["\n"])) | st.just(_deep(300)),
-                  "tools": json_values, "stream": json_values}))},
+    {"choices": st.lists(st.fixed_dictionaries(
+        {"message": st.fixed_dictionaries({"content": content}), "finish_reason": st.just("stop")}),
+        min_size=1, max_size=2)},
+    optional={"id": st.text(min_size=1, max_size=8), "model": st.just("gpt-4o-mini"),
+              "usage": st.fixed_dictionaries({"prompt_tokens": counts, "completion_tokens": counts},
+                                             optional={"prompt_tokens_details": st.fixed_dictionaries(
+                                                 {"cached_tokens": counts})})})
+plausible_records = st.fixed_dictionaries(
+    {"request": st.fixed_dictionaries(
+        {"model": st.sampled_from(["gpt-4o", "o3"]), "messages": messages},
+        optional={"temperature": st.floats(0, 2), "stop": st.just(["\n"]),
+                  "tools": st.just([{"type": "function"}]), "stream": st.booleans()}),
+     "ts": st.one_of(st.integers(0, 10**13), st.integers(0, 2**64 - 1),
+                     st.sampled_from(["2026-11-27T12:00:00Z", "9999-12-31T23:59:59-14:00",
+                                      "0001-01-01T00:00:00+14:00", 1e20, 2**62])),
+     "response": response},
     optional={
         # Few distinct ids, so batches hold duplicates.
-        "request_id": st.one_of(st.sampled_from(["dup-1", "dup-2", "dup-3"]), json_values),
-        "ts": maybe(numbers | st.sampled_from(["2026-11-27T12:00:00Z", "9999-12-31T23:59:59-14:00",
-                                               "0001-01-01T00:00:00+14:00"])),
-        "response": maybe(response),
-        "cost_usd": numbers, "latency_ms": numbers,
-        "status": maybe(st.sampled_from(["ok", "error"])),
-        "tags": maybe(st.dictionaries(st.sampled_from(["feature", "tenant"]),
-                                      maybe(st.text(max_size=5)) | st.just(_deep(300)))),
-        "error": json_values,
+        "request_id": st.sampled_from(["dup-1", "dup-2", "dup-3"]) | st.text(min_size=1, max_size=8),
+        "cost_usd": st.floats(0, 10), "latency_ms": st.floats(0, 1e5),
+        "status": st.sampled_from(["ok", "error"]),
+        "tags": st.dictionaries(st.sampled_from(["feature", "tenant"]), st.text(max_size=5)),
+        "error": st.text(max_size=5),
     })
+# What a broken producer writes in place of a field.
+weird = st.one_of(
+    json_values, numbers, st.sampled_from([[], {}, "", -1, 2**64 - 1, 1e20, True]),
+    st.sampled_from([300, 1_000]).map(_deep),                        # readable, not writable
+    st.integers(5_000, 25_000).map(lambda n: "y" * n),                # huge strings
+)
+
+
+def _paths(v: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    out = [prefix] if prefix else []
+    if isinstance(v, dict):
+        for k, x in v.items():
+            out += _paths(x, (*prefix, k))
+    elif isinstance(v, list):
+        for i, x in enumerate(v):
+            out += _paths(x, (*prefix, i))
+    return out
+
+
+@st.composite
+def records(draw: st.DrawFn) -> dict[str, Any]:
+    """A plausible record with up to three fields replaced by something odd or removed."""
+    rec = copy.deepcopy(draw(plausible_records))  # st.just values are shared: never mutate them
+    for _ in range(draw(st.sampled_from([0, 0, 1, 1, 2, 3]))):
+        paths = _paths(rec)
+        if not paths:
+            break
+        path = draw(st.sampled_from(paths))
+        node = rec
+        for p in path[:-1]:
+            node = node[p]
+        if isinstance(node, dict) and draw(st.booleans()):
+            del node[path[-1]]
+        else:
+            node[path[-1]] = draw(weird)
+    return rec
 
 
 @st.composite
 def encoded_records(draw: st.DrawFn) -> bytes:
     # Python's json writes what orjson will not read: NaN, Infinity, ints beyond 64 bits.
-    text = json.dumps(draw(records), ensure_ascii=draw(st.booleans()))
+    text = json.dumps(draw(records()), ensure_ascii=draw(st.booleans()))
     return text.encode("utf-8", "surrogatepass")
 
 
 @st.composite
 def message_values(draw: st.DrawFn) -> bytes | None:
-    kind = draw(st.sampled_from(["record", "record", "record", "truncated", "bytes",
-                                 "nested", "bad_utf8", "none", "huge"]))
+    kind = draw(st.sampled_from(["record"] * 6 + ["truncated", "bytes", "nested", "bad_utf8",
+                                                  "none", "huge"]))
     if kind == "none":
         return None
     if kind == "bytes":
@@ -301,10 +335,11 @@ def check_batch(ing: Ingestor, ms: list[RawMessage], b: IngestBatch) -> None:
         if place in accepted or place in rejected:
             continue
         # Neither: only a repeat of an id already taken from an earlier message of the batch.
-        [r] = ing.decode(m)
+        [r] = ing.decode(m).requests
         assert r.request_id in by_id and by_id[r.request_id] != place
         duplicates += 1
     assert b.requests.height + b.rejected.height + duplicates == len(ms)
+    assert b.skipped["items"].sum() == duplicates  # repeats are counted, not lost
 
     values = {(m.topic, m.partition, m.offset): m.value for m in ms}
     for row in b.rejected.iter_rows(named=True):
@@ -349,7 +384,7 @@ def test_decode_raises_only_decode_error(value: bytes) -> None:
     except DecodeError as e:
         assert str(e)
     else:
-        assert len(out) == 1
+        assert len(out.requests) == 1 and out.skipped == 0
 
 
 @SETTINGS

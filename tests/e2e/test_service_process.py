@@ -93,12 +93,14 @@ def test_kill_9_mid_stream_loses_and_duplicates_nothing(broker: Broker, topic: s
         producer.start()
         kills = 0
         log = tmp_path / "service.log"
-        for target in (800, 2000, 3500):
+        stored = "SELECT (SELECT count(*) FROM requests) + (SELECT count(*) FROM rejected)"
+        for target in (1000, 2500, 4000):  # kill once this many records are stored in all
             svc = ServiceProcess(cfg, db_path, log)
-            start = svc.status()["consumed"]
-            svc.wait(lambda s=svc, st=start, t=target: s.status()["consumed"] - st >= t // 3,
-                     what=f"progress before kill {kills + 1}")
-            svc.kill9()
+            try:
+                svc.wait(lambda s=svc, t=target: s.sql(stored)[0][0] >= t,
+                         what=f"{target} records stored before kill {kills + 1}")
+            finally:
+                svc.kill9()
             kills += 1
         producer.join()
         svc = ServiceProcess(cfg, db_path, log)

@@ -1,26 +1,35 @@
-"""A local OpenAI-compatible model server for tests, on 127.0.0.1, run by uvicorn in a thread.
+"""A local OpenAI-compatible model server for tests, on 127.0.0.1, with fault injection.
 
-`answer` decides what the "cheap model" replies to a prompt; faults can be injected per test:
-`fail_next` (status codes answered before succeeding), `malformed`, `delay_s`.
+A small HTTP/1.1 server on asyncio streams (keep-alive, Content-Length bodies), run on its own
+event loop in a thread, so a test controls every byte: it can answer, fail with a status and
+`Retry-After`, hang past the client's timeout, answer malformed JSON or no `usage`, drop the
+connection without answering, or be down entirely (`stop()`, or `closed_port_url()`).
+
+`ModelBehaviour` decides what happens. `answer` maps the prompt to the reply. Per request,
+the first entry of `script` wins (then it is removed); without a script: `fail_next` (status
+codes answered before succeeding), then the standing flags `hang`, `drop`, `malformed`,
+`no_usage`. `delay_s` is waited before every answer. Script entries:
+
+    "ok" | 429 | (429, "2") | 500 | 503 | "hang" | "drop" | "malformed" | "no_usage"
+
+Also runnable as a process (the benchmark's server): `python -m tests.support.model_server
+--port P --delay-s 0.05`.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-import uvicorn
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
 
 from shadowroute.broker import free_port
+
+Step = str | int | tuple[int, str]
 
 
 @dataclass
@@ -32,54 +41,210 @@ class ModelBehaviour:
     delay_s: float = 0.0
     requests: list[dict[str, Any]] = field(default_factory=list)
     auth_headers: list[str | None] = field(default_factory=list)
+    script: list[Step] = field(default_factory=list)
+    hang: bool = False
+    hang_s: float = 3600.0
+    drop: bool = False
+    no_usage: bool = False
+    usage: Callable[[dict[str, Any], str], tuple[int, int]] | None = None
+    """(request body, answer) -> (prompt_tokens, completion_tokens); default ~4 chars a token."""
+    headers: list[dict[str, str]] = field(default_factory=list)
+    record: bool = True
+    """Keep every request body and its headers (off for the benchmark)."""
+    echo_auth: bool = False
+    """Error bodies repeat the Authorization header, as some providers do."""
+
+    def next_step(self) -> Step:
+        if self.script:
+            return self.script.pop(0)
+        if self.fail_next:
+            return self.fail_next.pop(0)
+        for flag in ("hang", "drop", "malformed", "no_usage"):
+            if getattr(self, flag):
+                return flag
+        return "ok"
 
 
-def build_model_app(b: ModelBehaviour) -> Starlette:
-    async def chat(request: Request) -> Response:
-        body = orjson.loads(await request.body())
-        b.requests.append(body)
-        b.auth_headers.append(request.headers.get("authorization"))
+_REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
+            408: "Request Timeout", 429: "Too Many Requests", 500: "Internal Server Error",
+            502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout"}
+
+
+def _response(status: int, body: bytes, extra: dict[str, str] | None = None) -> bytes:
+    head = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Status')}",
+            "Content-Type: application/json", f"Content-Length: {len(body)}"]
+    head += [f"{k}: {v}" for k, v in (extra or {}).items()]
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+
+
+def completion(body: dict[str, Any], text: str, usage: tuple[int, int] | None) -> bytes:
+    out: dict[str, Any] = {
+        "id": "cmpl-test", "object": "chat.completion", "model": body.get("model"),
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                     "finish_reason": "stop"}]}
+    if usage is not None:
+        out["usage"] = {"prompt_tokens": usage[0], "completion_tokens": usage[1],
+                        "total_tokens": usage[0] + usage[1]}
+    return orjson.dumps(out)
+
+
+class _App:
+    def __init__(self, b: ModelBehaviour) -> None:
+        self.b = b
+        self.writers: set[asyncio.StreamWriter] = set()
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.writers.add(writer)
+        try:
+            while True:
+                try:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    return
+                lines = head.decode("latin-1").split("\r\n")
+                method, path = lines[0].split(" ")[:2]
+                headers = {}
+                for line in lines[1:]:
+                    if ":" in line:
+                        k, v = line.split(":", 1)
+                        headers[k.strip().lower()] = v.strip()
+                raw = await reader.readexactly(int(headers.get("content-length", "0")))
+                out = await self.respond(method, path, headers, raw)
+                if out is None:  # drop: close without a response
+                    return
+                writer.write(out)
+                await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            return
+        finally:
+            self.writers.discard(writer)
+            writer.close()
+
+    async def respond(self, method: str, path: str, headers: dict[str, str], raw: bytes
+                      ) -> bytes | None:
+        b = self.b
+        if method != "POST" or path.rstrip("/") != "/v1/chat/completions":
+            return _response(404, b'{"error": {"message": "not found"}}')
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return _response(500, b'{"error": {"message": "bad JSON body"}}')
+        if b.record:
+            b.requests.append(body)
+            b.auth_headers.append(headers.get("authorization"))
+            b.headers.append(headers)
+        step = b.next_step()
         if b.delay_s:
             await asyncio.sleep(b.delay_s)
-        if b.fail_next:
-            code = b.fail_next.pop(0)
-            headers = {"Retry-After": b.retry_after} if b.retry_after else {}
-            return Response(orjson.dumps({"error": {"message": f"injected {code}"}}),
-                            status_code=code, headers=headers)
-        if b.malformed:
-            return Response(b'{"choices": [', media_type="application/json")
-        prompt = "\n".join(str(m.get("content", "")) for m in body["messages"])
+        if step == "hang":
+            await asyncio.sleep(b.hang_s)
+            return None
+        if step == "drop":
+            return None
+        if isinstance(step, (int, tuple)):
+            code, retry_after = step if isinstance(step, tuple) else (step, b.retry_after)
+            extra = {"Retry-After": retry_after} if retry_after else {}
+            msg = f"injected {code}"
+            if b.echo_auth:
+                msg += f" for {headers.get('authorization')}"
+            return _response(code, orjson.dumps({"error": {"message": msg}}), extra)
+        if step == "malformed":
+            return _response(200, b'{"choices": [')
+        prompt = "\n".join(str(m.get("content", "")) for m in body.get("messages", []))
         text = b.answer(prompt)
-        return Response(orjson.dumps({
-            "id": "cmpl-test", "object": "chat.completion", "model": body.get("model"),
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                         "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": len(prompt) // 4 + 1, "completion_tokens": len(text) // 4 + 1,
-                      "total_tokens": 0},
-        }), media_type="application/json")
+        usage = None
+        if step != "no_usage":
+            usage = b.usage(body, text) if b.usage else (len(prompt) // 4 + 1, len(text) // 4 + 1)
+        return _response(200, completion(body, text, usage))
 
-    return Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"])])
+
+def closed_port_url() -> str:
+    """The URL of a server that is down: nothing listens on that port."""
+    return f"http://127.0.0.1:{free_port()}/v1"
 
 
 class ModelServer:
-    def __init__(self, behaviour: ModelBehaviour | None = None) -> None:
+    def __init__(self, behaviour: ModelBehaviour | None = None, port: int | None = None) -> None:
         self.behaviour = behaviour or ModelBehaviour()
-        self.port = free_port()
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}/v1"
-        self.server = uvicorn.Server(uvicorn.Config(
-            build_model_app(self.behaviour), host="127.0.0.1", port=self.port,
-            log_level="warning", lifespan="off", access_log=False))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self._app = _App(self.behaviour)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._server: asyncio.Server | None = None
+        self._thread: threading.Thread | None = None
 
-    def __enter__(self) -> ModelServer:
-        self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started:
-            if time.monotonic() > deadline:
-                raise RuntimeError("model server did not start")
-            time.sleep(0.01)
+    def start(self) -> ModelServer:
+        ready = threading.Event()
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            loop = asyncio.new_event_loop()
+            self._loop = loop
+            try:
+                self._server = loop.run_until_complete(asyncio.start_server(
+                    self._app.handle, "127.0.0.1", self.port, backlog=1024))
+            except BaseException as e:  # noqa: BLE001 - reported to the starting thread
+                errors.append(e)
+                ready.set()
+                loop.close()
+                return
+            ready.set()
+            loop.run_forever()
+            loop.close()
+
+        self._thread = threading.Thread(target=run, daemon=True, name=f"model-server-{self.port}")
+        self._thread.start()
+        if not ready.wait(10):
+            raise RuntimeError("model server did not start")
+        if errors:
+            raise RuntimeError(f"model server did not start: {errors[0]}")
         return self
 
+    def stop(self) -> None:
+        """Close the port and every open connection (hanging requests included)."""
+        loop, server = self._loop, self._server
+        if loop is None or server is None or self._thread is None:
+            return
+
+        async def shutdown() -> None:
+            server.close()
+            for w in list(self._app.writers):
+                w.close()
+            for t in asyncio.all_tasks():
+                if t is not asyncio.current_task():
+                    t.cancel()
+            await asyncio.sleep(0)
+
+        asyncio.run_coroutine_threadsafe(shutdown(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        self._thread.join(10)
+        self._loop = self._server = self._thread = None
+
+    def __enter__(self) -> ModelServer:
+        return self.start()
+
     def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
+        self.stop()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description="A fake OpenAI-compatible model server.")
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--delay-s", type=float, default=0.0)
+    args = ap.parse_args()
+    app = _App(ModelBehaviour(delay_s=args.delay_s, record=False))
+
+    async def serve() -> None:
+        server = await asyncio.start_server(app.handle, "127.0.0.1", args.port, backlog=4096)
+        print("ready", flush=True)
+        async with server:
+            await server.serve_forever()
+
+    try:
+        asyncio.run(serve())
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()

@@ -35,6 +35,15 @@ class ServiceProcess:
         self.url = self._wait_url()
 
     def _wait_url(self, timeout: float = 30) -> str:
+        try:
+            return self._read_url(timeout)
+        except BaseException:
+            self.proc.kill()
+            self.proc.wait(10)
+            self._out.close()
+            raise
+
+    def _read_url(self, timeout: float) -> str:
         deadline = time.monotonic() + timeout
         f = service_file(self.db)
         while time.monotonic() < deadline:
@@ -72,5 +81,9 @@ class ServiceProcess:
         self.proc.send_signal(signal.SIGTERM)
         try:
             return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()  # never leave a service behind a failed test
+            self.proc.wait(10)
+            raise
         finally:
             self._out.close()

@@ -1,0 +1,167 @@
+"""Decoders from the log formats people already emit to `Request`.
+
+Each format is a module with `decode(value: bytes, msg) -> Decoded` and, for JSON formats,
+`decode_obj(obj, msg) -> Decoded` (one element of a JSON array or NDJSON message). A decoder
+raises `DecodeError` with a reason a person understands; it never lets another exception out.
+
+A topic's format is fixed in the config (`[formats] by_topic`) or `auto`: detected per message
+from cheap byte checks (binary -> OTLP protobuf; a `resourceSpans` key -> OTLP JSON; a JSON array
+or NDJSON -> per element; otherwise the keys that mark each JSON format).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from consumers.formats import litellm, openai_batch, openai_chat, otlp
+from consumers.formats.common import (
+    MAX_TOKENS_SANE,
+    json_reason,
+    message_text,
+    normalize_messages,
+    parse_ts_ms,
+)
+from consumers.records import Decoded, DecodeError, RawMessage, Request
+
+__all__ = ["Format", "Decoders", "FORMATS", "detect", "decode_openai_chat", "message_text",
+           "normalize_messages", "parse_ts_ms", "MAX_TOKENS_SANE", "register"]
+
+BytesDecoder = Callable[[bytes, RawMessage], Decoded]
+ObjDecoder = Callable[[Any, RawMessage], Decoded]
+
+
+@dataclass(frozen=True)
+class Format:
+    name: str
+    decode: BytesDecoder
+    decode_obj: ObjDecoder | None = None
+    # Byte markers that identify the format in `auto` mode (any of them, in a JSON object).
+    markers: tuple[bytes, ...] = ()
+    # Top-level keys that identify it in a parsed object.
+    keys: tuple[str, ...] = ()
+
+
+FORMATS: dict[str, Format] = {}
+# Detection order: the most specific markers first; openai_chat's "request" key is the loosest.
+_AUTO_ORDER: list[str] = []
+
+
+def register(fmt: Format, *, auto: bool = True, before: str | None = None) -> None:
+    FORMATS[fmt.name] = fmt
+    if auto and fmt.name not in _AUTO_ORDER:
+        if before and before in _AUTO_ORDER:
+            _AUTO_ORDER.insert(_AUTO_ORDER.index(before), fmt.name)
+        else:
+            _AUTO_ORDER.append(fmt.name)
+
+
+register(Format("openai_chat", openai_chat.decode, openai_chat.decode_obj,
+                markers=(b'"request"',), keys=("request",)))
+register(Format("otlp_json", otlp.decode_json, otlp.decode_json_obj,  # first: most specific marker
+                markers=(b'"resourceSpans"',), keys=("resourceSpans",)), before="openai_chat")
+register(Format("otlp_proto", otlp.decode_proto), auto=False)  # binary: `Decoders.decode` routes it
+register(Format("litellm", litellm.decode, litellm.decode_obj,
+                markers=(b'"standard_logging_object"', b'"model_group"', b'"response_cost"'),
+                keys=("standard_logging_object", "model_group", "response_cost")),
+         before="openai_chat")
+register(Format("openai_batch", openai_batch.decode, openai_batch.decode_obj,
+                markers=(b'"custom_id"',), keys=("custom_id",)),
+         before="openai_chat")
+
+
+def detect(obj: Any) -> str:
+    """Name of the format of a parsed JSON object, or raise `DecodeError`."""
+    if isinstance(obj, dict):
+        for name in _AUTO_ORDER:
+            if any(k in obj for k in FORMATS[name].keys):
+                return name
+    raise DecodeError(f"unrecognised log format (a JSON {type(obj).__name__} matching no "
+                      f"supported format: {', '.join(_AUTO_ORDER)})")
+
+
+def decode_openai_chat(obj: Any, msg: RawMessage) -> list[Request]:
+    return openai_chat.decode_obj(obj, msg).requests
+
+
+def _sniff(value: bytes) -> str | None:
+    for name in _AUTO_ORDER:
+        if any(m in value for m in FORMATS[name].markers):
+            return name
+    return None
+
+
+class Decoders:
+    """Decoding as configured: a fixed format per topic, or auto-detection."""
+
+    def __init__(self, by_topic: Mapping[str, str] | None = None,
+                 extra: Mapping[str, Format] | None = None) -> None:
+        self.formats = {**FORMATS, **(extra or {})}
+        self.by_topic = dict(by_topic or {})
+        for topic, name in self.by_topic.items():
+            if name != "auto" and name not in self.formats:
+                raise ValueError(f"unknown format {name!r} for topic {topic!r}")
+
+    def decode(self, value: bytes, msg: RawMessage) -> Decoded:
+        name = self.by_topic.get(msg.topic, "auto")
+        if name != "auto":
+            return self.formats[name].decode(value, msg)
+        start = value[:1] if value[:1] not in b" \t\r\n" else value.lstrip()[:1]
+        if not start:
+            raise DecodeError("empty message")
+        if start not in (b"{", b"["):
+            not_json = json_reason(value, ValueError(f"starts with byte {value[0]:#04x}"))
+            if "otlp_proto" not in self.formats:
+                raise DecodeError(f"not JSON ({not_json})")
+            try:
+                return self.formats["otlp_proto"].decode(value, msg)
+            except DecodeError as e:
+                raise DecodeError(f"neither JSON ({not_json}) nor OTLP protobuf ({e})") from None
+        if start == b"[" or (b"\n" in value and (b"}\n{" in value or b"}\r\n{" in value)):
+            return self._decode_many(value, msg)
+        sniffed = _sniff(value)
+        if sniffed is None:
+            # Parse to tell a broken record from an unknown format.
+            try:
+                obj = orjson.loads(value)
+            except orjson.JSONDecodeError as e:
+                raise DecodeError(json_reason(value, e)) from None
+            return self.formats[detect(obj)].decode_obj(obj, msg)  # type: ignore[misc]
+        return self.formats[sniffed].decode(value, msg)
+
+    def _decode_many(self, value: bytes, msg: RawMessage) -> Decoded:
+        """A JSON array or NDJSON: each element is decoded on its own; one bad element rejects
+        the message (with the element's index), so nothing is half-stored."""
+        try:
+            if value.lstrip()[:1] == b"[":
+                items = orjson.loads(value)
+            else:
+                items = [orjson.loads(line) for line in value.splitlines() if line.strip()]
+        except orjson.JSONDecodeError as e:
+            raise DecodeError(json_reason(value, e)) from None
+        if isinstance(items, dict):
+            items = [items]
+        if not isinstance(items, list):
+            raise DecodeError(f"unrecognised log format (a JSON {type(items).__name__})")
+        if not items:  # else the message would end nowhere: not stored, rejected nor skipped
+            raise DecodeError("empty JSON array: no records")
+        requests: list[Request] = []
+        skipped = 0
+        for i, obj in enumerate(items):
+            try:
+                fmt = self.formats[detect(obj)]
+                if fmt.decode_obj is None:
+                    raise DecodeError(f"format {fmt.name} cannot be nested in an array")
+                out = fmt.decode_obj(obj, msg)
+            except DecodeError as e:
+                raise DecodeError(f"element {i}: {e}") from None
+            if len(items) > 1:
+                for r in out.requests:
+                    if r.request_id == f"{msg.topic}:{msg.partition}:{msg.offset}":
+                        r.request_id += f":{i}"
+            requests.extend(out.requests)
+            skipped += out.skipped
+        return Decoded(requests, skipped)

@@ -1,0 +1,122 @@
+"""Helpers shared by the decoders: times, counts, chat messages, tags."""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from typing import Any
+
+from consumers.records import DecodeError
+
+MAX_TOKENS_SANE = 100_000_000  # more than any context window: a count above this is corrupt
+MAX_TS_MS = 253_402_300_800_000  # 10000-01-01T00:00:00Z in epoch milliseconds
+PARAM_KEYS = ("temperature", "top_p", "max_tokens", "max_completion_tokens", "response_format",
+              "stop", "seed", "presence_penalty", "frequency_penalty", "n")
+
+
+def req_str(obj: dict[str, Any], key: str, where: str) -> str:
+    v = obj.get(key)
+    if v is None:
+        raise DecodeError(f"missing field {where}{key}")
+    if not isinstance(v, str) or not v:
+        raise DecodeError(f"field {where}{key} must be a non-empty string, got {type(v).__name__}")
+    return v
+
+
+def opt_count(obj: dict[str, Any] | None, key: str, where: str) -> int | None:
+    if not obj:
+        return None
+    v = obj.get(key)
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise DecodeError(f"field {where}{key} must be a count, got {v!r:.40}")
+    if v < 0 or v > MAX_TOKENS_SANE or v != int(v):
+        raise DecodeError(f"field {where}{key} is not a plausible token count: {v!r:.40}")
+    return int(v)
+
+
+def opt_number(obj: dict[str, Any], key: str) -> float | None:
+    v = obj.get(key)
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+        raise DecodeError(f"field {key} must be a finite non-negative number, got {v!r:.40}")
+    return float(v)
+
+
+def parse_ts_ms(v: Any, fallback_ms: int | None) -> int:
+    """Epoch seconds, milliseconds or an ISO-8601 string -> epoch milliseconds."""
+    if v is None:
+        if fallback_ms is None:
+            raise DecodeError("missing field ts and the message has no timestamp")
+        return fallback_ms
+    if isinstance(v, bool):
+        raise DecodeError("field ts must be a time, got bool")
+    if isinstance(v, (int, float)):
+        # Past the year 9999 even as milliseconds: corrupt, and it would overflow the tables.
+        if not math.isfinite(v) or v < 0 or v >= MAX_TS_MS:
+            raise DecodeError(f"field ts is not a valid time: {v!r:.40}")
+        # Seconds until the year 5138; anything larger is already milliseconds.
+        # round, not int: 1764244800.123 * 1000 is 1764244800122.9998 in binary.
+        return round(v * 1000) if v < 1e11 else int(v)
+    if isinstance(v, str):
+        try:
+            return round(datetime.fromisoformat(v.replace("Z", "+00:00")).timestamp() * 1000)
+        except ValueError:
+            raise DecodeError(f"field ts is not an ISO-8601 time: {v!r:.40}") from None
+    raise DecodeError(f"field ts must be a time, got {type(v).__name__}")
+
+
+def normalize_messages(msgs: Any, where: str) -> list[dict[str, Any]]:
+    """Validate a chat message list; content may be a string or a list of text parts."""
+    if not isinstance(msgs, list) or not msgs:
+        raise DecodeError(f"field {where}messages must be a non-empty list")
+    out: list[dict[str, Any]] = []
+    for i, m in enumerate(msgs):
+        if not isinstance(m, dict):
+            raise DecodeError(f"{where}messages[{i}] must be an object")
+        role = m.get("role")
+        if not isinstance(role, str):
+            raise DecodeError(f"{where}messages[{i}].role must be a string")
+        content = m.get("content")
+        if content is not None and not isinstance(content, (str, list)):
+            raise DecodeError(f"{where}messages[{i}].content must be a string or a list of parts")
+        out.append(m)
+    return out
+
+
+def message_text(content: Any) -> str:
+    """The text of a message content (string or list of `{"type": "text", "text": ...}` parts)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(p.get("text", "") for p in content
+                       if isinstance(p, dict) and isinstance(p.get("text", ""), str))
+    return ""
+
+
+def tags_of(v: Any) -> dict[str, str]:
+    if v is None:
+        return {}
+    if not isinstance(v, dict):
+        raise DecodeError("field tags must be an object of strings")
+    return {str(k): (x if isinstance(x, str) else str(x)) for k, x in v.items() if x is not None}
+
+
+def json_reason(value: bytes, e: Exception) -> str:
+    """Why bytes are not a JSON record: bad UTF-8 (with its byte) or the parser's message."""
+    try:
+        value.decode("utf-8")
+    except UnicodeDecodeError as u:
+        return f"invalid UTF-8 at byte {u.start}"
+    return f"invalid JSON: {e}"[:300]
+
+
+def whole(v: int | float | None, where: str) -> int | None:
+    """A token count that may have been written as a float: `12.0` is 12, `1.5` is corrupt."""
+    if v is None or type(v) is int:
+        return v  # type: ignore[return-value]
+    if v != int(v):
+        raise DecodeError(f"field {where} is not a whole token count: {v!r:.40}")
+    return int(v)

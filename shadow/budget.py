@@ -1,0 +1,158 @@
+"""The hard spend budget of the shadow stage: a USD cap per sliding hour and per sliding day.
+
+Every attempt reserves its worst-case cost (prompt token bound + `max_tokens`, at the
+deployment's prices) before it is sent, and settles to its actual cost afterwards. A
+reservation is granted only when, in both windows,
+
+    settled spend in the window + outstanding reservations + this reservation <= cap,
+
+so no interleaving of concurrent calls can overshoot: whatever is settled in any window of the
+cap's length was either already settled, or reserved at least as large, when the last of those
+calls reserved (settled costs are stamped at settle time, so they stay in the window at least
+as long as any window that contains the call). The guarantee needs actual <= reserved, i.e. a
+provider that honours `max_tokens`; an overrun is still charged in full and reported.
+
+When the settled spend alone leaves no room the budget is *exhausted* and `reserve` answers
+None at once (the sample ends `skipped_budget`). When only outstanding reservations stand in
+the way, `reserve` waits for them to settle: they are worst cases and usually release most of
+what they hold. Amounts are kept in integer nano-dollars, rounded up, so sums never drift.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+log = logging.getLogger("shadowroute.shadow")
+
+NANO = 1_000_000_000
+WINDOWS = (("hour", 3600.0), ("day", 86400.0))
+
+
+def to_nano(usd: float) -> int:
+    return max(0, math.ceil(usd * NANO))
+
+
+@dataclass
+class Reservation:
+    nano: int
+    settled: bool = False
+
+    @property
+    def usd(self) -> float:
+        return self.nano / NANO
+
+
+class _Window:
+    __slots__ = ("span", "cap", "entries", "total")
+
+    def __init__(self, span: float, cap: int | None) -> None:
+        self.span = span
+        self.cap = cap
+        self.entries: deque[tuple[float, int]] = deque()
+        self.total = 0
+
+    def expire(self, now: float) -> None:
+        e = self.entries
+        while e and e[0][0] <= now - self.span:
+            self.total -= e.popleft()[1]
+
+
+class Budget:
+    def __init__(self, usd_per_hour: float = math.inf, usd_per_day: float = math.inf, *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        caps = {"hour": usd_per_hour, "day": usd_per_day}
+        # A cap is rounded down to whole nano-dollars: never above what was configured.
+        self.windows = {name: _Window(span, None if math.isinf(caps[name])
+                                      else math.floor(caps[name] * NANO))
+                        for name, span in WINDOWS}
+        self.clock = clock
+        self.reserved = 0  # nano-dollars held by outstanding reservations
+        self.overruns = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    @property
+    def limited(self) -> bool:
+        return any(w.cap is not None for w in self.windows.values())
+
+    def seed(self, spends: Iterable[tuple[float, float]]) -> None:
+        """Charge spend from before a restart: (age in seconds, USD) pairs."""
+        now = self.clock()
+        for age, usd in sorted(spends, key=lambda s: -s[0]):
+            self._charge(now - max(age, 0.0), to_nano(usd))
+
+    def _charge(self, t: float, nano: int) -> None:
+        if nano <= 0:
+            return
+        for w in self.windows.values():
+            w.entries.append((t, nano))
+            w.total += nano
+
+    def spent_usd(self, window: str) -> float:
+        w = self.windows[window]
+        w.expire(self.clock())
+        return w.total / NANO
+
+    def left_usd(self, window: str) -> float:
+        """Room left in `window` after settled spend and outstanding reservations."""
+        w = self.windows[window]
+        if w.cap is None:
+            return math.inf
+        w.expire(self.clock())
+        return max(0, w.cap - w.total - self.reserved) / NANO
+
+    def try_reserve(self, usd: float) -> Reservation | None | bool:
+        """A reservation; None when the budget is exhausted for this amount; False when only
+        outstanding reservations are in the way (try again after one settles)."""
+        nano = to_nano(usd)
+        now = self.clock()
+        blocked = False
+        for w in self.windows.values():
+            if w.cap is None:
+                continue
+            w.expire(now)
+            if w.total + nano > w.cap:
+                return None
+            if w.total + self.reserved + nano > w.cap:
+                blocked = True
+        if blocked:
+            return False
+        self.reserved += nano
+        return Reservation(nano)
+
+    async def reserve(self, usd: float) -> Reservation | None:
+        """Reserve `usd`, waiting while outstanding reservations hold the room; None when the
+        budget is exhausted."""
+        while True:
+            r = self.try_reserve(usd)
+            if r is not False:
+                return r  # type: ignore[return-value]
+            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._waiters.append(fut)
+            try:
+                await fut
+            finally:
+                if not fut.done():
+                    fut.cancel()
+
+    def settle(self, r: Reservation, actual_usd: float) -> None:
+        """Release `r` and charge what the call actually cost (0 when nothing was billed)."""
+        if r.settled:
+            return
+        r.settled = True
+        self.reserved -= r.nano
+        nano = to_nano(actual_usd)
+        if nano > r.nano:
+            self.overruns += 1
+            log.warning("shadow call cost $%.6f, above its reservation of $%.6f: the provider "
+                        "did not honour max_tokens or the prompt bound", actual_usd, r.usd)
+        self._charge(self.clock(), nano)
+        while self._waiters:  # everyone re-checks; a released reservation may fit several
+            fut = self._waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)

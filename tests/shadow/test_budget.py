@@ -1,0 +1,172 @@
+"""The hard budget: reservations before calls, settlement after, sliding hour/day windows.
+
+The cap must hold over every window, for any interleaving of concurrent calls."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from shadow.budget import NANO, Budget, to_nano
+from shadow.client import ModelClient
+from shadowroute.config import ModelConfig
+
+
+def max_window_spend(charges: list[tuple[float, int]], span: float) -> int:
+    """The largest total charged in any window (t - span, t] (the max is at a charge time)."""
+    best = 0
+    for t, _ in charges:
+        best = max(best, sum(n for u, n in charges if t - span < u <= t))
+    return best
+
+
+def test_reserve_settle_and_release() -> None:
+    b = Budget(usd_per_hour=1.0)
+    r = b.try_reserve(0.6)
+    assert r and b.left_usd("hour") == pytest.approx(0.4)
+    assert b.try_reserve(0.5) is False  # only the outstanding reservation is in the way
+    b.settle(r, 0.1)  # type: ignore[arg-type]
+    assert b.spent_usd("hour") == pytest.approx(0.1) and b.reserved == 0
+    assert b.try_reserve(0.95) is None  # settled spend leaves no room: exhausted
+    b.settle(r, 0.5)  # type: ignore[arg-type]  # settling twice changes nothing
+    assert b.spent_usd("hour") == pytest.approx(0.1)
+
+
+def test_windows_slide() -> None:
+    now = [0.0]
+    b = Budget(usd_per_hour=1.0, usd_per_day=1.5, clock=lambda: now[0])
+    b.settle(b.try_reserve(1.0), 1.0)  # type: ignore[arg-type]
+    assert b.try_reserve(0.01) is None
+    now[0] = 3600.0  # the charge leaves the hour window; the day still holds it
+    r = b.try_reserve(0.5)
+    assert r and b.try_reserve(0.01) is False
+    b.settle(r, 0.5)  # type: ignore[arg-type]
+    assert b.try_reserve(0.01) is None  # the day cap is reached
+    now[0] = 86400.0
+    assert b.spent_usd("day") == pytest.approx(0.5) and b.try_reserve(0.4)
+
+
+def test_zero_cap_lets_only_free_calls_through_and_inf_is_no_cap() -> None:
+    b = Budget(usd_per_hour=0.0)
+    assert b.try_reserve(0.0) and b.try_reserve(1e-9) is None
+    u = Budget()
+    assert not u.limited and u.left_usd("day") == math.inf and u.try_reserve(1e9)
+
+
+def test_seed_from_stored_spend() -> None:
+    now = [100_000.0]
+    b = Budget(usd_per_hour=1.0, usd_per_day=2.0, clock=lambda: now[0])
+    b.seed([(10.0, 0.5), (7200.0, 1.0), (90_000.0, 5.0)])  # the last is older than a day
+    assert b.spent_usd("hour") == pytest.approx(0.5)
+    assert b.spent_usd("day") == pytest.approx(1.5)
+    assert b.try_reserve(0.6) is None and b.try_reserve(0.4)
+
+
+def test_an_overrun_is_charged_in_full() -> None:
+    b = Budget(usd_per_hour=1.0)
+    r = b.try_reserve(0.1)
+    b.settle(r, 0.3)  # type: ignore[arg-type]
+    assert b.overruns == 1 and b.spent_usd("hour") == pytest.approx(0.3)
+
+
+def test_integer_accounting_never_drifts() -> None:
+    b = Budget(usd_per_hour=1.0)
+    for _ in range(10):
+        b.settle(b.try_reserve(0.1), 0.1)  # type: ignore[arg-type]
+    # 0.1 is not exact in binary; nano-dollars rounded up keep the sum exact and on the safe side.
+    assert b.windows["hour"].total == 10 * to_nano(0.1) >= NANO
+
+
+# -- property: any interleaving of reserve / settle / time passing ---------------------------
+
+ops = st.lists(st.one_of(
+    st.tuples(st.just("reserve"), st.floats(0, 0.5)),
+    st.tuples(st.just("settle"), st.floats(0, 1)),  # actual as a share of the reservation
+    st.tuples(st.just("wait"), st.floats(0, 5000)),
+), max_size=120)
+
+
+@given(ops, st.floats(0.05, 2.0), st.floats(0.1, 5.0))
+@settings(max_examples=300, deadline=None)
+def test_cap_holds_over_every_sliding_window(seq: list[tuple[str, float]], hour_cap: float,
+                                             day_cap: float) -> None:
+    now = [0.0]
+    b = Budget(usd_per_hour=hour_cap, usd_per_day=day_cap, clock=lambda: now[0])
+    open_: list[Any] = []
+    charges: list[tuple[float, int]] = []
+    for op, x in seq:
+        if op == "reserve":
+            r = b.try_reserve(x)
+            if r:
+                open_.append(r)
+        elif op == "settle" and open_:
+            r = open_.pop(int(x * 1000) % len(open_))
+            actual = r.usd * x  # a provider that honours max_tokens: actual <= reserved
+            b.settle(r, actual)
+            charges.append((now[0], to_nano(actual)))
+        else:
+            now[0] += x
+        assert b.reserved == sum(r.nano for r in open_)
+    assert max_window_spend(charges, 3600) <= math.floor(hour_cap * NANO)
+    assert max_window_spend(charges, 86400) <= math.floor(day_cap * NANO)
+
+
+# -- property: many concurrent calls through the real client path ----------------------------
+
+calls = st.lists(st.tuples(
+    st.integers(1, 4000),     # prompt length (chars)
+    st.integers(1, 2000),     # max_tokens asked by production
+    st.floats(0, 1),          # share of max_tokens actually produced
+    st.floats(0, 1),          # share of the prompt bound actually billed
+    st.booleans(),            # the answer carries usage
+    st.floats(0, 0.02),       # latency
+), min_size=1, max_size=150)
+
+
+@given(calls, st.floats(0.0005, 0.02))
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_concurrent_calls_never_overshoot_the_cap(spec: list[tuple[Any, ...]], cap: float) -> None:
+    by_prompt = {f"p{i}-" + "x" * n: s for i, (n, *s) in enumerate(spec)}
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        body = orjson.loads(request.content)
+        mt, out_share, in_share, with_usage, latency = by_prompt[body["messages"][0]["content"]]
+        await asyncio.sleep(latency)
+        out: dict[str, Any] = {"choices": [{"message": {"role": "assistant", "content": "y" * 3}}]}
+        if with_usage:
+            # Billed prompt tokens never exceed the body size (byte-level BPE); output <= max_tokens.
+            out["usage"] = {"prompt_tokens": int(len(request.content) * in_share),
+                            "completion_tokens": int(body["max_tokens"] * out_share)}
+        return httpx.Response(200, content=orjson.dumps(out))
+
+    async def go() -> tuple[Budget, list[Any]]:
+        budget = Budget(usd_per_hour=cap)
+        cfg = ModelConfig(name="m", base_url="http://model.test/v1", input_per_mtok=0.5,
+                          cached_input_per_mtok=0.25, output_per_mtok=4.0, max_tokens=1500)
+        async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http:
+            client = ModelClient(cfg, http, budget=budget)
+            prompts = list(by_prompt)
+            random.Random(len(prompts)).shuffle(prompts)
+            results = await asyncio.gather(*(
+                client.complete([{"role": "user", "content": p}],
+                                {"max_tokens": by_prompt[p][0]}) for p in prompts))
+        return budget, list(results)
+
+    budget, results = asyncio.run(go())
+    spent = sum(r.spend_usd for r in results)
+    assert spent <= cap + 1e-12
+    assert budget.spent_usd("hour") <= cap and budget.reserved == 0 and budget.overruns == 0
+    assert {r.outcome for r in results} <= {"ok", "budget"}
+    for r in results:
+        if r.outcome == "ok":
+            assert r.cost_usd == pytest.approx(r.spend_usd)
+        else:
+            assert r.spend_usd == 0 and "budget exhausted" in (r.error or "")
