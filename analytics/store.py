@@ -58,7 +58,7 @@ class Store:
     def migrate(self) -> None:
         with self._lock:
             for stmt in sql.script("schema_"):
-                self.con.execute(stmt)
+                self.con.execute(stmt).fetchall()
 
     @contextmanager
     def _tx(self, frames: Mapping[str, pl.DataFrame]) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -68,12 +68,12 @@ class Store:
             for name, df in frames.items():
                 con.register(name, df.to_arrow())
             try:
-                con.execute("BEGIN TRANSACTION")
+                con.execute("BEGIN TRANSACTION").fetchall()
                 try:
                     yield con
-                    con.execute("COMMIT")
+                    con.execute("COMMIT").fetchall()
                 except BaseException:
-                    con.execute("ROLLBACK")
+                    con.execute("ROLLBACK").fetchall()
                     raise
             finally:
                 for name in frames:
@@ -103,16 +103,19 @@ class Store:
         duplicates = 0
         with self._tx(frames) as con:
             if batch.requests.height:
-                row = con.execute(sql.query("insert_requests" + suffix)).fetchone()
+                # fetchall, not fetchone: DuckDB 2 refuses other work on a connection whose
+                # result was not read to the end.
+                rows = con.execute(sql.query("insert_requests" + suffix)).fetchall()
+                row = rows[0] if rows else None
                 duplicates = batch.requests.height - (int(row[0]) if row else 0)
             if batch.samples.height:
-                con.execute(sql.query("insert_samples" + suffix))
+                con.execute(sql.query("insert_samples" + suffix)).fetchall()
             if batch.rejected.height:
-                con.execute(sql.query("insert_rejected"))
+                con.execute(sql.query("insert_rejected")).fetchall()
             if batch.skipped.height:
-                con.execute(sql.query("insert_skipped"))
+                con.execute(sql.query("insert_skipped")).fetchall()
             if offsets.height:
-                con.execute(sql.query("upsert_offsets"))
+                con.execute(sql.query("upsert_offsets")).fetchall()
         return duplicates
 
     def stored_offsets(self) -> dict[tuple[str, int], int]:
@@ -134,19 +137,20 @@ class Store:
                             ("batch_scores", "insert_scores"),
                             ("batch_finished", "finish_samples")):
                 if frames[name].height:
-                    con.execute(sql.query(q))
+                    con.execute(sql.query(q)).fetchall()
 
     def shed_pending(self, keep: int, reason: str) -> tuple[int, int]:
         """Backpressure: mark pending samples beyond the oldest `keep` as `skipped_shed`.
         Returns (pending before, shed)."""
         with self._lock:
-            row = self.con.execute(sql.query("pending_count")).fetchone()
-            pending = int(row[0]) if row else 0
+            # fetchall, not fetchone: DuckDB refuses `register` on a connection with an
+            # unfinished result.
+            pending = int(self.con.execute(sql.query("pending_count")).fetchall()[0][0])
             if pending <= keep:
                 return pending, 0
-            cur = self.con.execute(sql.query("shed_samples"), {"keep": keep, "reason": reason})
-            shed = cur.fetchone()
-            return pending, int(shed[0]) if shed else 0
+            rows = self.con.execute(sql.query("shed_samples"),
+                                    {"keep": keep, "reason": reason}).fetchall()
+            return pending, int(rows[0][0]) if rows else 0
 
     def recent_shadow_spend(self) -> list[tuple[float, float]]:
         """(age in seconds, USD) of shadow spend over the last day, to seed the budget."""

@@ -233,14 +233,21 @@ class ShadowRunner:
         if self.on_result:
             self.on_result(res)
         if len(self._buffer) >= self.flush_max:
-            await self.flush()
+            try:
+                await self.flush()
+            except Exception:  # kept in the buffer; the flush loop retries
+                log.exception("writing %d shadow results failed; retrying", len(self._buffer))
         self.wake.set()
 
     async def flush(self) -> None:
         if not self._buffer:
             return
         batch, self._buffer = self._buffer, []
-        await self.sink.write(batch)
+        try:
+            await self.sink.write(batch)
+        except BaseException:
+            self._buffer[:0] = batch  # kept for the next flush: results are written once, later
+            raise
         for r in batch:
             self._inflight.discard(r.sample_id)
         self.completed += len(batch)
@@ -249,7 +256,11 @@ class ShadowRunner:
     async def _flush_loop(self) -> None:
         while True:
             await asyncio.sleep(self.flush_every_s)
-            await self.flush()
+            try:
+                await self.flush()
+            except Exception:  # the store is unwell: keep the results, try again, never stop
+                log.exception("writing %d shadow results failed; retrying", len(self._buffer))
+                await asyncio.sleep(min(5.0, 4 * self.flush_every_s))
 
     async def stop(self) -> None:
         """Cancel in-flight calls (their samples stay pending) and flush finished results."""

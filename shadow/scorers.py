@@ -8,6 +8,10 @@ A scorer is one function `(candidate, reference) -> float`, registered by name i
 - `final_number`: GSM8K-style — the last number in each answer compared numerically
   (handles `1,234`, `-3`, `+2`, `0.50`, `$12`, `12%`, `1/2` stays as two numbers).
 - `token_f1`: SQuAD-style token overlap F1 of the normalized answers (graded, for free text).
+- `contains`: 1 when the normalized reference appears in the normalized candidate as a whole
+  word sequence ("Paris" in "The capital is Paris."): for short-value tasks where a chattier
+  model still gives the right value. It cannot see negation ("not Paris"): prefer
+  `exact_match` where answers must be the value alone.
 """
 
 from __future__ import annotations
@@ -79,7 +83,22 @@ def token_f1(candidate: str, reference: str) -> float:
     return 2 * p * rc / (p + rc)
 
 
+def contains(candidate: str, reference: str) -> float:
+    ref = _words(reference)
+    if not ref:
+        return exact_match(candidate, reference)
+    return 1.0 if f" {ref} " in f" {_words(candidate)} " else 0.0
+
+
+def _words(text: str) -> str:
+    return _WS.sub(" ", _PUNCT_SPACES.sub(" ", normalize(text))).strip()
+
+
+_PUNCT_SPACES = re.compile(r"[^\w\s@./:+-]+|(?<=\w)[.,:;!?](?=\s|$)")
+
+
 SCORERS: dict[str, Scorer] = {
+    "contains": contains,
     "exact_match": exact_match,
     "final_number": final_number_match,
     "token_f1": token_f1,

@@ -22,6 +22,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -75,7 +76,7 @@ class LocalModelServer:
         self.startup_timeout_s = startup_timeout_s
         self.log_path = Path(log_path) if log_path is not None else None
         self.proc: subprocess.Popen[bytes] | None = None
-        self._log = None
+        self._log: Any = None  # the server log file while it runs
 
     @property
     def url(self) -> str:

@@ -13,7 +13,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
@@ -31,6 +31,7 @@ from shadow.budget import Budget
 from shadow.client import ModelClient
 from shadow.routers import build_routers
 from shadow.runner import SampleResult, ShadowRunner, results_to_frames
+from shadow.transport import pooled_client
 from shadowroute.api import build_app
 from shadowroute.config import Config
 from shadowroute.metrics import Metrics
@@ -94,11 +95,21 @@ def service_file(db_path: str | os.PathLike[str]) -> Path:
 
 
 class Service:
-    def __init__(self, cfg: Config, source: Source | None = None) -> None:
+    def __init__(self, cfg: Config, source: Source | None = None,
+                 source_factory: Callable[[Callable[[], dict[tuple[str, int], int]]], Source]
+                 | None = None) -> None:
+        """`source` defaults to the Kafka consumer group of `cfg.kafka`; `source_factory` builds
+        one from the store's stored positions (the file source of `replay`)."""
         self.cfg = cfg
         self.metrics = Metrics()
         self.store = AsyncStore(Store(cfg.storage.db_path))
         self.ingestor = Ingestor(cfg)
+        if source_factory is not None:
+            try:
+                source = source_factory(self.store.store.stored_offsets)
+            except BaseException:
+                self.store.close()
+                raise
         if source is None:
             from consumers.kafka_source import KafkaSource
 
@@ -209,8 +220,8 @@ class Service:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, self.stop_event.set)
         sh = self.cfg.shadow
-        self.http = httpx.AsyncClient(limits=httpx.Limits(max_connections=max(
-            16, sh.concurrency * 2), max_keepalive_connections=64))
+        # Small pools: one httpx pool costs O(connections) CPU per call (see shadow.transport).
+        self.http = pooled_client(max(16, sh.concurrency * 2))
         self.budget = Budget(sh.budget.usd_per_hour, sh.budget.usd_per_day)
         if self.budget.limited:
             # Spend of the last day survives a restart: the budget is not reset by one.

@@ -180,6 +180,8 @@ class TrafficGenerator:
                       "tenant": f"t{r.randint(1, 25)}"})
 
     def encoded(self, n: int) -> Iterator[bytes]:
+        if len(ENCODERS) < len(FORMATS):
+            ENCODERS.update(_encoders())
         for i, call in enumerate(self.calls(n)):
             fmt = self.formats[i % len(self.formats)]
             yield ENCODERS[fmt](call, self.rnd.random() < self.error_rate)
@@ -206,4 +208,14 @@ def encode_openai_chat(c: Call, failed: bool = False) -> bytes:
     return orjson.dumps(rec)
 
 
+def _encoders() -> dict[str, Callable[[Call, bool], bytes]]:
+    # Imported here: the encoders import `Call` from this module.
+    from shadowroute.encoders.litellm import encode_litellm
+    from shadowroute.encoders.otlp import encode_otlp_json, encode_otlp_proto
+
+    return {"openai_chat": encode_openai_chat, "litellm": encode_litellm,
+            "otlp_json": encode_otlp_json, "otlp_proto": encode_otlp_proto}
+
+
 ENCODERS: dict[str, Callable[[Call, bool], bytes]] = {"openai_chat": encode_openai_chat}
+FORMATS = ("openai_chat", "litellm", "otlp_json", "otlp_proto")

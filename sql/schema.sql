@@ -146,12 +146,11 @@ SELECT sample_id, model, 'all_cheap', 0.0 FROM sample_outcomes
 UNION ALL
 SELECT sample_id, model, 'oracle', CASE WHEN q >= 1.0 THEN 0.0 ELSE 1.0 END FROM sample_outcomes;
 
--- name: schema_12_savings_at
--- Stratified estimates for every (router, threshold, model) at the given thresholds. A request
--- goes to the cheap model when score < threshold. Quality is relative to the frontier (1 = as
--- good); quality_se is the stratified standard error (strata with one sample count as
--- maximal variance 0.25).
-CREATE OR REPLACE MACRO savings_at(thresholds) AS TABLE
+-- name: schema_12a_routed_strata
+-- Per (router, threshold, model, stratum): N_h, n_h and the stratum means of the routed
+-- quality (cheap ? q : 1), its variance, routed cost and frontier cost, at the given
+-- thresholds. A request goes to the cheap model when score < threshold.
+CREATE OR REPLACE MACRO routed_strata(thresholds) AS TABLE
 WITH g AS (
     SELECT unnest(thresholds)::DOUBLE AS threshold
 ), x AS (
@@ -160,16 +159,22 @@ WITH g AS (
     FROM sample_outcomes o
     JOIN policy_scores ps ON ps.sample_id = o.sample_id AND ps.model = o.model
     CROSS JOIN g
-), h AS (
-    SELECT router, threshold, model, stratum,
-           any_value(n_stratum) AS big_n, count(*) AS n,
-           avg(CASE WHEN cheap THEN q ELSE 1.0 END) AS mq,
-           coalesce(var_samp(CASE WHEN cheap THEN q ELSE 1.0 END), 0.25) AS vq,
-           avg(CASE WHEN cheap THEN cm ELSE cf END) AS mc,
-           avg(cf) AS mcf,
-           avg(CASE WHEN cheap THEN 0.0 ELSE 1.0 END) AS ms
-    FROM x GROUP BY ALL
 )
+SELECT router, threshold, model, stratum,
+       split_part(stratum, '|', 2) AS segment,
+       any_value(n_stratum) AS big_n, count(*) AS n,
+       avg(CASE WHEN cheap THEN q ELSE 1.0 END) AS mq,
+       coalesce(var_samp(CASE WHEN cheap THEN q ELSE 1.0 END), 0.25) AS vq,
+       avg(CASE WHEN cheap THEN cm ELSE cf END) AS mc,
+       avg(cf) AS mcf,
+       avg(CASE WHEN cheap THEN 0.0 ELSE 1.0 END) AS ms
+FROM x GROUP BY ALL;
+
+-- name: schema_12b_savings_at
+-- Stratified estimates for every (router, threshold, model) at the given thresholds. Quality
+-- is relative to the frontier (1 = as good); quality_se is the stratified standard error
+-- (strata with one sample count as maximal variance 0.25).
+CREATE OR REPLACE MACRO savings_at(thresholds) AS TABLE
 SELECT router, threshold, model,
        count(*) AS strata,
        sum(n)::BIGINT AS samples,
@@ -181,7 +186,23 @@ SELECT router, threshold, model,
        sum(big_n * mcf) AS frontier_usd,
        sum(big_n * mc) AS routed_usd,
        sum(big_n * mcf) - sum(big_n * mc) AS projected_usd_saved
-FROM h GROUP BY ALL;
+FROM routed_strata(thresholds) GROUP BY ALL;
+
+-- name: schema_12c_segment_savings_at
+-- The same estimates per segment (value of the stratifying tag, e.g. the task type).
+CREATE OR REPLACE MACRO segment_savings_at(thresholds) AS TABLE
+SELECT router, threshold, model, segment,
+       count(*) AS strata,
+       sum(n)::BIGINT AS samples,
+       sum(big_n)::BIGINT AS requests,
+       sum(big_n * mq) / sum(big_n) AS quality,
+       sqrt(sum(big_n * big_n * vq / n)) / sum(big_n) AS quality_se,
+       1 - sum(big_n * mc) / nullif(sum(big_n * mcf), 0) AS savings,
+       sum(big_n * ms) / sum(big_n) AS strong_share,
+       sum(big_n * mcf) AS frontier_usd,
+       sum(big_n * mc) AS routed_usd,
+       sum(big_n * mcf) - sum(big_n * mc) AS projected_usd_saved
+FROM routed_strata(thresholds) GROUP BY ALL;
 
 -- name: schema_13_savings
 -- The savings table people query: every router on a threshold grid 0, 0.05, ..., 1, and the
@@ -192,6 +213,16 @@ SELECT * FROM savings_at([0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45,
 WHERE router NOT IN ('all_cheap', 'oracle')
 UNION ALL
 SELECT * REPLACE (NULL::DOUBLE AS threshold) FROM savings_at([0.5])
+WHERE router IN ('all_cheap', 'oracle');
+
+-- name: schema_13b_segment_savings
+-- Per segment (e.g. task type): every router on the grid, and the reference policies.
+CREATE OR REPLACE VIEW segment_savings AS
+SELECT * FROM segment_savings_at([0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5,
+                                  0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 1.0])
+WHERE router NOT IN ('all_cheap', 'oracle')
+UNION ALL
+SELECT * REPLACE (NULL::DOUBLE AS threshold) FROM segment_savings_at([0.5])
 WHERE router IN ('all_cheap', 'oracle');
 
 -- name: schema_14_strata

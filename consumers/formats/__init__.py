@@ -11,6 +11,7 @@ or NDJSON -> per element; otherwise the keys that mark each JSON format).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -118,8 +119,19 @@ class Decoders:
                 raise DecodeError(f"not JSON ({not_json})")
             try:
                 return self.formats["otlp_proto"].decode(value, msg)
-            except DecodeError as e:
+            except otlp.NotOtlpProtobuf as e:
                 raise DecodeError(f"neither JSON ({not_json}) nor OTLP protobuf ({e})") from None
+        try:
+            return self._decode_json(value, msg, start)
+        except DecodeError:
+            # A protobuf export starts with 0x0a (field 1), which reads as a newline: one whose
+            # next byte is `{` or `[` looks like JSON. Only if it is not JSON, try it as OTLP.
+            if value[:1] == b"\n" and "otlp_proto" in self.formats:
+                with contextlib.suppress(otlp.NotOtlpProtobuf):
+                    return self.formats["otlp_proto"].decode(value, msg)
+            raise
+
+    def _decode_json(self, value: bytes, msg: RawMessage, start: bytes) -> Decoded:
         if start == b"[" or (b"\n" in value and (b"}\n{" in value or b"}\r\n{" in value)):
             return self._decode_many(value, msg)
         sniffed = _sniff(value)

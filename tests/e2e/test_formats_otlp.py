@@ -200,14 +200,14 @@ def test_otlp_proto_spans(broker: Broker, topic: str, db_path: Path, tmp_path: P
     extra = f'[formats.by_topic]\n"{topic}" = "otlp_proto"\n'
     con, replayed = run(broker, topic, db_path, tmp_path, len(t.values), extra)
     check_store(con, replayed, t, "otlp_proto", [
-        lambda r: r == "not an OTLP protobuf trace export (wire format was corrupt); "
+        lambda r: r == "not an OTLP protobuf trace export (invalid protobuf wire format); "
                        "it starts with 'not a protobuf, not JSON'",
         lambda r: r == f"span 1 (trace {request_id_of(calls[196]).replace(':', ', span ')}): "
                        "missing field gen_ai.request.model",
         lambda r: r == f"span 1 (trace {request_id_of(calls[197]).replace(':', ', span ')}): "
                        "attribute gen_ai.usage.input_tokens is not a plausible token count: "
                        "1000000000000000",
-        lambda r: r == "not an OTLP protobuf trace export (wire format was corrupt)",
+        lambda r: r == "not an OTLP protobuf trace export (invalid protobuf wire format)",
         lambda r: r == "OTLP message holds no spans",
     ])
 

@@ -10,10 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from shadow.scorers import SCORERS
 from shadowroute.config import Config, ModelConfig, Price, RouterConfig, load_config
 from shadowroute.errors import ConfigError, ShadowrouteError
 
 ROOT = Path(__file__).resolve().parents[2]
+KNOWN_SCORERS = ", ".join(sorted(SCORERS))
 
 GOOD = """
 [kafka]
@@ -200,9 +202,9 @@ def test_os_environ_is_the_default(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     ("[[routers]]\nkind = \"rules\"\n", "routers[0].name", "is required"),
     ("[[routers]]\nname = \"oracle\"\n", "routers[0].name", "name 'oracle' is taken"),
     ("[scoring]\ndefault = \"bleu\"\n", "scoring.default",
-     "unknown scorer 'bleu'; known: exact_match, final_number, token_f1"),
+     f"unknown scorer 'bleu'; known: {KNOWN_SCORERS}"),
     ("[scoring]\nby_tag = { math = \"numbers\" }\n", "scoring.by_tag.math",
-     "unknown scorer 'numbers'; known: exact_match, final_number, token_f1"),
+     f"unknown scorer 'numbers'; known: {KNOWN_SCORERS}"),
     ("[[shadow.models]]\nname = \"m\"\nbase_url = \"api.example.com/v1\"\n",
      "shadow.models[0].base_url", "must start with http:// or https://, got 'api.example.com/v1'"),
     ("[[shadow.models]]\nname = \"m\"\n", "shadow.models[0].base_url", "is required"),

