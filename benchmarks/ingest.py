@@ -45,7 +45,7 @@ async def preload(bootstrap: str, topic: str, n: int) -> tuple[int, int]:
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=20,
                                 max_batch_size=1024 * 1024, max_request_size=16 * 1024 * 1024)
     await producer.start()
-    gen = TrafficGenerator(seed=1, formats=("openai_chat",))
+    gen = TrafficGenerator(seed=1, formats=("openai_chat", "litellm", "otlp_json", "otlp_proto"))
     total_bytes = 0
     try:
         pending = []

@@ -3,8 +3,9 @@
 httpcore's connection pool scans every connection it holds on each request and each response
 (`_assign_requests_to_connections`), so with n calls in flight it costs O(n) per call: measured
 here, ~1.4 ms of CPU per call at 16 connections and ~6 ms at 256, several times the rest of
-the shadow stage together (pools of 2-4 connections: ~0.8 ms, which is httpx itself). `ShardedTransport` spreads calls over pools of at most `per_shard`
-connections (the least loaded pool takes the next call), which keeps every scan short. It is
+the shadow stage together (pools of 2-4 connections: ~0.8 ms, which is httpx itself).
+`ShardedTransport` spreads calls over pools of at most `per_shard` connections (the least
+loaded pool takes the next call), which keeps every scan short. It is
 still httpx underneath (same timeouts, TLS, HTTP/1.1 keep-alive); the client is built once by
 the service and handed to every `ModelClient`.
 """

@@ -170,12 +170,14 @@ SELECT router, threshold, model, stratum,
        avg(CASE WHEN cheap THEN 0.0 ELSE 1.0 END) AS ms
 FROM x GROUP BY ALL;
 
--- name: schema_12b_savings_at
--- Stratified estimates for every (router, threshold, model) at the given thresholds. Quality
--- is relative to the frontier (1 = as good); quality_se is the stratified standard error
--- (strata with one sample count as maximal variance 0.25).
-CREATE OR REPLACE MACRO savings_at(thresholds) AS TABLE
+-- name: schema_12b_grouped_savings_at
+-- Stratified estimates for every (router, threshold, model) at the given thresholds, per
+-- segment (the stratifying tag's value, e.g. task type) when by_segment, else over all
+-- traffic. Quality is relative to the frontier (1 = as good); quality_se is the stratified
+-- standard error (strata with one sample count as maximal variance 0.25).
+CREATE OR REPLACE MACRO grouped_savings_at(thresholds, by_segment) AS TABLE
 SELECT router, threshold, model,
+       CASE WHEN by_segment THEN segment END AS segment,
        count(*) AS strata,
        sum(n)::BIGINT AS samples,
        sum(big_n)::BIGINT AS requests,
@@ -188,21 +190,13 @@ SELECT router, threshold, model,
        sum(big_n * mcf) - sum(big_n * mc) AS projected_usd_saved
 FROM routed_strata(thresholds) GROUP BY ALL;
 
--- name: schema_12c_segment_savings_at
--- The same estimates per segment (value of the stratifying tag, e.g. the task type).
+-- name: schema_12c_savings_at
+CREATE OR REPLACE MACRO savings_at(thresholds) AS TABLE
+SELECT * EXCLUDE (segment) FROM grouped_savings_at(thresholds, false);
+
+-- name: schema_12d_segment_savings_at
 CREATE OR REPLACE MACRO segment_savings_at(thresholds) AS TABLE
-SELECT router, threshold, model, segment,
-       count(*) AS strata,
-       sum(n)::BIGINT AS samples,
-       sum(big_n)::BIGINT AS requests,
-       sum(big_n * mq) / sum(big_n) AS quality,
-       sqrt(sum(big_n * big_n * vq / n)) / sum(big_n) AS quality_se,
-       1 - sum(big_n * mc) / nullif(sum(big_n * mcf), 0) AS savings,
-       sum(big_n * ms) / sum(big_n) AS strong_share,
-       sum(big_n * mcf) AS frontier_usd,
-       sum(big_n * mc) AS routed_usd,
-       sum(big_n * mcf) - sum(big_n * mc) AS projected_usd_saved
-FROM routed_strata(thresholds) GROUP BY ALL;
+SELECT * FROM grouped_savings_at(thresholds, true);
 
 -- name: schema_13_savings
 -- The savings table people query: every router on a threshold grid 0, 0.05, ..., 1, and the
