@@ -243,6 +243,7 @@ class ModelClient:
                                 + (att.result.output_tokens or 0))
                 att.result.spend_usd = spend
                 return att.result
+            att.error = self._redact(att.error)  # before it reaches a log line or last_error
             group.failed(lease, att.error, health=att.health, retry_after=att.retry_after)
             last, last_dep = f"{d.name}: {att.error}", d.name
             if not att.retriable:

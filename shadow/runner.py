@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -117,6 +118,7 @@ class ShadowRunner:
         self.on_result = on_result
         self._buffer: list[SampleResult] = []
         self._inflight: set[str] = set()
+        self._queue: deque[dict[str, Any]] = deque()  # read from the store, not started yet
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = False
         self.completed = 0
@@ -170,13 +172,27 @@ class ShadowRunner:
         try:
             while not self._stopping:
                 await self._shed()
-                room = self.concurrency * 2 - len(self._inflight)
+                # Finished samples waiting for the next flush do not hold a slot (else a slot
+                # would idle up to `flush_every_s` after each call); while writes fail they pile
+                # up to `flush_max`, and then no new work starts.
+                room = min(self.concurrency * 2 - len(self._tasks),
+                           self.concurrency * 2 + self.flush_max - len(self._inflight))
                 if room > 0:
-                    batch = [s for s in await self.sink.pending(room + len(self._inflight))
-                             if s["sample_id"] not in self._inflight][:room]
-                    for s in batch:
-                        self._start(s)
-                    if batch:
+                    if not self._queue:
+                        # One read for many samples: reading per finished sample would fetch
+                        # the whole in-flight set again each time.
+                        self._queue.extend(
+                            s for s in await self.sink.pending(
+                                self.concurrency * 2 + len(self._inflight))
+                            if s["sample_id"] not in self._inflight)
+                    started = 0
+                    while room > 0 and self._queue:
+                        s = self._queue.popleft()
+                        if s["sample_id"] not in self._inflight:
+                            self._start(s)
+                            room -= 1
+                            started += 1
+                    if started:
                         continue
                 self.wake.clear()
                 try:
@@ -201,6 +217,7 @@ class ShadowRunner:
             return
         self.queue_depth = pending - shed
         if shed:
+            self._queue.clear()  # it may hold shed samples; read again from the store
             self.shed_total += shed
             log.warning("shadow backlog %d above shadow.max_queue %d: shed the %d newest samples",
                         pending, self.max_queue, shed)

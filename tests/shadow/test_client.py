@@ -268,3 +268,14 @@ def test_reuse_window_expires() -> None:
 
         a, b, d = asyncio.run(go())
     assert (a.outcome, b.outcome, d.outcome) == ("ok", "reused", "ok")
+
+
+def test_keys_never_reach_logs_or_errors(monkeypatch: pytest.MonkeyPatch,
+                                         caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setenv("CHEAP_KEY", "sk-log-secret")
+    with ModelServer(ModelBehaviour(fail_next=[503] * 10, echo_auth=True)) as ms:
+        [r] = asyncio.run(call(model(ms.url, api_key_env="CHEAP_KEY"), retries=3,
+                               allowed_fails=2, cooldown_s=0.05))
+    assert r.outcome == "error" and "sk-log-secret" not in (r.error or "")
+    assert "on cooldown" in caplog.text and "***" in caplog.text
+    assert "sk-log-secret" not in caplog.text

@@ -238,3 +238,61 @@ def test_an_old_file_gains_the_new_columns(tmp_path: Path) -> None:
     cols = {r[0] for r in q(db, "DESCRIBE shadow_calls")}
     assert {"deployment", "outcome", "spend_usd", "usage_estimated", "reused_from"} <= cols
     assert q(db, "SELECT cost_usd, spend_usd FROM shadow_calls") == [(0.5, None)]
+
+
+class _NoSource:
+    """A source with nothing to read (the service needs one; this test is about metrics)."""
+
+    async def start(self) -> None: ...
+    async def batch(self) -> list[Any]:
+        return []
+    async def commit(self, offsets: dict[tuple[str, int], int]) -> None: ...
+    async def stop(self) -> None: ...
+
+
+def test_metrics_of_the_shadow_stage(tmp_path: Path) -> None:
+    from prometheus_client import generate_latest
+
+    from shadow.client import CallResult
+    from shadow.runner import SampleResult
+    from shadowroute.config import Config, StorageConfig
+    from shadowroute.service import Service
+
+    async def go() -> str:
+        svc = Service(Config(storage=StorageConfig(db_path=str(tmp_path / "m.duckdb"))),
+                      source=_NoSource())
+        try:
+            svc.budget = Budget(usd_per_hour=1.0)
+            svc.budget.settle(svc.budget.try_reserve(0.4), 0.25)  # type: ignore[arg-type]
+            svc._on_result(SampleResult("s1", "done", calls=[
+                CallResult("cheap", "4", 10, 0, 1, 0.001, 120.0, None, 1, "ok", "cheap#0", 0.001),
+                CallResult("other", "4", 10, 0, 1, 0.001, 120.0, None, 0, "reused", "o#0", 0.0,
+                           reused_from="s0")]))
+            svc._on_result(SampleResult("s2", "skipped_budget", calls=[
+                CallResult("cheap", None, None, None, None, None, 0.1, "budget", 0, "budget")]))
+            svc._on_shed(3)
+            async with httpx.AsyncClient() as http:
+                client = ModelClient(model("http://127.0.0.1:9/v1"), http)
+                client.deployments[0].cooldown_until = 1e18
+                svc.runner = ShadowRunner(svc.store, [], [client], concurrency=1)
+                svc._shadow_gauges()
+            return generate_latest(svc.metrics.registry).decode()
+        finally:
+            svc.store.close()
+
+    text = asyncio.run(go())
+    for line in ('shadowroute_shadow_calls_total{model="cheap",outcome="ok"} 1.0',
+                 'shadowroute_shadow_calls_total{model="cheap",outcome="budget"} 1.0',
+                 'shadowroute_shadow_reused_total{model="other"} 1.0',
+                 'shadowroute_shadow_spend_usd_total{model="cheap"} 0.001',
+                 'shadowroute_shadow_budget_left_usd{window="hour"} 0.75',
+                 'shadowroute_shadow_budget_left_usd{window="day"} +Inf',
+                 'shadowroute_shadow_budget_spent_usd{window="hour"} 0.25',
+                 'shadowroute_shadow_shed_total 3.0',
+                 'shadowroute_shadow_deployment_cooldown{deployment="cheap#0",model="cheap"} 1.0',
+                 'shadowroute_shadow_queue_depth 0.0',
+                 'shadowroute_samples_finished_total{status="skipped_budget"} 1.0',
+                 'shadowroute_samples_finished_total{status="skipped_shed"} 3.0'):
+        assert line in text, line
+    assert 'shadowroute_shadow_call_seconds_count{model="cheap"} 1.0' in text
+    assert 'shadowroute_shadow_call_seconds_count{model="other"}' not in text
