@@ -82,6 +82,20 @@ def prompt_text(messages: Sequence[dict[str, Any]]) -> str:
     return "\n".join(message_text(m.get("content")) for m in messages)
 
 
+def prompt_chars(messages: Sequence[dict[str, Any]]) -> int:
+    """`len(prompt_text(messages))`, without building the text."""
+    if not messages:
+        return 0
+    return sum(len(message_text(m.get("content"))) for m in messages) + len(messages) - 1
+
+
+def frame(rows: list[tuple[Any, ...]], schema: dict[str, Any]) -> pl.DataFrame:
+    """Rows -> a frame, built column by column (about 3x faster than `orient="row"`)."""
+    if not rows:
+        return pl.DataFrame(schema=schema)
+    return pl.DataFrame(dict(zip(schema, zip(*rows, strict=True), strict=True)), schema=schema)
+
+
 class Ingestor:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
@@ -145,11 +159,11 @@ class Ingestor:
                 if sample is not None:
                     sample_rows.append(sample)
         return IngestBatch(
-            requests=pl.DataFrame(req_rows, schema=REQUESTS_SCHEMA, orient="row"),
-            samples=pl.DataFrame(sample_rows, schema=SAMPLES_SCHEMA, orient="row"),
-            rejected=pl.DataFrame(rej_rows, schema=REJECTED_SCHEMA, orient="row"),
+            requests=frame(req_rows, REQUESTS_SCHEMA),
+            samples=frame(sample_rows, SAMPLES_SCHEMA),
+            rejected=frame(rej_rows, REJECTED_SCHEMA),
             offsets=offsets,
-            skipped=pl.DataFrame(skip_rows, schema=SKIPPED_SCHEMA, orient="row"),
+            skipped=frame(skip_rows, SKIPPED_SCHEMA),
         )
 
     def _rejection(self, msg: RawMessage, reason: str) -> tuple[Any, ...]:
@@ -163,7 +177,6 @@ class Ingestor:
             r.cost_usd = frontier_cost(self.prices[r.model], r.input_tokens,
                                        r.cached_input_tokens, r.output_tokens)
             r.cost_source = "price_table" if r.cost_usd is not None else None
-        text = prompt_text(r.messages)
         messages_json = orjson.dumps(r.messages)
         prompt_hash = hashlib.blake2b(messages_json, digest_size=12).hexdigest()
         stratum = stratum_of(r.model, r.tags.get(self.tag))
@@ -176,7 +189,7 @@ class Ingestor:
         row = (r.request_id, r.ts_ms, msg.topic, msg.partition, msg.offset, r.format, r.provider,
                r.model, r.input_tokens, r.output_tokens, r.cached_input_tokens, r.cost_usd,
                r.cost_source, r.latency_ms, r.status, r.error, tags_json, prompt_hash,
-               len(text), stratum, reason is None, reason, sampled, rate)
+               prompt_chars(r.messages), stratum, reason is None, reason, sampled, rate)
         sample = None
         if sampled:
             scorer = self.cfg.scoring.by_tag.get(r.tags.get(self.score_tag, ""),

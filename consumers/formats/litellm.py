@@ -65,33 +65,33 @@ _NOT_GENERATION = frozenset(
     for prefix in ("", "a"))
 
 
-class _Details(msgspec.Struct):
+class _Details(msgspec.Struct, gc=False):
     cached_tokens: Count | None = None
 
 
-class _Usage(msgspec.Struct):
+class _Usage(msgspec.Struct, gc=False):
     prompt_tokens: Count | None = None
     completion_tokens: Count | None = None
     prompt_tokens_details: _Details | None = None
     cache_read_input_tokens: Count | None = None  # Anthropic usage, passed through by LiteLLM
 
 
-class _ChoiceMessage(msgspec.Struct):
+class _ChoiceMessage(msgspec.Struct, gc=False):
     content: str | list[Any] | None = None
 
 
-class _Choice(msgspec.Struct):
+class _Choice(msgspec.Struct, gc=False):
     message: _ChoiceMessage | None = None
     text: str | None = None  # text completions
     finish_reason: str | None = None
 
 
-class _Response(msgspec.Struct):
+class _Response(msgspec.Struct, gc=False):
     choices: list[_Choice] = msgspec.field(default_factory=list)
     usage: _Usage | None = None
 
 
-class _Params(msgspec.Struct):
+class _Params(msgspec.Struct, gc=False):
     temperature: float | None = None
     top_p: float | None = None
     max_tokens: Count | None = None
@@ -107,25 +107,25 @@ class _Params(msgspec.Struct):
     functions: list[Any] | None = None
 
 
-class _Metadata(msgspec.Struct):
+class _Metadata(msgspec.Struct, gc=False):
     user_api_key_alias: Scalar = None
     user_api_key_team_alias: Scalar = None
     user_api_key_team_id: Scalar = None
     spend_logs_metadata: dict[str, Any] | None = None
 
 
-class _ErrorInfo(msgspec.Struct):
+class _ErrorInfo(msgspec.Struct, gc=False):
     error_code: Scalar = None
     error_class: str | None = None
     error_message: str | None = None
     llm_provider: str | None = None
 
 
-class _Hidden(msgspec.Struct):
+class _Hidden(msgspec.Struct, gc=False):
     custom_llm_provider: str | None = None
 
 
-class _Payload(msgspec.Struct):
+class _Payload(msgspec.Struct, gc=False):
     # Required, but checked after parsing so the reason can name the wrapper's path.
     model: str | None = None
     id: str | int | None = None
@@ -152,12 +152,20 @@ class _Payload(msgspec.Struct):
     hidden_params: _Hidden | None = None
 
 
-class _Wrapper(msgspec.Struct):
+class _Wrapper(msgspec.Struct, gc=False):
     standard_logging_object: _Payload
+
+
+class _PayloadOrWrapper(_Payload, gc=False):
+    """A bare payload, unless the wrapper key is a top-level field: one parse for the usual case
+    instead of a scan for the key and a second parse."""
+
+    standard_logging_object: Any = msgspec.UNSET
 
 
 _payload_decoder = msgspec.json.Decoder(_Payload)
 _wrapper_decoder = msgspec.json.Decoder(_Wrapper)
+_either_decoder = msgspec.json.Decoder(_PayloadOrWrapper)
 _WRAPPER_KEY = b'"standard_logging_object"'
 
 ObjDecoder = Callable[[Any, RawMessage], Decoded]
@@ -170,6 +178,13 @@ def decode(value: bytes, msg: RawMessage) -> Decoded:
     if is_many(value):
         return decode_each(value, msg, decode_obj)
     try:
+        p = _either_decoder.decode(value)
+    except Exception:  # noqa: BLE001 - the path below gives the reason
+        p = None
+    try:
+        if p is not None and p.standard_logging_object is msgspec.UNSET:
+            # No wrapper at the top level: what the path below decodes too, key quoted or not.
+            return _from_payload(p, msg, "")
         if _WRAPPER_KEY in value:
             try:
                 return _from_payload(_wrapper_decoder.decode(value).standard_logging_object, msg,

@@ -36,33 +36,33 @@ NonEmpty = Annotated[str, msgspec.Meta(min_length=1)]
 Scalar = str | int | float | bool | None
 
 
-class _Details(msgspec.Struct):
+class _Details(msgspec.Struct, gc=False):
     cached_tokens: Count | None = None
 
 
-class _Usage(msgspec.Struct):
+class _Usage(msgspec.Struct, gc=False):
     prompt_tokens: Count | None = None
     completion_tokens: Count | None = None
     prompt_tokens_details: _Details | None = None
 
 
-class _ChoiceMessage(msgspec.Struct):
+class _ChoiceMessage(msgspec.Struct, gc=False):
     content: str | list[Any] | None = None
 
 
-class _Choice(msgspec.Struct):
+class _Choice(msgspec.Struct, gc=False):
     message: _ChoiceMessage | None = None
     finish_reason: str | None = None
 
 
-class _Response(msgspec.Struct):
+class _Response(msgspec.Struct, gc=False):
     choices: list[_Choice]
     id: str | None = None
     model: str | None = None
     usage: _Usage | None = None
 
 
-class _Request(msgspec.Struct):
+class _Request(msgspec.Struct, gc=False):
     model: NonEmpty
     messages: list[Any]
     temperature: float | None = None
@@ -80,7 +80,7 @@ class _Request(msgspec.Struct):
     functions: list[Any] | None = None
 
 
-class _Record(msgspec.Struct):
+class _Record(msgspec.Struct, gc=False):
     request: _Request
     response: _Response | None = None
     request_id: str | int | None = None

@@ -612,6 +612,15 @@ _B64_LEN = {16: 24, 8: 12}  # base64 length of a trace / span id
 def _hex_id(v: str | bytes, size: int, name: str) -> str:
     """A trace (16 bytes) or span (8 bytes) id: raw bytes, hex (OTLP/JSON) or base64 (protobuf's
     generic JSON mapping, which some producers use)."""
+    if type(v) is str and len(v) == 2 * size:  # the usual hex id, checked by its round trip
+        try:
+            b = bytes.fromhex(v)  # skips whitespace: then the round trip differs
+        except ValueError:
+            pass
+        else:
+            h = b.hex()
+            if (h == v or h == v.lower()) and any(b):
+                return h
     if type(v) is str and v:
         raw: bytes | None = None
         if len(v) % 2 == 0 and _HEX.issuperset(v):  # a base64 id is all hex digits ~never
@@ -708,17 +717,22 @@ def _decode_proto(req: ExportTraceServiceRequest, msg: RawMessage) -> Decoded:
         for ss in rs.scope_spans:
             for span in ss.spans:
                 i += 1
-                raw = {kv.key: kv.value for kv in span.attributes}
-                if _MARKERS.isdisjoint(raw):
+                attrs = span.attributes
+                for kv in attrs:  # keys only: reading a value is as costly as a key
+                    if kv.key in _MARKERS:
+                        break
+                else:
                     skipped += 1
                     continue
+                raw = {kv.key: kv.value for kv in attrs}
                 try:
-                    a = {k: _pv(v, k) for k, v in raw.items()}
+                    a = {k: v.string_value if v.WhichOneof("value") == "string_value"
+                         else _pv(v, k) for k, v in raw.items()}
                     if not _is_call(a):
                         skipped += 1
                         continue
                     if res_tags is None:
-                        res_tags = _resource_tags(rs.resource.attributes, _pv)
+                        res_tags = _proto_resource_tags(rs.resource)
                     trace_id = _hex_id(span.trace_id, 16, "traceId")
                     span_id = _hex_id(span.span_id, 8, "spanId")
                     requests.append(_request(
@@ -730,6 +744,24 @@ def _decode_proto(req: ExportTraceServiceRequest, msg: RawMessage) -> Decoded:
     if i < 0:
         raise DecodeError("OTLP message holds no spans")
     return Decoded(requests, skipped)
+
+
+# Serialized resource -> its tags: a producer sends the same resource in every export, and reading
+# its ~15 attributes through protobuf costs more than serializing it.
+_PROTO_RESOURCE_TAGS: dict[bytes, dict[str, str]] = {}
+
+
+def _proto_resource_tags(resource: Any) -> dict[str, str]:
+    """`_resource_tags` of a protobuf `Resource`; the dict is shared, never to be changed."""
+    key = resource.SerializeToString()
+    tags = _PROTO_RESOURCE_TAGS.get(key)
+    if tags is None:
+        tags = _resource_tags(resource.attributes, _pv)
+        if len(key) <= 16_384:
+            if len(_PROTO_RESOURCE_TAGS) >= 256:
+                _PROTO_RESOURCE_TAGS.clear()
+            _PROTO_RESOURCE_TAGS[key] = tags
+    return tags
 
 
 def _proto_events(span: Any) -> Events:
@@ -745,7 +777,7 @@ def _proto_events(span: Any) -> Events:
 
 # -- otlp_json -------------------------------------------------------------------------------------
 
-class _JAny(msgspec.Struct):
+class _JAny(msgspec.Struct, gc=False):
     stringValue: str | None = None
     intValue: int | str | None = None  # int64 is a string in OTLP/JSON; numbers are accepted too
     doubleValue: float | str | None = None  # "NaN", "Infinity" as strings
@@ -755,30 +787,30 @@ class _JAny(msgspec.Struct):
     bytesValue: str | None = None
 
 
-class _JArray(msgspec.Struct):
+class _JArray(msgspec.Struct, gc=False):
     values: list[_JAny] | None = None
 
 
-class _JKv(msgspec.Struct):
+class _JKv(msgspec.Struct, gc=False):
     key: str = ""  # proto3 JSON leaves out an empty key
     value: _JAny | None = None
 
 
-class _JKvList(msgspec.Struct):
+class _JKvList(msgspec.Struct, gc=False):
     values: list[_JKv] | None = None
 
 
-class _JEvent(msgspec.Struct):
+class _JEvent(msgspec.Struct, gc=False):
     name: str = ""
     attributes: list[_JKv] | None = None
 
 
-class _JStatus(msgspec.Struct):
+class _JStatus(msgspec.Struct, gc=False):
     code: int | str | None = None
     message: str | None = None
 
 
-class _JSpan(msgspec.Struct):
+class _JSpan(msgspec.Struct, gc=False):
     traceId: str = ""
     spanId: str = ""
     startTimeUnixNano: int | str | None = None
@@ -788,20 +820,20 @@ class _JSpan(msgspec.Struct):
     status: _JStatus | None = None
 
 
-class _JScopeSpans(msgspec.Struct):
+class _JScopeSpans(msgspec.Struct, gc=False):
     spans: list[_JSpan] | None = None
 
 
-class _JResource(msgspec.Struct):
+class _JResource(msgspec.Struct, gc=False):
     attributes: list[_JKv] | None = None
 
 
-class _JResourceSpans(msgspec.Struct):
+class _JResourceSpans(msgspec.Struct, gc=False):
     resource: _JResource | None = None
     scopeSpans: list[_JScopeSpans] | None = None
 
 
-class _JTraces(msgspec.Struct):
+class _JTraces(msgspec.Struct, gc=False):
     resourceSpans: list[_JResourceSpans] | None = None  # `{}` is an empty export, as in protobuf
 
 
