@@ -16,7 +16,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from consumers.formats.otlp import NO_CONTENT
 from shadowroute.broker import Broker
-from shadowroute.config import Config, load_config
+from shadowroute.config import load_config
 from shadowroute.encoders.otlp import (
     build_request,
     encode_otlp_json,
@@ -25,34 +25,13 @@ from shadowroute.encoders.otlp import (
     style_of,
     to_otlp_json,
 )
-from shadowroute.service import Service
 from shadowroute.traffic import Call, TrafficGenerator
 from tests.support.configs import write_config
 from tests.support.kafka import produce
 from tests.support.model_server import ModelBehaviour, ModelServer
+from tests.support.service import run_until_consumed
 
 N_CALLS = 200
-
-
-async def run_until_consumed(cfg: Config, messages: int, timeout: float = 120) -> None:
-    """Run the service until every produced message is persisted (offsets) and every sample
-    is finished."""
-    svc = Service(cfg)
-    task = asyncio.create_task(svc.run(install_signals=False))
-    deadline = asyncio.get_running_loop().time() + timeout
-    try:
-        while True:
-            await asyncio.sleep(0.2)
-            if task.done():
-                task.result()
-            _, rows = svc.store.store.query_table("SELECT coalesce(sum(next_offset), 0) FROM offsets")
-            c = await svc.store.counts()
-            if rows[0][0] >= messages and c["pending"] == 0:
-                break
-            assert asyncio.get_running_loop().time() < deadline, f"timed out: {rows}, {c}"
-    finally:
-        svc.stop_event.set()
-        await task
 
 
 def other_spans(req: ExportTraceServiceRequest) -> int:

@@ -13,33 +13,15 @@ import pytest
 from analytics.gate import GateRequest, evaluate
 from analytics.store import Store
 from shadowroute.broker import Broker
-from shadowroute.config import Config, load_config
-from shadowroute.service import Service
+from shadowroute.config import load_config
 from tests.support.configs import CHEAP_IN, CHEAP_OUT, write_config
 from tests.support.kafka import produce
 from tests.support.model_server import ModelBehaviour, ModelServer
+from tests.support.service import run_until_consumed
 from tests.support.traffic import cheap_answer, cheap_cost, expected_quality, make_records
 
 N = 2000
 BAD_EVERY = 97  # 20 malformed records among the 2,000
-
-
-async def run_until_done(cfg: Config, expected_records: int, timeout: float = 120) -> None:
-    svc = Service(cfg)
-    task = asyncio.create_task(svc.run(install_signals=False))
-    deadline = asyncio.get_running_loop().time() + timeout
-    try:
-        while True:
-            await asyncio.sleep(0.2)
-            if task.done():
-                task.result()
-            c = await svc.store.counts()
-            if c["requests"] + c["rejected"] >= expected_records and c["pending"] == 0:
-                break
-            assert asyncio.get_running_loop().time() < deadline, f"timed out: {c}"
-    finally:
-        svc.stop_event.set()
-        await task
 
 
 def test_end_to_end(broker: Broker, topic: str, db_path: Path, tmp_path: Path) -> None:
@@ -52,7 +34,7 @@ def test_end_to_end(broker: Broker, topic: str, db_path: Path, tmp_path: Path) -
         cfg = load_config(write_config(tmp_path / "c.toml", bootstrap=broker.bootstrap,
                                        topic=topic, group="g-e2e", db=db_path, model_url=ms.url),
                           env={})
-        asyncio.run(run_until_done(cfg, N))
+        asyncio.run(run_until_consumed(cfg, N))
         replayed = len(ms.behaviour.requests)
 
     con = duckdb.connect(str(db_path), read_only=True)
