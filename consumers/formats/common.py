@@ -1,17 +1,85 @@
-"""Helpers shared by the decoders: times, counts, chat messages, tags."""
+"""Helpers shared by the decoders: times, counts, chat messages, tags, and the msgspec types
+the JSON formats have in common."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any, TypeVar
+
+import msgspec
 
 from consumers.records import DecodeError
+
+T = TypeVar("T")
 
 MAX_TOKENS_SANE = 100_000_000  # more than any context window: a count above this is corrupt
 MAX_TS_MS = 253_402_300_800_000  # 10000-01-01T00:00:00Z in epoch milliseconds
 PARAM_KEYS = ("temperature", "top_p", "max_tokens", "max_completion_tokens", "response_format",
               "stop", "seed", "presence_penalty", "frequency_penalty", "n")
+
+# -- msgspec types ------------------------------------------------------------------------------
+# The structs are `gc=False`: decoded JSON holds no cycles, and not tracking them is faster.
+
+# Integral floats (`12.0`) are accepted as counts, as some loggers write them; see `whole`.
+Count = (Annotated[int, msgspec.Meta(ge=0, le=MAX_TOKENS_SANE)]
+         | Annotated[float, msgspec.Meta(ge=0, le=MAX_TOKENS_SANE)])
+Amount = Annotated[float, msgspec.Meta(ge=0, le=1e12)]  # also rejects 1e999 (inf)
+NonEmpty = Annotated[str, msgspec.Meta(min_length=1)]
+Scalar = str | int | float | bool | None
+
+
+class UsageDetails(msgspec.Struct, gc=False):
+    cached_tokens: Count | None = None
+
+
+class Usage(msgspec.Struct, gc=False):
+    """A chat completion's `usage`."""
+
+    prompt_tokens: Count | None = None
+    completion_tokens: Count | None = None
+    prompt_tokens_details: UsageDetails | None = None
+
+
+class ChoiceMessage(msgspec.Struct, gc=False):
+    content: str | list[Any] | None = None
+
+
+class Choice(msgspec.Struct, gc=False):
+    """A chat completion's choice."""
+
+    message: ChoiceMessage | None = None
+    finish_reason: str | None = None
+
+
+class TextChoice(Choice, gc=False):
+    """A choice of a chat or a text completion."""
+
+    text: str | None = None  # text completions
+
+
+class SamplingParams(msgspec.Struct, gc=False):
+    """The request parameters `PARAM_KEYS` names."""
+
+    temperature: float | None = None
+    top_p: float | None = None
+    max_tokens: Count | None = None
+    max_completion_tokens: Count | None = None
+    response_format: dict[str, Any] | None = None
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    n: int | None = None
+
+
+class ChatParams(SamplingParams, gc=False):
+    """A chat completion request's parameters: `PARAM_KEYS`, streaming and tools."""
+
+    stream: bool | int | None = None
+    tools: list[Any] | None = None
+    functions: list[Any] | None = None
 
 
 def req_str(obj: dict[str, Any], key: str, where: str) -> str:
@@ -120,3 +188,27 @@ def whole(v: int | float | None, where: str) -> int | None:
     if v != int(v):
         raise DecodeError(f"field {where} is not a whole token count: {v!r:.40}")
     return int(v)
+
+
+def decode_json_as(decoder: msgspec.json.Decoder[T], value: bytes,
+                   reason: Callable[[msgspec.ValidationError], str]) -> T:
+    """`decoder.decode(value)`, its errors raised as `DecodeError`: a type error phrased by
+    `reason`, a JSON error by `json_reason`, deep nesting as such."""
+    try:
+        return decoder.decode(value)
+    except msgspec.ValidationError as e:
+        raise DecodeError(reason(e)) from None
+    except (msgspec.DecodeError, UnicodeDecodeError) as e:  # msgspec: bad UTF-8 in a string
+        raise DecodeError(json_reason(value, e)) from None
+    except RecursionError:
+        raise DecodeError("JSON nested too deeply") from None
+
+
+def convert_as(obj: Any, type_: type[T], reason: Callable[[msgspec.ValidationError], str]) -> T:
+    """`msgspec.convert(obj, type_)` for an already parsed object, errors as in `decode_json_as`."""
+    try:
+        return msgspec.convert(obj, type_)
+    except msgspec.ValidationError as e:
+        raise DecodeError(reason(e)) from None
+    except RecursionError:
+        raise DecodeError("JSON nested too deeply") from None

@@ -30,14 +30,19 @@ import functools
 import hashlib
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Any
 
 import msgspec
 import orjson
 
 from consumers.formats.common import (
-    MAX_TOKENS_SANE,
     PARAM_KEYS,
+    Amount,
+    ChatParams,
+    Count,
+    Scalar,
+    TextChoice,
+    Usage,
     json_reason,
     message_text,
     normalize_messages,
@@ -50,11 +55,6 @@ FORMAT = "litellm"
 # What LiteLLM writes in place of content when message logging is turned off.
 REDACTED = "redacted-by-litellm"
 
-Count = (Annotated[int, msgspec.Meta(ge=0, le=MAX_TOKENS_SANE)]
-         | Annotated[float, msgspec.Meta(ge=0, le=MAX_TOKENS_SANE)])
-Amount = Annotated[float, msgspec.Meta(ge=0, le=1e12)]  # also rejects 1e999 (inf)
-Scalar = str | int | float | bool | None
-
 _NOT_GENERATION = frozenset(
     prefix + base
     for base in ("embedding", "image_generation", "image_edit", "image_variation", "moderation",
@@ -65,46 +65,13 @@ _NOT_GENERATION = frozenset(
     for prefix in ("", "a"))
 
 
-class _Details(msgspec.Struct, gc=False):
-    cached_tokens: Count | None = None
-
-
-class _Usage(msgspec.Struct, gc=False):
-    prompt_tokens: Count | None = None
-    completion_tokens: Count | None = None
-    prompt_tokens_details: _Details | None = None
+class _Usage(Usage, gc=False):
     cache_read_input_tokens: Count | None = None  # Anthropic usage, passed through by LiteLLM
 
 
-class _ChoiceMessage(msgspec.Struct, gc=False):
-    content: str | list[Any] | None = None
-
-
-class _Choice(msgspec.Struct, gc=False):
-    message: _ChoiceMessage | None = None
-    text: str | None = None  # text completions
-    finish_reason: str | None = None
-
-
 class _Response(msgspec.Struct, gc=False):
-    choices: list[_Choice] = msgspec.field(default_factory=list)
+    choices: list[TextChoice] = msgspec.field(default_factory=list)
     usage: _Usage | None = None
-
-
-class _Params(msgspec.Struct, gc=False):
-    temperature: float | None = None
-    top_p: float | None = None
-    max_tokens: Count | None = None
-    max_completion_tokens: Count | None = None
-    response_format: dict[str, Any] | None = None
-    stop: str | list[str] | None = None
-    seed: int | None = None
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
-    n: int | None = None
-    stream: bool | int | None = None
-    tools: list[Any] | None = None
-    functions: list[Any] | None = None
 
 
 class _Metadata(msgspec.Struct, gc=False):
@@ -148,7 +115,7 @@ class _Payload(msgspec.Struct, gc=False):
     response: _Response | str | list[Any] | None = None
     error_str: str | None = None
     error_information: _ErrorInfo | None = None
-    model_parameters: _Params | None = None
+    model_parameters: ChatParams | None = None
     hidden_params: _Hidden | None = None
 
 

@@ -24,15 +24,21 @@ know: records carry no cost, so they are priced at the table's (list) prices.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from typing import Annotated, Any
+from typing import Any
 
 import msgspec
 import orjson
 
 from consumers.formats.common import (
-    MAX_TOKENS_SANE,
     PARAM_KEYS,
-    json_reason,
+    Count,
+    NonEmpty,
+    SamplingParams,
+    TextChoice,
+    Usage,
+    UsageDetails,
+    convert_as,
+    decode_json_as,
     message_text,
     normalize_messages,
     parse_ts_ms,
@@ -43,32 +49,13 @@ from consumers.records import Decoded, DecodeError, RawMessage, Request
 
 FORMAT = "openai_batch"
 
-Count = (Annotated[int, msgspec.Meta(ge=0, le=MAX_TOKENS_SANE)]
-         | Annotated[float, msgspec.Meta(ge=0, le=MAX_TOKENS_SANE)])
-NonEmpty = Annotated[str, msgspec.Meta(min_length=1)]
 
+class _Usage(Usage, gc=False):
+    """`prompt_tokens` and `completion_tokens`: chat and text completions."""
 
-class _Details(msgspec.Struct):
-    cached_tokens: Count | None = None
-
-
-class _Usage(msgspec.Struct):
-    prompt_tokens: Count | None = None  # chat and text completions
-    completion_tokens: Count | None = None
-    prompt_tokens_details: _Details | None = None
     input_tokens: Count | None = None  # Responses API
     output_tokens: Count | None = None
-    input_tokens_details: _Details | None = None
-
-
-class _ChoiceMessage(msgspec.Struct):
-    content: str | list[Any] | None = None
-
-
-class _Choice(msgspec.Struct):
-    message: _ChoiceMessage | None = None
-    text: str | None = None
-    finish_reason: str | None = None
+    input_tokens_details: UsageDetails | None = None
 
 
 class _ApiError(msgspec.Struct):
@@ -84,7 +71,7 @@ class _Body(msgspec.Struct):
     model: str | None = None
     created: float | None = None
     created_at: float | None = None
-    choices: list[_Choice] | None = None
+    choices: list[TextChoice] | None = None
     output: list[Any] | None = None
     status: str | None = None
     usage: _Usage | None = None
@@ -97,23 +84,13 @@ class _BatchResponse(msgspec.Struct):
     body: _Body | None = None
 
 
-class _InputBody(msgspec.Struct):
+class _InputBody(SamplingParams, gc=False):
     model: str | None = None
     messages: list[Any] | None = None
     input: str | list[Any] | None = None  # Responses API (and embeddings)
     instructions: str | None = None
     prompt: str | list[Any] | None = None  # text completions
-    temperature: float | None = None
-    top_p: float | None = None
-    max_tokens: Count | None = None
-    max_completion_tokens: Count | None = None
     max_output_tokens: Count | None = None
-    response_format: dict[str, Any] | None = None
-    stop: str | list[str] | None = None
-    seed: int | None = None
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
-    n: int | None = None
     tools: list[Any] | None = None
     functions: list[Any] | None = None
 
@@ -135,26 +112,14 @@ def decode(value: bytes, msg: RawMessage) -> Decoded:
     """One line, or several (a JSON array, or JSONL as read from a file)."""
     if is_many(value):
         return decode_each(value, msg, decode_obj)
-    try:
-        line = _decoder.decode(value)
-    except msgspec.ValidationError as e:
-        raise DecodeError(validation_reason(e)) from None
-    except (msgspec.DecodeError, UnicodeDecodeError) as e:  # msgspec: bad UTF-8 in a string
-        raise DecodeError(json_reason(value, e)) from None
-    except RecursionError:
-        raise DecodeError("JSON nested too deeply") from None
+    line = decode_json_as(_decoder, value, validation_reason)
     return _from_line(line, msg)
 
 
 def decode_obj(obj: Any, msg: RawMessage) -> Decoded:
     if not isinstance(obj, dict):
         raise DecodeError(f"an OpenAI Batch line must be a JSON object, got {type(obj).__name__}")
-    try:
-        line = msgspec.convert(obj, _Line)
-    except msgspec.ValidationError as e:
-        raise DecodeError(validation_reason(e)) from None
-    except RecursionError:
-        raise DecodeError("JSON nested too deeply") from None
+    line = convert_as(obj, _Line, validation_reason)
     return _from_line(line, msg)
 
 

@@ -13,13 +13,18 @@ near the broker's own speed; the few checks a schema cannot say are done after.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import msgspec
 
 from consumers.formats.common import (
-    MAX_TOKENS_SANE,
     PARAM_KEYS,
+    Amount,
+    ChatParams,
+    Choice,
+    NonEmpty,
+    Scalar,
+    Usage,
     json_reason,
     message_text,
     normalize_messages,
@@ -28,56 +33,17 @@ from consumers.formats.common import (
 )
 from consumers.records import Decoded, DecodeError, RawMessage, Request
 
-# Integral floats (`12.0`) are accepted as counts, as some loggers write them; see `whole`.
-Count = (Annotated[int, msgspec.Meta(ge=0, le=MAX_TOKENS_SANE)]
-         | Annotated[float, msgspec.Meta(ge=0, le=MAX_TOKENS_SANE)])
-Amount = Annotated[float, msgspec.Meta(ge=0, le=1e12)]  # also rejects 1e999 (inf)
-NonEmpty = Annotated[str, msgspec.Meta(min_length=1)]
-Scalar = str | int | float | bool | None
-
-
-class _Details(msgspec.Struct, gc=False):
-    cached_tokens: Count | None = None
-
-
-class _Usage(msgspec.Struct, gc=False):
-    prompt_tokens: Count | None = None
-    completion_tokens: Count | None = None
-    prompt_tokens_details: _Details | None = None
-
-
-class _ChoiceMessage(msgspec.Struct, gc=False):
-    content: str | list[Any] | None = None
-
-
-class _Choice(msgspec.Struct, gc=False):
-    message: _ChoiceMessage | None = None
-    finish_reason: str | None = None
-
 
 class _Response(msgspec.Struct, gc=False):
-    choices: list[_Choice]
+    choices: list[Choice]
     id: str | None = None
     model: str | None = None
-    usage: _Usage | None = None
+    usage: Usage | None = None
 
 
-class _Request(msgspec.Struct, gc=False):
+class _Request(ChatParams, kw_only=True, gc=False):
     model: NonEmpty
     messages: list[Any]
-    temperature: float | None = None
-    top_p: float | None = None
-    max_tokens: Count | None = None
-    max_completion_tokens: Count | None = None
-    response_format: dict[str, Any] | None = None
-    stop: str | list[str] | None = None
-    seed: int | None = None
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
-    n: int | None = None
-    stream: bool | int | None = None
-    tools: list[Any] | None = None
-    functions: list[Any] | None = None
 
 
 class _Record(msgspec.Struct, gc=False):

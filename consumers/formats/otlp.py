@@ -62,13 +62,13 @@ import base64
 import binascii
 import math
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import msgspec
 import orjson
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from consumers.formats.common import MAX_TOKENS_SANE, MAX_TS_MS
+from consumers.formats.common import MAX_TOKENS_SANE, MAX_TS_MS, convert_as, decode_json_as
 from consumers.records import Decoded, DecodeError, RawMessage, Request
 
 __all__ = ["decode_proto", "decode_json", "decode_json_obj", "NotOtlpProtobuf", "NO_CONTENT",
@@ -83,6 +83,7 @@ _MARKERS = frozenset({"gen_ai.operation.name", "gen_ai.system", "gen_ai.provider
 _INT64 = 2**63
 _MAX_DEPTH = 32  # nesting of array/kvlist attribute values; deeper is corrupt, not a prompt
 _BUG = "this is a decoder bug"
+_T = TypeVar("_T")
 
 
 class _Unusable(Exception):
@@ -697,13 +698,19 @@ def decode_proto(value: bytes, msg: RawMessage) -> Decoded:
         raise _not_protobuf(value, "invalid protobuf wire format") from None
     if value and not req.resource_spans:  # e.g. text that happens to parse as unknown fields
         raise _not_protobuf(value, "no resourceSpans in it")
+    return _guarded(_decode_proto, req, msg)
+
+
+def _guarded(decode: Callable[[_T, RawMessage], Decoded], parsed: _T, msg: RawMessage) -> Decoded:
+    """`decode(parsed, msg)`, any exception but a `DecodeError` turned into one: never crash the
+    ingest; the reason says it is ours to fix."""
     try:
-        return _decode_proto(req, msg)
+        return decode(parsed, msg)
     except DecodeError:
         raise
     except RecursionError:
         raise DecodeError("OTLP message nested too deeply") from None
-    except Exception as e:  # never crash the ingest; the reason says it is ours to fix
+    except Exception as e:
         raise DecodeError(f"could not decode the OTLP message ({type(e).__name__}: {e!s:.200}); {_BUG}"
                           ) from None
 
@@ -919,42 +926,12 @@ def _json_reason(e: Exception) -> str:
 
 def decode_json(value: bytes, msg: RawMessage) -> Decoded:
     """OTLP/JSON: `{"resourceSpans": [...]}`."""
-    try:
-        traces = _json_decoder.decode(value)
-    except msgspec.ValidationError as e:
-        raise DecodeError(_json_reason(e)) from None
-    except (msgspec.DecodeError, UnicodeDecodeError) as e:  # msgspec raises the latter in strings
-        try:
-            value.decode("utf-8")
-        except UnicodeDecodeError as u:
-            raise DecodeError(f"invalid UTF-8 at byte {u.start}") from None
-        raise DecodeError(_json_reason(e)) from None
-    except RecursionError:
-        raise DecodeError("JSON nested too deeply") from None
-    return _decode_traces(traces, msg)
+    return _guarded(_decode_json, decode_json_as(_json_decoder, value, _json_reason), msg)
 
 
 def decode_json_obj(obj: Any, msg: RawMessage) -> Decoded:
     """The same for an already parsed object (an element of a JSON array, a file record)."""
-    try:
-        traces = msgspec.convert(obj, _JTraces)
-    except msgspec.ValidationError as e:
-        raise DecodeError(_json_reason(e)) from None
-    except RecursionError:
-        raise DecodeError("JSON nested too deeply") from None
-    return _decode_traces(traces, msg)
-
-
-def _decode_traces(traces: _JTraces, msg: RawMessage) -> Decoded:
-    try:
-        return _decode_json(traces, msg)
-    except DecodeError:
-        raise
-    except RecursionError:
-        raise DecodeError("OTLP message nested too deeply") from None
-    except Exception as e:  # never crash the ingest; the reason says it is ours to fix
-        raise DecodeError(f"could not decode the OTLP message ({type(e).__name__}: {e!s:.200}); {_BUG}"
-                          ) from None
+    return _guarded(_decode_json, convert_as(obj, _JTraces, _json_reason), msg)
 
 
 def _decode_json(traces: _JTraces, msg: RawMessage) -> Decoded:
