@@ -17,6 +17,7 @@ from aiokafka.errors import KafkaError
 
 from consumers.records import RawMessage
 from shadowroute.config import KafkaConfig, secret_from_env
+from shadowroute.errors import SourceUnavailable
 
 log = logging.getLogger("shadowroute.kafka")
 
@@ -65,7 +66,14 @@ class KafkaSource:
     async def start(self) -> None:
         # Built here, inside the running loop, never at construction or import time.
         self.consumer = AIOKafkaConsumer(**self._consumer_kwargs)
-        await self.consumer.start()
+        try:
+            await self.consumer.start()
+        except KafkaError as e:
+            await self.consumer.stop()
+            self.consumer = None
+            raise SourceUnavailable(
+                f"cannot reach Kafka at {self.cfg.bootstrap_servers} ({type(e).__name__}); "
+                "check kafka.bootstrap_servers and that the broker is up") from None
         self.consumer.subscribe(list(self.cfg.topics), listener=_SeekToStored(self))
 
     async def batch(self) -> list[RawMessage]:

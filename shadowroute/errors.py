@@ -5,6 +5,7 @@
     ├── StoreError             the DuckDB file cannot be opened or queried
     │   └── StoreLockedError   another process (the running service) holds the file
     ├── ServiceUnreachable     the running service's local HTTP API did not answer
+    ├── SourceUnavailable      the log source (Kafka) cannot be reached or subscribed
     └── ModelCallError         a shadow call to a cheap model failed (carries `retriable`)
 
 Every error carries the context a person needs (the key, the path, the model) in its message.
@@ -36,6 +37,10 @@ class StoreLockedError(StoreError):
 
 class ServiceUnreachable(ShadowrouteError):
     """The running service's local HTTP API could not be reached."""
+
+
+class SourceUnavailable(ShadowrouteError):
+    """The log source cannot be reached (e.g. no Kafka broker at kafka.bootstrap_servers)."""
 
 
 class ModelCallError(ShadowrouteError):

@@ -233,12 +233,21 @@ class Service:
                                    concurrency=sh.concurrency, on_result=self._on_result,
                                    replay_tools=sh.replay_tools, max_queue=sh.max_queue,
                                    on_shed=self._on_shed)
+        try:
+            # First, so a source that is not there (no Kafka) leaves nothing running behind.
+            await self.source.start()
+        except BaseException:
+            await self.http.aclose()
+            self.store.close()
+            if install_signals:
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    loop.remove_signal_handler(sig)
+            raise
         server, server_task = await self._serve_http()
         scheduler = AsyncIOScheduler()
         scheduler.add_job(self._refresh_gauges, "interval", seconds=5, max_instances=1,
                           coalesce=True)
         scheduler.start()
-        await self.source.start()
         runner_task = asyncio.create_task(self.runner.run())
         ingest_task = asyncio.create_task(self._ingest_loop())
         stop_task = asyncio.create_task(self.stop_event.wait())
