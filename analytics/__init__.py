@@ -1,0 +1,6 @@
+"""Out: the DuckDB store, the savings estimates (SQL views in sql/) and the rollout gate."""
+
+from analytics.gate import EXIT_CODES, GateRequest, evaluate
+from analytics.store import Store
+
+__all__ = ["EXIT_CODES", "GateRequest", "Store", "evaluate"]
