@@ -20,7 +20,7 @@ from google.protobuf.json_format import MessageToDict, MessageToJson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyValue, KeyValueList
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
 
@@ -39,6 +39,7 @@ from shadowroute.config import load_config
 from shadowroute.encoders.otlp import (
     FAILURE,
     STYLES,
+    any_value,
     build_request,
     encode_otlp_json,
     encode_otlp_proto,
@@ -59,23 +60,9 @@ RID = f"{TRACE.hex()}:{SPAN.hex()}"
 # -- building OTLP messages with the real classes -----------------------------------------------
 
 def av(v: Any) -> AnyValue:
-    if isinstance(v, AnyValue):
-        return v
-    if isinstance(v, bool):
-        return AnyValue(bool_value=v)
-    if isinstance(v, int):
-        return AnyValue(int_value=v)
-    if isinstance(v, float):
-        return AnyValue(double_value=v)
-    if isinstance(v, str):
-        return AnyValue(string_value=v)
-    if isinstance(v, bytes):
-        return AnyValue(bytes_value=v)
-    if isinstance(v, list):
-        return AnyValue(array_value=ArrayValue(values=[av(x) for x in v]))
-    if isinstance(v, dict):
-        return AnyValue(kvlist_value=KeyValueList(values=kvs(v)))
-    raise TypeError(type(v))
+    """An attribute value as the real encoder builds it; a ready AnyValue (e.g. of a wrong
+    type, for the rejection tests) is taken as it is."""
+    return v if isinstance(v, AnyValue) else any_value(v)
 
 
 def kvs(attrs: dict[str, Any]) -> list[KeyValue]:
@@ -205,6 +192,11 @@ def current(**changes: Any) -> dict[str, Any]:
              "finish_reason": "stop"}]).decode(),
         "server.address": "api.openai.com", "app.feature": "math", "tag.tenant": 7,
     }
+    return _changed(a, changes)
+
+
+def _changed(a: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """Apply `key__part=value` changes (None removes the attribute)."""
     for k, v in changes.items():
         k = k.replace("__", ".")
         if v is None:
@@ -225,13 +217,7 @@ def old(**changes: Any) -> dict[str, Any]:
         "gen_ai.completion": orjson.dumps([{"role": "assistant", "content": "4"}]).decode(),
         "gen_ai.usage.cost": 0.00006,
     }
-    for k, v in changes.items():
-        k = k.replace("__", ".")
-        if v is None:
-            a.pop(k, None)
-        else:
-            a[k] = v
-    return a
+    return _changed(a, changes)
 
 
 PROMPT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2 + 2?"}]
