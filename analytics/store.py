@@ -123,9 +123,11 @@ class Store:
         return {(t, p): o for t, p, o in rows}
 
     # -- shadow results -------------------------------------------------------------------
-    def pending_samples(self, limit: int) -> list[dict[str, Any]]:
+    def pending_samples(self, limit: int, exclude: Sequence[str] = ()) -> list[dict[str, Any]]:
+        """The oldest `limit` pending samples, leaving out the ids in `exclude`."""
         with self._lock:
-            cur = self.con.execute(sql.query("pending_samples"), {"limit": limit})
+            cur = self.con.execute(sql.query("pending_samples"),
+                                   {"limit": limit, "exclude": list(exclude)})
             cols = [d[0] for d in cur.description]
             return [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]
 

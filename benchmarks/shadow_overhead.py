@@ -3,14 +3,20 @@
 Starts its own fake OpenAI-compatible server in a separate process (so its CPU is not
 counted), fills a DuckDB file with N pending samples, and runs the real shadow stage over them
 (`ShadowRunner` -> `ModelClient` with a deployment group, budget, retries -> scorers ->
-`AsyncStore` writes) with `--in-flight` calls in flight. Then, for comparison, the same number
-of bare `httpx` POSTs with the same client and concurrency.
+`AsyncStore` writes) with `--in-flight` calls in flight. Then, for comparison, the same POSTs
+bare, with nothing of shadowroute around them: through the same HTTP client (`PooledHttp`),
+and through httpx.
 
-    overhead_ms_per_call = wall time x in-flight / N - injected latency
+    overhead_ms_per_call = in-flight / steady throughput - injected latency
 
-is the time each call slot spends per call beyond the model's latency (queueing on a busy event
-loop included); `cpu_ms_per_call` is this process's CPU time (time.process_time) per call. The
-last line printed is one JSON object.
+is the time each call slot spends per call beyond the model's latency: queueing on a busy
+event loop, our CPU, the server's. The steady throughput is taken between the end of the first
+round of `in-flight` calls and the start of the last one; `overhead_ms_per_call_whole_run`
+uses the whole run's wall time instead (it also counts the ramp-up and the last round, which
+is partly empty when N is not a multiple of in-flight: 40 rounds for 39.06 rounds of work add
+~1.2 ms at 10,000 / 256 even with no overhead at all). `cpu_ms_per_call` is this process's CPU
+time (`time.process_time`, all threads, the whole run) per call. The last line printed is one
+JSON object.
 
     python benchmarks/shadow_overhead.py [--requests 10000] [--in-flight 256] [--latency-ms 50]
 """
@@ -36,9 +42,9 @@ sys.path.insert(0, str(ROOT))
 from analytics.store import Store  # noqa: E402
 from shadow.budget import Budget  # noqa: E402
 from shadow.client import ModelClient  # noqa: E402
+from shadow.http import HttpClient, HttpxHttp, PooledHttp  # noqa: E402
 from shadow.routers import build_routers  # noqa: E402
-from shadow.runner import ShadowRunner  # noqa: E402
-from shadow.transport import pooled_client  # noqa: E402
+from shadow.runner import SampleResult, ShadowRunner  # noqa: E402
 from shadowroute.broker import free_port  # noqa: E402
 from shadowroute.config import ModelConfig, RouterConfig, ShadowConfig  # noqa: E402
 from shadowroute.service import AsyncStore  # noqa: E402
@@ -78,11 +84,17 @@ async def shadow_run(url: str, n: int, in_flight: int, db: Path) -> dict[str, An
                         output_per_mtok=0.6, max_tokens=64, timeout_s=30)
     budget = Budget(usd_per_hour=1000.0, usd_per_day=10000.0)  # capped: the budget path runs
     latencies: list[float] = []
-    async with pooled_client(in_flight) as http:
+    finished: list[float] = []
+
+    def on_result(r: SampleResult) -> None:
+        finished.append(time.perf_counter())
+        latencies.extend(c.latency_ms for c in r.calls)
+
+    async with PooledHttp(in_flight) as http:
         client = ModelClient.from_config(model, shadow, http, budget)
         runner = ShadowRunner(store, build_routers((RouterConfig("random", "random"),)), [client],
                               concurrency=in_flight, max_queue=shadow.max_queue,
-                              on_result=lambda r: latencies.extend(c.latency_ms for c in r.calls))
+                              on_result=on_result)
         cpu0, t0 = time.process_time(), time.perf_counter()
         task = asyncio.create_task(runner.run())
         while runner.completed < n:
@@ -94,24 +106,43 @@ async def shadow_run(url: str, n: int, in_flight: int, db: Path) -> dict[str, An
     done = store.store.fetch("SELECT count(*) FROM shadow_calls WHERE outcome = 'ok'")[0][0]
     store.close()
     assert done == n, f"only {done} of {n} calls succeeded"
-    return {"wall_s": wall, "cpu_s": cpu, "mean_call_ms": sum(latencies) / len(latencies)}
+    latencies.sort()
+    return {"wall_s": wall, "cpu_s": cpu, "finished": finished,
+            "mean_call_ms": sum(latencies) / len(latencies),
+            "p99_call_ms": latencies[int(len(latencies) * 0.99)]}
 
 
-async def bare_httpx(url: str, n: int, in_flight: int) -> dict[str, Any]:
+def steady_slot_ms(finished: list[float], in_flight: int) -> float:
+    """Milliseconds a call slot spends per call in steady state: in-flight / throughput, the
+    throughput taken between the end of the first round of calls and the start of the last
+    (the ramp-up and the last, partly filled round are not the service's steady state)."""
+    t = sorted(finished)
+    a, b = in_flight, len(t) - in_flight
+    return in_flight * (t[b] - t[a]) / (b - a) * 1000
+
+
+async def bare_posts(url: str, n: int, in_flight: int, http: HttpClient) -> dict[str, Any]:
+    """The same POSTs with nothing of shadowroute around them: the HTTP client's own cost."""
     body = orjson.dumps({"model": "tiny", "max_tokens": 64, "temperature": 0, "messages": [
         {"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 1 + 1?"}]})
-    sem = asyncio.Semaphore(in_flight)
-    async with pooled_client(in_flight) as http:
-        async def one() -> None:
-            async with sem:
-                r = await http.post(url + "/chat/completions", content=body, timeout=30,
-                                    headers={"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json"}
+    finished: list[float] = []
+    async with http:
+        async def caller(todo: list[int]) -> None:
+            while todo:
+                todo.pop()
+                r = await http.post(url + "/chat/completions", body, headers, 30)
                 orjson.loads(r.content)
+                finished.append(time.perf_counter())
 
-        await asyncio.gather(*(one() for _ in range(min(n, 500))))  # warm the connections
+        warm = list(range(min(n, 500)))  # open the connections first
+        await asyncio.gather(*(caller(warm) for _ in range(in_flight)))
+        finished.clear()
+        todo = list(range(n))
         cpu0, t0 = time.process_time(), time.perf_counter()
-        await asyncio.gather(*(one() for _ in range(n)))
-        return {"wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - cpu0}
+        await asyncio.gather(*(caller(todo) for _ in range(in_flight)))
+        return {"wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - cpu0,
+                "finished": finished}
 
 
 def main() -> None:
@@ -125,7 +156,10 @@ def main() -> None:
     try:
         with tempfile.TemporaryDirectory() as tmp:
             s = asyncio.run(shadow_run(url, n, k, Path(tmp) / "bench.duckdb"))
-        b = asyncio.run(bare_httpx(url, n, k))
+        b = asyncio.run(bare_posts(url, n, k, PooledHttp(k)))
+        # httpx: for comparison (and fewer calls: at 256 in flight it costs ~9 ms of CPU each).
+        nx = min(n, 2000)
+        x = asyncio.run(bare_posts(url, nx, k, HttpxHttp(max_connections=k)))
     finally:
         proc.terminate()
         proc.wait(10)
@@ -133,19 +167,29 @@ def main() -> None:
     def overhead(wall: float) -> float:
         return wall * k / n * 1000 - lat
 
+    def cpu(r: dict[str, Any]) -> float:
+        return r["cpu_s"] / n * 1000
+
     out = {
         "requests": n, "in_flight": k, "injected_latency_ms": lat,
-        "overhead_ms_per_call": round(overhead(s["wall_s"]), 3),
-        "cpu_ms_per_call": round(s["cpu_s"] / n * 1000, 4),
+        "overhead_ms_per_call": round(steady_slot_ms(s["finished"], k) - lat, 3),
+        "overhead_ms_per_call_whole_run": round(overhead(s["wall_s"]), 3),
+        "cpu_ms_per_call": round(cpu(s), 4),
         "mean_call_latency_ms": round(s["mean_call_ms"], 2),
+        "p99_call_latency_ms": round(s["p99_call_ms"], 2),
         "calls_per_s": round(n / s["wall_s"], 1),
-        "baseline_httpx_overhead_ms_per_call": round(overhead(b["wall_s"]), 3),
-        "baseline_httpx_cpu_ms_per_call": round(b["cpu_s"] / n * 1000, 4),
-        "shadowroute_cpu_ms_per_call_beyond_httpx": round((s["cpu_s"] - b["cpu_s"]) / n * 1000, 4),
+        "baseline_bare_posts_overhead_ms_per_call": round(
+            steady_slot_ms(b["finished"], k) - lat, 3),
+        "baseline_bare_posts_cpu_ms_per_call": round(cpu(b), 4),
+        "shadowroute_cpu_ms_per_call_beyond_bare_posts": round(cpu(s) - cpu(b), 4),
+        "baseline_httpx_overhead_ms_per_call": round(steady_slot_ms(x["finished"], k) - lat, 3),
+        "baseline_httpx_cpu_ms_per_call": round(x["cpu_s"] / nx * 1000, 4),
         "cpus": os.cpu_count(),
     }
     print(f"shadow stage: {n} calls in {s['wall_s']:.2f}s, {out['cpu_ms_per_call']} ms CPU/call; "
-          f"bare httpx: {b['wall_s']:.2f}s, {out['baseline_httpx_cpu_ms_per_call']} ms CPU/call")
+          f"bare POSTs (same client): {b['wall_s']:.2f}s, {cpu(b):.4f} ms CPU/call; "
+          f"bare httpx ({nx} calls): {x['wall_s']:.2f}s, "
+          f"{out['baseline_httpx_cpu_ms_per_call']} ms CPU/call")
     print(json.dumps(out))
 
 

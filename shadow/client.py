@@ -33,11 +33,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
 import orjson
 
 from shadow.budget import Budget
 from shadow.deployments import Deployment, DeploymentGroup, GroupUnavailable, Lease
+from shadow.http import HttpClient, HttpFailure, SendTimedOut
 from shadow.reuse import ReuseCache, reuse_key
 from shadow.tokens import prompt_token_bound, prompt_token_estimate
 from shadowroute.config import ModelConfig, ShadowConfig, secret_from_env
@@ -125,7 +125,7 @@ class _Attempt:
 
 
 class ModelClient:
-    def __init__(self, cfg: ModelConfig, http: httpx.AsyncClient, *, retries: int = 2,
+    def __init__(self, cfg: ModelConfig, http: HttpClient, *, retries: int = 2,
                  backoff_s: float = 0.5, max_backoff_s: float = 20.0, max_wait_s: float = 300.0,
                  allowed_fails: int = 3, cooldown_s: float = 60.0, budget: Budget | None = None,
                  reuse_window_s: float = 0.0, clock: Callable[[], float] = time.monotonic) -> None:
@@ -144,7 +144,7 @@ class ModelClient:
             for d in self.group.deployments}
 
     @classmethod
-    def from_config(cls, cfg: ModelConfig, shadow: ShadowConfig, http: httpx.AsyncClient,
+    def from_config(cls, cfg: ModelConfig, shadow: ShadowConfig, http: HttpClient,
                     budget: Budget | None = None) -> ModelClient:
         return cls(cfg, http, retries=shadow.max_retries, backoff_s=shadow.backoff_s,
                    max_backoff_s=shadow.max_backoff_s, max_wait_s=shadow.max_wait_s,
@@ -280,21 +280,13 @@ class ModelClient:
                        attempts: int) -> _Attempt:
         d = lease.deployment
         try:
-            resp = await self.http.post(d.url, content=body, headers=self._headers(d),
-                                        timeout=d.spec.timeout_s)
-        except (httpx.ConnectError, httpx.ConnectTimeout) as e:
-            return _Attempt(error=f"connection error: {type(e).__name__}", retriable=True)
-        except (httpx.WriteTimeout, httpx.PoolTimeout) as e:
-            return _Attempt(error=f"timeout sending the request ({type(e).__name__})",
-                            retriable=True)
-        except httpx.TimeoutException:
-            return _Attempt(error=f"timeout after {d.spec.timeout_s:g}s", retriable=True,
-                            unknown_cost=True)
-        except httpx.TransportError as e:
-            # Sent, then the connection dropped: the provider may have billed it.
-            return _Attempt(error=f"connection dropped: {type(e).__name__}", retriable=True,
-                            unknown_cost=True)
-        status = resp.status_code
+            resp = await self.http.post(d.url, body, self._headers(d), d.spec.timeout_s)
+        except SendTimedOut as e:
+            return _Attempt(error=f"timeout sending the request ({e})", retriable=True)
+        except HttpFailure as e:
+            # Sent, then no answer: the provider may have billed it.
+            return _Attempt(error=str(e), retriable=True, unknown_cost=e.sent)
+        status = resp.status
         if status == 200:
             res = self._parse(resp.content, d, bound, cap, start, attempts)
             if res is None:

@@ -29,7 +29,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -60,7 +60,9 @@ class SampleResult:
 
 
 class ResultSink(Protocol):
-    async def pending(self, limit: int) -> list[dict[str, Any]]: ...
+    async def pending(self, limit: int, exclude: Collection[str] = ()) -> list[dict[str, Any]]:
+        """The oldest `limit` pending samples whose ids are not in `exclude`."""
+        ...
     async def write(self, results: Sequence[SampleResult]) -> None: ...
 
     async def shed(self, keep: int, reason: str) -> tuple[int, int]:
@@ -94,9 +96,40 @@ def results_to_frames(results: Sequence[SampleResult]) -> dict[str, pl.DataFrame
     }
 
 
+class Slots:
+    """A counting semaphore whose release is O(1): Python 3.11's `asyncio.Semaphore` scans all
+    of its waiters on every release, which with hundreds of samples waiting for a call slot
+    cost more CPU than the rest of the runner."""
+
+    def __init__(self, n: int) -> None:
+        self.free = n
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    async def acquire(self) -> None:
+        if self.free > 0 and not self._waiters:
+            self.free -= 1
+            return
+        fut = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        try:
+            await fut  # the releaser handed its slot over
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self.release()  # handed over just as we were cancelled: pass it on
+            raise
+
+    def release(self) -> None:
+        while self._waiters:
+            fut = self._waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)
+                return
+        self.free += 1
+
+
 class ShadowRunner:
     def __init__(self, sink: ResultSink, routers: Sequence[Router], models: Sequence[ModelClient],
-                 *, concurrency: int, flush_every_s: float = 0.25, flush_max: int = 200,
+                 *, concurrency: int, flush_every_s: float = 0.25, flush_max: int = 5000,
                  on_result: Callable[[SampleResult], None] | None = None,
                  replay_tools: bool = False, max_queue: int | None = None,
                  shed_every_s: float = 1.0, on_shed: Callable[[int], None] | None = None) -> None:
@@ -111,7 +144,7 @@ class ShadowRunner:
         self.routers = list(routers)
         self.models = list(models)
         self.concurrency = concurrency
-        self.calls = asyncio.Semaphore(concurrency)
+        self.calls = Slots(concurrency)
         self.wake = asyncio.Event()
         self.flush_every_s = flush_every_s
         self.flush_max = flush_max
@@ -146,8 +179,11 @@ class ShadowRunner:
             return result
 
         async def call(m: ModelClient) -> CallResult:
-            async with self.calls:
+            await self.calls.acquire()
+            try:
                 return await m.complete(messages, params, sample_id=sid)
+            finally:
+                self.calls.release()
 
         if len(self.models) == 1:
             result.calls = [await call(self.models[0])]
@@ -172,18 +208,18 @@ class ShadowRunner:
         try:
             while not self._stopping:
                 await self._shed()
-                # Finished samples waiting for the next flush do not hold a slot (else a slot
-                # would idle up to `flush_every_s` after each call); while writes fail they pile
-                # up to `flush_max`, and then no new work starts.
+                # Finished samples waiting for (or in) a write do not hold a slot: else a slot
+                # would idle until the next flush after each call. While writes fail, results
+                # pile up in the buffer, and past `flush_max` no new work starts.
                 room = min(self.concurrency * 2 - len(self._tasks),
-                           self.concurrency * 2 + self.flush_max - len(self._inflight))
+                           self.flush_max - len(self._buffer))
                 if room > 0:
                     if not self._queue:
-                        # One read for many samples: reading per finished sample would fetch
-                        # the whole in-flight set again each time.
+                        # One read for many samples, leaving out those in flight (still
+                        # pending in the store until their results are written).
                         self._queue.extend(
-                            s for s in await self.sink.pending(
-                                self.concurrency * 2 + len(self._inflight))
+                            s for s in await self.sink.pending(self.concurrency * 4,
+                                                               self._inflight)
                             if s["sample_id"] not in self._inflight)
                     started = 0
                     while room > 0 and self._queue:

@@ -1,6 +1,6 @@
 """Composition root of the running service: source -> ingest -> store, shadow runner, HTTP API.
 
-Everything that talks to the outside (Kafka consumer, httpx client, DuckDB connection, HTTP
+Everything that talks to the outside (Kafka consumer, HTTP client, DuckDB connection, HTTP
 server) is built here and handed to the stages, never built at import time.
 """
 
@@ -13,12 +13,11 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
 
-import httpx
 import orjson
 import uvicorn
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -29,9 +28,9 @@ from consumers.pipeline import IngestPipeline
 from consumers.records import RawMessage
 from shadow.budget import Budget
 from shadow.client import ModelClient
+from shadow.http import HttpClient, make_http
 from shadow.routers import build_routers
 from shadow.runner import SampleResult, ShadowRunner, results_to_frames
-from shadow.transport import pooled_client
 from shadowroute.api import build_app
 from shadowroute.config import Config
 from shadowroute.metrics import Metrics
@@ -61,8 +60,9 @@ class AsyncStore:
     async def write_ingest(self, batch: IngestBatch) -> int:
         return await self._run(self.store.write_ingest, batch)  # type: ignore[no-any-return]
 
-    async def pending(self, limit: int) -> list[dict[str, Any]]:
-        return await self._run(self.store.pending_samples, limit)  # type: ignore[no-any-return]
+    async def pending(self, limit: int, exclude: Collection[str] = ()) -> list[dict[str, Any]]:
+        return await self._run(  # type: ignore[no-any-return]
+            self.store.pending_samples, limit, list(exclude))
 
     async def write(self, results: Sequence[SampleResult]) -> None:
         await self._run(self.store.write_results, results_to_frames(results))
@@ -116,7 +116,7 @@ class Service:
             source = KafkaSource(cfg.kafka, self.store.store.stored_offsets)
         self.source = source
         self.stop_event = asyncio.Event()
-        self.http: httpx.AsyncClient | None = None
+        self.http: HttpClient | None = None
         self.runner: ShadowRunner | None = None
         self.url: str | None = None
         self.started_at = time.time()
@@ -220,8 +220,7 @@ class Service:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, self.stop_event.set)
         sh = self.cfg.shadow
-        # Small pools: one httpx pool costs O(connections) CPU per call (see shadow.transport).
-        self.http = pooled_client(max(16, sh.concurrency * 2))
+        self.http = make_http(sh.http_client, max(16, sh.concurrency * 2))
         self.budget = Budget(sh.budget.usd_per_hour, sh.budget.usd_per_day)
         if self.budget.limited:
             # Spend of the last day survives a restart: the budget is not reset by one.

@@ -30,6 +30,8 @@ SELECT sample_id, stratum, frontier_model, messages, params, tags, response_text
        frontier_cost_usd, input_tokens, scorer
 FROM samples
 WHERE status = 'pending'
+  -- the runner's in-flight samples: still pending here until their results are written
+  AND sample_id NOT IN (SELECT unnest($exclude::VARCHAR[]))
 ORDER BY created_at, sample_id
 LIMIT $limit;
 

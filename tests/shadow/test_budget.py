@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from shadow.budget import NANO, Budget, to_nano
 from shadow.client import ModelClient
+from shadow.http import HttpxHttp
 from shadowroute.config import ModelConfig
 
 
@@ -151,7 +152,8 @@ def test_concurrent_calls_never_overshoot_the_cap(spec: list[tuple[Any, ...]], c
         budget = Budget(usd_per_hour=cap)
         cfg = ModelConfig(name="m", base_url="http://model.test/v1", input_per_mtok=0.5,
                           cached_input_per_mtok=0.25, output_per_mtok=4.0, max_tokens=1500)
-        async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http:
+        # A fake transport: this tests the budget's arithmetic under concurrency, not HTTP.
+        async with HttpxHttp(httpx.AsyncClient(transport=httpx.MockTransport(handler))) as http:
             client = ModelClient(cfg, http, budget=budget)
             prompts = list(by_prompt)
             random.Random(len(prompts)).shuffle(prompts)

@@ -9,13 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
-import httpx
 import orjson
 import pytest
 
 from analytics.store import Store
 from shadow.budget import Budget
 from shadow.client import ModelClient
+from shadow.http import PooledHttp
 from shadow.routers import build_routers
 from shadow.runner import SAMPLE_STATUSES, ShadowRunner
 from shadowroute.config import ModelConfig, RouterConfig
@@ -53,7 +53,7 @@ async def run_all(db: Path, models: Sequence[ModelConfig], *, budget: Budget | N
                   **client_kw: Any) -> ShadowRunner:
     store = AsyncStore(Store(db))
     try:
-        async with httpx.AsyncClient() as http:
+        async with PooledHttp() as http:
             clients = [ModelClient(m, http, budget=budget, backoff_s=0.01, **client_kw)
                        for m in models]
             runner = ShadowRunner(store, build_routers((RouterConfig("random", "random"),)),
@@ -164,7 +164,7 @@ def test_a_restart_resumes_pending_samples_and_writes_each_result_once(tmp_path:
     with ModelServer(ModelBehaviour(answer=answer, delay_s=0.05)) as ms:
         async def interrupted() -> None:
             st = AsyncStore(Store(db))
-            async with httpx.AsyncClient() as http:
+            async with PooledHttp() as http:
                 runner = ShadowRunner(st, [], [ModelClient(model(ms.url), http)], concurrency=3,
                                       flush_every_s=0.05)
                 task = asyncio.create_task(runner.run())
@@ -271,7 +271,7 @@ def test_metrics_of_the_shadow_stage(tmp_path: Path) -> None:
             svc._on_result(SampleResult("s2", "skipped_budget", calls=[
                 CallResult("cheap", None, None, None, None, None, 0.1, "budget", 0, "budget")]))
             svc._on_shed(3)
-            async with httpx.AsyncClient() as http:
+            async with PooledHttp() as http:
                 client = ModelClient(model("http://127.0.0.1:9/v1"), http)
                 client.deployments[0].cooldown_until = 1e18
                 svc.runner = ShadowRunner(svc.store, [], [client], concurrency=1)
