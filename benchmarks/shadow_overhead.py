@@ -47,7 +47,7 @@ from shadow.routers import build_routers  # noqa: E402
 from shadow.runner import SampleResult, ShadowRunner  # noqa: E402
 from shadowroute.broker import free_port  # noqa: E402
 from shadowroute.config import ModelConfig, RouterConfig, ShadowConfig  # noqa: E402
-from shadowroute.service import AsyncStore  # noqa: E402
+from shadowroute.service import AsyncStore, run_loop  # noqa: E402
 
 
 def start_server(latency_s: float) -> tuple[subprocess.Popen[bytes], str]:
@@ -155,8 +155,8 @@ def main() -> None:
     proc, url = start_server(lat / 1000)
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            s = asyncio.run(shadow_run(url, n, k, Path(tmp) / "bench.duckdb"))
-        b = asyncio.run(bare_posts(url, n, k, PooledHttp(k)))
+            s = run_loop(shadow_run(url, n, k, Path(tmp) / "bench.duckdb"))  # as the service runs
+        b = run_loop(bare_posts(url, n, k, PooledHttp(k)))
         # httpx: for comparison (and fewer calls: at 256 in flight it costs ~9 ms of CPU each).
         nx = min(n, 2000)
         x = asyncio.run(bare_posts(url, nx, k, HttpxHttp(max_connections=k)))

@@ -96,37 +96,6 @@ def results_to_frames(results: Sequence[SampleResult]) -> dict[str, pl.DataFrame
     }
 
 
-class Slots:
-    """A counting semaphore whose release is O(1): Python 3.11's `asyncio.Semaphore` scans all
-    of its waiters on every release, which with hundreds of samples waiting for a call slot
-    cost more CPU than the rest of the runner."""
-
-    def __init__(self, n: int) -> None:
-        self.free = n
-        self._waiters: deque[asyncio.Future[None]] = deque()
-
-    async def acquire(self) -> None:
-        if self.free > 0 and not self._waiters:
-            self.free -= 1
-            return
-        fut = asyncio.get_running_loop().create_future()
-        self._waiters.append(fut)
-        try:
-            await fut  # the releaser handed its slot over
-        except asyncio.CancelledError:
-            if fut.done() and not fut.cancelled():
-                self.release()  # handed over just as we were cancelled: pass it on
-            raise
-
-    def release(self) -> None:
-        while self._waiters:
-            fut = self._waiters.popleft()
-            if not fut.done():
-                fut.set_result(None)
-                return
-        self.free += 1
-
-
 class ShadowRunner:
     def __init__(self, sink: ResultSink, routers: Sequence[Router], models: Sequence[ModelClient],
                  *, concurrency: int, flush_every_s: float = 0.25, flush_max: int = 5000,
@@ -144,7 +113,9 @@ class ShadowRunner:
         self.routers = list(routers)
         self.models = list(models)
         self.concurrency = concurrency
-        self.calls = Slots(concurrency)
+        # Samples in flight at once: each makes one call per model.
+        self.workers = max(1, concurrency // max(1, len(self.models)))
+        self._work = asyncio.Event()  # set while `_queue` has samples
         self.wake = asyncio.Event()
         self.flush_every_s = flush_every_s
         self.flush_max = flush_max
@@ -152,6 +123,7 @@ class ShadowRunner:
         self._buffer: list[SampleResult] = []
         self._inflight: set[str] = set()
         self._queue: deque[dict[str, Any]] = deque()  # read from the store, not started yet
+        self._queued: set[str] = set()  # their ids
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = False
         self.completed = 0
@@ -178,17 +150,11 @@ class ShadowRunner:
             result.status, result.skip_reason = "skipped_no_models", "no cheap models configured"
             return result
 
-        async def call(m: ModelClient) -> CallResult:
-            await self.calls.acquire()
-            try:
-                return await m.complete(messages, params, sample_id=sid)
-            finally:
-                self.calls.release()
-
         if len(self.models) == 1:
-            result.calls = [await call(self.models[0])]
+            result.calls = [await self.models[0].complete(messages, params, sample_id=sid)]
         else:
-            result.calls = list(await asyncio.gather(*(call(m) for m in self.models)))
+            result.calls = list(await asyncio.gather(
+                *(m.complete(messages, params, sample_id=sid) for m in self.models)))
         scorer_name = sample["scorer"]
         scorer = SCORERS[scorer_name]
         for c in result.calls:
@@ -204,33 +170,33 @@ class ShadowRunner:
 
     # -- the loop ------------------------------------------------------------------------------
     async def run(self) -> None:
+        """`workers` long-lived tasks take samples from `_queue`, which this loop keeps filled
+        from the store ahead of need: a worker that finishes a sample starts the next at once
+        (no task, no semaphore, no store read per sample)."""
         flusher = asyncio.create_task(self._flush_loop())
+        for _ in range(self.workers):
+            self._spawn_worker()
         try:
             while not self._stopping:
+                self.wake.clear()  # before looking: a wake-up from now on is not lost
                 await self._shed()
-                # Finished samples waiting for (or in) a write do not hold a slot: else a slot
-                # would idle until the next flush after each call. While writes fail, results
-                # pile up in the buffer, and past `flush_max` no new work starts.
-                room = min(self.concurrency * 2 - len(self._tasks),
-                           self.flush_max - len(self._buffer))
-                if room > 0:
-                    if not self._queue:
-                        # One read for many samples, leaving out those in flight (still
-                        # pending in the store until their results are written).
-                        self._queue.extend(
-                            s for s in await self.sink.pending(self.concurrency * 4,
-                                                               self._inflight)
-                            if s["sample_id"] not in self._inflight)
-                    started = 0
-                    while room > 0 and self._queue:
-                        s = self._queue.popleft()
-                        if s["sample_id"] not in self._inflight:
-                            self._start(s)
-                            room -= 1
-                            started += 1
-                    if started:
-                        continue
-                self.wake.clear()
+                # Finished samples waiting for (or in) a write do not hold a worker; while
+                # writes fail, results pile up in the buffer, and past `flush_max` nothing new
+                # is read.
+                if len(self._queue) < self.workers and len(self._buffer) < self.flush_max:
+                    # Read ahead for many samples, leaving out those in flight or queued (still
+                    # pending in the store until their results are written).
+                    fresh = await self.sink.pending(self.workers * 4,
+                                                    self._inflight | self._queued)
+                    for smp in fresh:
+                        sid = smp["sample_id"]
+                        if sid not in self._inflight and sid not in self._queued:
+                            self._queue.append(smp)
+                            self._queued.add(sid)
+                    if self._queue:
+                        self._work.set()
+                    if len(fresh) >= self.workers:
+                        continue  # more may be waiting: top the queue up before sleeping
                 try:
                     await asyncio.wait_for(self.wake.wait(), timeout=1.0)
                 except TimeoutError:
@@ -238,6 +204,25 @@ class ShadowRunner:
         finally:
             flusher.cancel()
             await asyncio.gather(flusher, return_exceptions=True)
+
+    def _spawn_worker(self) -> None:
+        task = asyncio.create_task(self._worker())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _worker(self) -> None:
+        queue, queued = self._queue, self._queued
+        while not self._stopping:
+            if not queue:
+                self._work.clear()
+                self.wake.set()  # the loop reads more
+                await self._work.wait()
+                continue
+            sample = queue.popleft()
+            queued.discard(sample["sample_id"])
+            if len(queue) < self.workers:
+                self.wake.set()  # read ahead before the queue runs dry
+            await self._one(sample)
 
     async def _shed(self) -> None:
         if self.max_queue is None:
@@ -254,6 +239,7 @@ class ShadowRunner:
         self.queue_depth = pending - shed
         if shed:
             self._queue.clear()  # it may hold shed samples; read again from the store
+            self._queued.clear()
             self.shed_total += shed
             log.warning("shadow backlog %d above shadow.max_queue %d: shed the %d newest samples",
                         pending, self.max_queue, shed)
@@ -264,15 +250,9 @@ class ShadowRunner:
     def inflight(self) -> int:
         return len(self._inflight)
 
-    def _start(self, sample: dict[str, Any]) -> None:
-        sid = sample["sample_id"]
-        self._inflight.add(sid)
-        task = asyncio.create_task(self._one(sample))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
     async def _one(self, sample: dict[str, Any]) -> None:
         sid = sample["sample_id"]
+        self._inflight.add(sid)
         try:
             res = await self.process(sample)
         except asyncio.CancelledError:
@@ -290,7 +270,6 @@ class ShadowRunner:
                 await self.flush()
             except Exception:  # kept in the buffer; the flush loop retries
                 log.exception("writing %d shadow results failed; retrying", len(self._buffer))
-        self.wake.set()
 
     async def flush(self) -> None:
         if not self._buffer:
@@ -319,6 +298,7 @@ class ShadowRunner:
         """Cancel in-flight calls (their samples stay pending) and flush finished results."""
         self._stopping = True
         self.wake.set()
+        self._work.set()
         for t in list(self._tasks):
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

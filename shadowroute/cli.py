@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import io
 import logging
@@ -72,10 +71,10 @@ def run(config: str | None) -> None:
     the cheap models, and serves /healthz, /metrics, /v1/verdict and /v1/sql on server.host.
     """
     cfg = _load(config)
-    from shadowroute.service import Service
+    from shadowroute.service import Service, run_loop
 
     try:
-        asyncio.run(Service(cfg).run())
+        run_loop(Service(cfg).run())
     except ShadowrouteError as e:
         fail(str(e), 1)
     except OSError as e:

@@ -257,7 +257,8 @@ def run_demo(opts: DemoOptions, console: Console | None = None) -> int:
         cfg_path.write_text(demo_config(opts, bootstrap, url, name, server is not None,
                                         group=f"demo-{int(time.time())}"))
         cfg = load_config(cfg_path, env={})
-        asyncio.run(_run_service(cfg, opts.requests, console))
+        from shadowroute.service import run_loop
+        run_loop(_run_service(cfg, opts.requests, console))
         code = _report(opts.db, opts, name, console)
         console.print(f"(config used: {cfg_path}; took {time.monotonic() - started:.0f} s)")
         return code

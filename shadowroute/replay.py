@@ -16,8 +16,10 @@ from shadowroute.config import Config
 def run_replay(cfg: Config, make_source: Callable[[Callable[[], dict[tuple[str, int], int]]],
                                                    FileSource],
                console: Console | None = None) -> dict[str, Any]:
+    from shadowroute.service import run_loop
+
     console = console or Console(stderr=True)
-    return asyncio.run(_replay(cfg, make_source, console))
+    return run_loop(_replay(cfg, make_source, console))
 
 
 async def _replay(cfg: Config, make_source: Any, console: Console) -> dict[str, Any]:

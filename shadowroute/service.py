@@ -13,10 +13,10 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Coroutine, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import orjson
 import uvicorn
@@ -36,6 +36,8 @@ from shadowroute.config import Config
 from shadowroute.metrics import Metrics
 
 log = logging.getLogger("shadowroute.service")
+
+T = TypeVar("T")
 
 
 class Source(Protocol):
@@ -87,6 +89,17 @@ class _QuietServer(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+
+def run_loop(main: Coroutine[Any, Any, T]) -> T:
+    """Run the service's event loop: uvloop when installed (its loop, futures, timers and
+    sockets are C; the shadow stage's per-call overhead at 256 in flight falls ~40%, see
+    benchmarks/shadow_overhead.py), else asyncio's."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    return uvloop.run(main)
 
 
 def service_file(db_path: str | os.PathLike[str]) -> Path:
