@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
 import json
 import os
 import subprocess
@@ -76,7 +77,8 @@ def fill(store: Store, n: int) -> None:
         FROM range($n) t(i)""", {"n": n})
 
 
-async def shadow_run(url: str, n: int, in_flight: int, db: Path) -> dict[str, Any]:
+async def shadow_run(url: str, n: int, in_flight: int, db: Path, latency_s: float
+                     ) -> dict[str, Any]:
     store = AsyncStore(Store(db))
     fill(store.store, n)
     shadow = ShadowConfig(concurrency=in_flight, max_queue=max(10 * n, 2 * in_flight))
@@ -96,6 +98,7 @@ async def shadow_run(url: str, n: int, in_flight: int, db: Path) -> dict[str, An
                               concurrency=in_flight, max_queue=shadow.max_queue,
                               on_result=on_result)
         cpu0, t0 = time.process_time(), time.perf_counter()
+        ramped = t0 + runner.ramp_s + 2 * latency_s  # every worker started and done once
         task = asyncio.create_task(runner.run())
         while runner.completed < n:
             await asyncio.sleep(0.05)
@@ -107,17 +110,21 @@ async def shadow_run(url: str, n: int, in_flight: int, db: Path) -> dict[str, An
     store.close()
     assert done == n, f"only {done} of {n} calls succeeded"
     latencies.sort()
-    return {"wall_s": wall, "cpu_s": cpu, "finished": finished,
+    return {"wall_s": wall, "cpu_s": cpu, "finished": finished, "ramped": ramped,
             "mean_call_ms": sum(latencies) / len(latencies),
             "p99_call_ms": latencies[int(len(latencies) * 0.99)]}
 
 
-def steady_slot_ms(finished: list[float], in_flight: int) -> float:
+def steady_slot_ms(finished: list[float], in_flight: int, ramped: float = 0.0) -> float:
     """Milliseconds a call slot spends per call in steady state: in-flight / throughput, the
-    throughput taken between the end of the first round of calls and the start of the last
-    (the ramp-up and the last, partly filled round are not the service's steady state)."""
+    throughput taken from the end of the first round of calls (and not before `ramped`, when
+    the last worker has started and finished one call) to the start of the last round (the
+    ramp-up and the last, partly filled round are not the service's steady state)."""
     t = sorted(finished)
-    a, b = in_flight, len(t) - in_flight
+    b = len(t) - in_flight
+    a = max(in_flight, bisect.bisect_left(t, ramped))
+    if b - a < in_flight:
+        raise SystemExit("too few calls for a steady state: raise --requests")
     return in_flight * (t[b] - t[a]) / (b - a) * 1000
 
 
@@ -155,7 +162,7 @@ def main() -> None:
     proc, url = start_server(lat / 1000)
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            s = run_loop(shadow_run(url, n, k, Path(tmp) / "bench.duckdb"))  # as the service runs
+            s = run_loop(shadow_run(url, n, k, Path(tmp) / "bench.duckdb", lat / 1000))  # as the service runs
         b = run_loop(bare_posts(url, n, k, PooledHttp(k)))
         # httpx: for comparison (and fewer calls: at 256 in flight it costs ~9 ms of CPU each).
         nx = min(n, 2000)
@@ -172,7 +179,7 @@ def main() -> None:
 
     out = {
         "requests": n, "in_flight": k, "injected_latency_ms": lat,
-        "overhead_ms_per_call": round(steady_slot_ms(s["finished"], k) - lat, 3),
+        "overhead_ms_per_call": round(steady_slot_ms(s["finished"], k, s["ramped"]) - lat, 3),
         "overhead_ms_per_call_whole_run": round(overhead(s["wall_s"]), 3),
         "cpu_ms_per_call": round(cpu(s), 4),
         "mean_call_latency_ms": round(s["mean_call_ms"], 2),

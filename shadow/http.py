@@ -314,6 +314,7 @@ class PooledHttp:
         self.max_connections = max_connections
         self._ssl = ssl_context
         self._targets: dict[str, _Target] = {}
+        self._header_bytes: dict[tuple[tuple[str, str], ...], bytes] = {}
         self._pools: dict[tuple[str, str, int], _Pool] = {}
 
     def _ssl_context(self) -> ssl.SSLContext:
@@ -335,8 +336,13 @@ class PooledHttp:
             pool = self._pools[t.key] = _Pool(
                 t, self.max_connections, self._ssl_context() if t.tls else None,
                 asyncio.get_running_loop())
-        data = b"".join((t.head, _header_lines(headers), b"Content-Length: %d\r\n\r\n" % len(body),
-                         body))
+        key = tuple(headers.items())
+        lines = self._header_bytes.get(key)
+        if lines is None:  # a handful of distinct header sets: one per deployment and key
+            if len(self._header_bytes) > 256:
+                self._header_bytes.clear()
+            lines = self._header_bytes[key] = _header_lines(headers)
+        data = b"".join((t.head, lines, b"Content-Length: %d\r\n\r\n" % len(body), body))
         deadline = time.monotonic() + timeout
         conn = await pool.acquire(deadline)
         fut = conn.send(data, max(0.001, deadline - time.monotonic()), timeout)

@@ -101,11 +101,13 @@ class ShadowRunner:
                  *, concurrency: int, flush_every_s: float = 0.25, flush_max: int = 5000,
                  on_result: Callable[[SampleResult], None] | None = None,
                  replay_tools: bool = False, max_queue: int | None = None,
-                 shed_every_s: float = 1.0, on_shed: Callable[[int], None] | None = None) -> None:
+                 shed_every_s: float = 1.0, on_shed: Callable[[int], None] | None = None,
+                 ramp_s: float = 0.5) -> None:
         self.sink = sink
         self.replay_tools = replay_tools
         self.max_queue = max_queue
         self.shed_every_s = shed_every_s
+        self.ramp_s = ramp_s  # workers start spread over this long
         self.on_shed = on_shed
         self.queue_depth = 0
         self.shed_total = 0
@@ -174,8 +176,8 @@ class ShadowRunner:
         from the store ahead of need: a worker that finishes a sample starts the next at once
         (no task, no semaphore, no store read per sample)."""
         flusher = asyncio.create_task(self._flush_loop())
-        for _ in range(self.workers):
-            self._spawn_worker()
+        for i in range(self.workers):
+            self._spawn_worker(i * self.ramp_s / self.workers)
         try:
             while not self._stopping:
                 self.wake.clear()  # before looking: a wake-up from now on is not lost
@@ -205,12 +207,16 @@ class ShadowRunner:
             flusher.cancel()
             await asyncio.gather(flusher, return_exceptions=True)
 
-    def _spawn_worker(self) -> None:
-        task = asyncio.create_task(self._worker())
+    def _spawn_worker(self, delay: float) -> None:
+        task = asyncio.create_task(self._worker(delay))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _worker(self) -> None:
+    async def _worker(self, delay: float) -> None:
+        # Staggered starts: a backlog at startup does not reach the providers as `workers`
+        # calls in the same instant (a burst that draws 429s), and calls that start spread out
+        # keep finishing spread out, so the event loop is never handed them all at once.
+        await asyncio.sleep(delay)
         queue, queued = self._queue, self._queued
         while not self._stopping:
             if not queue:

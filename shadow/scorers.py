@@ -40,6 +40,8 @@ def normalize(text: str) -> str:
 
 
 def exact_match(candidate: str, reference: str) -> float:
+    if candidate == reference:
+        return 1.0
     return 1.0 if normalize(candidate) == normalize(reference) else 0.0
 
 

@@ -296,3 +296,56 @@ def test_metrics_of_the_shadow_stage(tmp_path: Path) -> None:
         assert line in text, line
     assert 'shadowroute_shadow_call_seconds_count{model="cheap"} 1.0' in text
     assert 'shadowroute_shadow_call_seconds_count{model="other"}' not in text
+
+
+class FlakyStore(AsyncStore):
+    """The real store, whose first `fail` writes raise (a full disk, a locked file)."""
+
+    def __init__(self, store: Store, fail: int) -> None:
+        super().__init__(store)
+        self.fail = fail
+        self.attempts = 0
+
+    async def write(self, results: Sequence[Any]) -> None:
+        self.attempts += 1
+        if self.attempts <= self.fail:
+            raise duckdb.IOException("injected: disk full")
+        await super().write(results)
+
+
+def test_failing_writes_hold_new_work_and_lose_nothing(tmp_path: Path) -> None:
+    db = tmp_path / "s.duckdb"
+    store = Store(db)
+    add_samples(store, 60)
+    store.close()
+    with ModelServer(ModelBehaviour(answer=answer)) as ms:
+        async def go() -> tuple[int, int]:
+            st = FlakyStore(Store(db), fail=3)
+            try:
+                async with PooledHttp() as http:
+                    runner = ShadowRunner(st, [], [ModelClient(model(ms.url), http)],
+                                          concurrency=4, flush_every_s=0.02, flush_max=10,
+                                          ramp_s=0.0)
+                    task = asyncio.create_task(runner.run())
+                    most_unwritten = 0
+                    while st.attempts <= st.fail:  # while writes fail, work stops piling up
+                        most_unwritten = max(most_unwritten, len(runner._buffer))
+                        await asyncio.sleep(0.005)
+
+                    async def idle() -> bool:
+                        return (await st.counts())["pending"] == 0
+
+                    await asyncio.wait_for(runner.drain(idle), 30)
+                    await runner.stop()
+                    task.cancel()
+                    await asyncio.gather(task, return_exceptions=True)
+                    return most_unwritten, len(ms.behaviour.requests)
+            finally:
+                st.close()
+
+        most_unwritten, calls = asyncio.run(go())
+    # At most flush_max results plus what the workers and the read-ahead held when it filled.
+    assert most_unwritten <= 10 + 4 * 5
+    assert calls == 60  # every sample called once: none re-run after a failed write
+    assert q(db, "SELECT count(*), count(DISTINCT sample_id) FROM shadow_calls") == [(60, 60)]
+    assert q(db, "SELECT count(*) FROM samples WHERE status = 'done'") == [(60,)]
