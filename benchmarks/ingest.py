@@ -32,6 +32,7 @@ from consumers.ingest import Ingestor  # noqa: E402
 from consumers.kafka_source import KafkaSource  # noqa: E402
 from shadowroute.broker import Broker  # noqa: E402
 from shadowroute.config import load_config  # noqa: E402
+from shadowroute.service import run_loop  # noqa: E402
 from shadowroute.traffic import TrafficGenerator  # noqa: E402
 
 PARTITIONS = 4
@@ -155,4 +156,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    run_loop(main())  # the loop and GC settings the service runs with
