@@ -43,6 +43,7 @@ from consumers.formats.common import (
     Scalar,
     TextChoice,
     Usage,
+    json_errors,
     json_reason,
     message_text,
     normalize_messages,
@@ -148,7 +149,7 @@ def decode(value: bytes, msg: RawMessage) -> Decoded:
         p = _either_decoder.decode(value)
     except Exception:  # noqa: BLE001 - the path below gives the reason
         p = None
-    try:
+    with json_errors(value, validation_reason):
         if p is not None and p.standard_logging_object is msgspec.UNSET:
             # No wrapper at the top level: what the path below decodes too, key quoted or not.
             return _from_payload(p, msg, "")
@@ -161,12 +162,6 @@ def decode(value: bytes, msg: RawMessage) -> Decoded:
                 if "missing required field `standard_logging_object`" not in str(e):
                     raise
         return _from_payload(_payload_decoder.decode(value), msg, "")
-    except msgspec.ValidationError as e:
-        raise DecodeError(validation_reason(e)) from None
-    except (msgspec.DecodeError, UnicodeDecodeError) as e:  # msgspec: bad UTF-8 in a string
-        raise DecodeError(json_reason(value, e)) from None
-    except RecursionError:
-        raise DecodeError("JSON nested too deeply") from None
 
 
 def decode_obj(obj: Any, msg: RawMessage) -> Decoded:

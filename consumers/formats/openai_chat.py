@@ -25,13 +25,14 @@ from consumers.formats.common import (
     NonEmpty,
     Scalar,
     Usage,
-    json_reason,
+    convert_as,
+    decode_json_as,
     message_text,
     normalize_messages,
     parse_ts_ms,
     whole,
 )
-from consumers.records import Decoded, DecodeError, RawMessage, Request
+from consumers.records import Decoded, RawMessage, Request
 
 
 class _Response(msgspec.Struct, gc=False):
@@ -137,19 +138,9 @@ def _from_struct(rec: _Record, msg: RawMessage) -> Decoded:
 
 
 def decode(value: bytes, msg: RawMessage) -> Decoded:
-    try:
-        rec = _decoder.decode(value)
-    except msgspec.ValidationError as e:
-        raise DecodeError(validation_reason(e)) from None
-    except (msgspec.DecodeError, UnicodeDecodeError) as e:
-        raise DecodeError(json_reason(value, e)) from None
-    return _from_struct(rec, msg)
+    return _from_struct(decode_json_as(_decoder, value, validation_reason), msg)
 
 
 def decode_obj(obj: Any, msg: RawMessage) -> Decoded:
     """The same decoder for an already parsed object (a line of an array, a file record)."""
-    try:
-        rec = msgspec.convert(obj, _Record)
-    except msgspec.ValidationError as e:
-        raise DecodeError(validation_reason(e)) from None
-    return _from_struct(rec, msg)
+    return _from_struct(convert_as(obj, _Record, validation_reason), msg)
