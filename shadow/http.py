@@ -129,7 +129,6 @@ class _Conn(asyncio.Protocol):
         self.headers: dict[str, str] = {}
         self.body: list[bytes] = []
         self.got_headers = False
-        self.got_bytes = False
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -139,7 +138,6 @@ class _Conn(asyncio.Protocol):
         if self.waiter is None:  # bytes nobody asked for: the connection is not reusable
             self.close()
             return
-        self.got_bytes = True
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as e:
@@ -248,25 +246,25 @@ class _Pool:
         self.waiting: deque[asyncio.Future[None]] = deque()
 
     async def acquire(self, deadline: float) -> _Conn:
-        now = time.monotonic()
-        while self.idle:
-            c = self.idle.pop()
-            if not c.closed and now - c.idle_since < KEEPALIVE_S:
-                return c
-            c.close()
-        while len(self.open) >= self.max:
-            fut = self.loop.create_future()
+        while True:
+            now = time.monotonic()
+            while self.idle:
+                c = self.idle.pop()
+                if not c.closed and now - c.idle_since < KEEPALIVE_S:
+                    return c
+                c.close()
+            if len(self.open) < self.max:
+                break
+            fut = self.loop.create_future()  # woken by a release or a closed connection
             self.waiting.append(fut)
             try:
-                await asyncio.wait_for(fut, max(0.0, deadline - time.monotonic()))
+                await asyncio.wait_for(fut, max(0.0, deadline - now))
             except TimeoutError:
                 raise SendTimedOut(f"no free connection to {self.target.host} "
                                    f"within the timeout ({self.max} in use)") from None
             finally:
                 if not fut.done():
                     fut.cancel()
-            if self.idle:
-                return self.idle.pop()
         conn = _Conn(self)
         self.open.add(conn)
         t = self.target
@@ -375,16 +373,15 @@ class HttpxHttp:
 
     async def post(self, url: str, body: bytes, headers: Mapping[str, str], timeout: float
                    ) -> HttpResponse:
-        x = httpx
         try:
             r = await self.client.post(url, content=body, headers=dict(headers), timeout=timeout)
-        except (x.ConnectError, x.ConnectTimeout) as e:
+        except (httpx.ConnectError, httpx.ConnectTimeout) as e:
             raise ConnectFailed(f"connection error: {type(e).__name__}") from None
-        except (x.WriteTimeout, x.PoolTimeout) as e:
+        except (httpx.WriteTimeout, httpx.PoolTimeout) as e:
             raise SendTimedOut(f"timeout sending the request ({type(e).__name__})") from None
-        except x.TimeoutException:
+        except httpx.TimeoutException:
             raise ResponseTimedOut(f"timeout after {timeout:g}s with no response") from None
-        except x.TransportError as e:
+        except httpx.TransportError as e:
             raise ConnectionDropped(f"connection dropped: {type(e).__name__}") from None
         return HttpResponse(r.status_code, {k.lower(): v for k, v in r.headers.items()},
                             r.content)

@@ -114,7 +114,6 @@ class ShadowRunner:
         self._last_shed = -1e18
         self.routers = list(routers)
         self.models = list(models)
-        self.concurrency = concurrency
         # Samples in flight at once: each makes one call per model.
         self.workers = max(1, concurrency // max(1, len(self.models)))
         self._work = asyncio.Event()  # set while `_queue` has samples

@@ -72,8 +72,7 @@ class AsyncStore:
     async def write(self, results: Sequence[SampleResult]) -> None:
         # Frames are built on the writer thread too: on the event loop, a flush of ~1,500
         # results held every call in flight for ~10 ms.
-        batch = list(results)
-        await self._run(lambda: self.store.write_results(results_to_frames(batch)))
+        await self._run(lambda: self.store.write_results(results_to_frames(results)))
 
     async def shed(self, keep: int, reason: str) -> tuple[int, int]:
         return await self._run(self.store.shed_pending, keep, reason)  # type: ignore[no-any-return]
