@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from consumers.sampling import unit_hash
+from consumers.sampling import UnitHash
 from shadowroute.config import RouterConfig
 
 
@@ -49,10 +49,10 @@ class Router(Protocol):
 class RandomRouter:
     def __init__(self, cfg: RouterConfig) -> None:
         self.name = cfg.name
-        self._salt = f"router:{cfg.seed}"
+        self._hash = UnitHash(f"router:{cfg.seed}")
 
     async def score(self, request: RouteInput) -> float:
-        return unit_hash(self._salt, request.request_id)
+        return self._hash(request.request_id)
 
 
 def _word_pattern(words: tuple[str, ...]) -> re.Pattern[str] | None:
