@@ -22,6 +22,7 @@ from consumers.ingest import IngestBatch
 from shadowroute.errors import StoreError, StoreLockedError
 
 READ_ONLY_STATEMENTS = {"SELECT", "EXPLAIN", "PRAGMA", "SET"}
+FETCH_CHUNK = 128  # rows per fetch of pending samples; see `pending_samples`
 
 
 def open_connection(path: str | Path, *, read_only: bool) -> duckdb.DuckDBPyConnection:
@@ -129,14 +130,29 @@ class Store:
             cur = self.con.execute(sql.query("pending_samples"),
                                    {"limit": limit, "exclude": list(exclude)})
             cols = [d[0] for d in cur.description]
-            return [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]
+            out: list[dict[str, Any]] = []
+            # In chunks: DuckDB builds the Python rows holding the GIL, and the event loop beside
+            # this thread waits for it (1,024 rows at once held it ~5 ms).
+            while rows := cur.fetchmany(FETCH_CHUNK):
+                out.extend(dict(zip(cols, row, strict=True)) for row in rows)
+            return out
 
     def write_results(self, frames: Mapping[str, pl.DataFrame]) -> None:
-        """router_scores, shadow_calls, scores and the samples' final status in one transaction."""
+        """router_scores, shadow_calls, scores and the samples' final status in one transaction.
+        A (sample, model) already stored is not stored again: results are written once."""
+        try:
+            self._write_results(frames, ignore_known=False)
+        except duckdb.ConstraintException:
+            # Already stored (a write that committed but was retried): redo skipping known
+            # keys. Rare, so the common path does not pay INSERT OR IGNORE's lookups.
+            self._write_results(frames, ignore_known=True)
+
+    def _write_results(self, frames: Mapping[str, pl.DataFrame], *, ignore_known: bool) -> None:
+        suffix = "_ignore_known" if ignore_known else ""
         with self._tx(frames) as con:
-            for name, q in (("batch_router_scores", "insert_router_scores"),
-                            ("batch_shadow_calls", "insert_shadow_calls"),
-                            ("batch_scores", "insert_scores"),
+            for name, q in (("batch_router_scores", "insert_router_scores" + suffix),
+                            ("batch_shadow_calls", "insert_shadow_calls" + suffix),
+                            ("batch_scores", "insert_scores" + suffix),
                             ("batch_finished", "finish_samples")):
                 if frames[name].height:
                     con.execute(sql.query(q)).fetchall()

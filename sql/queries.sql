@@ -36,12 +36,21 @@ ORDER BY created_at, sample_id
 LIMIT $limit;
 
 -- name: insert_router_scores
+INSERT INTO router_scores BY NAME SELECT * FROM batch_router_scores;
+
+-- name: insert_router_scores_ignore_known
 INSERT OR IGNORE INTO router_scores BY NAME SELECT * FROM batch_router_scores;
 
 -- name: insert_shadow_calls
+INSERT INTO shadow_calls BY NAME SELECT * FROM batch_shadow_calls;
+
+-- name: insert_shadow_calls_ignore_known
 INSERT OR IGNORE INTO shadow_calls BY NAME SELECT * FROM batch_shadow_calls;
 
 -- name: insert_scores
+INSERT INTO scores BY NAME SELECT * FROM batch_scores;
+
+-- name: insert_scores_ignore_known
 INSERT OR IGNORE INTO scores BY NAME SELECT * FROM batch_scores;
 
 -- name: finish_samples

@@ -48,6 +48,18 @@ def model(url: str, **kw: Any) -> ModelConfig:
                        max_tokens=16, timeout_s=5, **kw)
 
 
+async def finish(runner: ShadowRunner, task: asyncio.Task[None], store: AsyncStore,
+                 timeout_s: float = 60) -> None:
+    """Drain the runner until no sample is pending, then stop it."""
+    async def idle() -> bool:
+        return (await store.counts())["pending"] == 0
+
+    await asyncio.wait_for(runner.drain(idle), timeout_s)
+    await runner.stop()
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
 async def run_all(db: Path, models: Sequence[ModelConfig], *, budget: Budget | None = None,
                   max_queue: int | None = None, concurrency: int = 4, replay_tools: bool = False,
                   **client_kw: Any) -> ShadowRunner:
@@ -59,15 +71,7 @@ async def run_all(db: Path, models: Sequence[ModelConfig], *, budget: Budget | N
             runner = ShadowRunner(store, build_routers((RouterConfig("random", "random"),)),
                                   clients, concurrency=concurrency, flush_every_s=0.05,
                                   max_queue=max_queue, replay_tools=replay_tools)
-            task = asyncio.create_task(runner.run())
-
-            async def idle() -> bool:
-                return (await store.counts())["pending"] == 0
-
-            await asyncio.wait_for(runner.drain(idle), 60)
-            await runner.stop()
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            await finish(runner, asyncio.create_task(runner.run()), store)
             return runner
     finally:
         store.close()
@@ -225,6 +229,63 @@ def test_shedding_leaves_the_connection_usable(tmp_path: Path) -> None:
     store.close()
 
 
+def test_results_are_written_when_flush_at_wait_not_only_on_the_timer(
+        tmp_path: Path) -> None:
+    db = tmp_path / "s.duckdb"
+    store = Store(db)
+    add_samples(store, 20)
+    store.close()
+    with ModelServer(ModelBehaviour(answer=answer)) as ms:
+        async def go() -> int:
+            st = AsyncStore(Store(db))
+            try:
+                async with PooledHttp() as http:
+                    runner = ShadowRunner(st, [], [ModelClient(model(ms.url), http)],
+                                          concurrency=4, flush_every_s=60, flush_at=4, ramp_s=0.0)
+                    task = asyncio.create_task(runner.run())
+
+                    async def written(n: int) -> None:
+                        while runner.completed < n:
+                            await asyncio.sleep(0.01)
+
+                    await asyncio.wait_for(written(16), 20)  # the 60 s timer never fired
+                    early = runner.completed
+                    await finish(runner, task, st, 20)  # the rest, at once
+                    return early
+            finally:
+                st.close()
+
+        early = asyncio.run(go())
+    assert early >= 16
+    assert q(db, "SELECT count(*) FROM samples WHERE status = 'done'") == [(20,)]
+
+
+def test_results_written_again_are_stored_once(tmp_path: Path) -> None:
+    """A write whose commit landed but was retried (or a result written twice) must neither
+    fail nor duplicate: the plain INSERT meets the keys and the batch is redone skipping them."""
+    from shadow.client import CallResult
+    from shadow.runner import SampleResult, results_to_frames
+
+    store = Store(tmp_path / "s.duckdb")
+    add_samples(store, 3)
+
+    def result(sid: str, answer: str) -> SampleResult:
+        call = CallResult("cheap", answer, 10, 0, 2, 0.001, 50.0, None, 1, deployment="d0")
+        return SampleResult(sid, "done", None, [("random", 0.5)], [call],
+                            [("cheap", "exact_match", 1.0)])
+
+    store.write_results(results_to_frames([result("s0000", "first")]))
+    store.write_results(results_to_frames([result("s0000", "again"), result("s0001", "new")]))
+    assert store.fetch("SELECT sample_id, answer, deployment FROM shadow_calls ORDER BY 1") == [
+        ("s0000", "first", "d0"), ("s0001", "new", "d0")]
+    for query in ("SELECT sample_id, count(*) FROM router_scores GROUP BY 1 ORDER BY 1",
+                  "SELECT sample_id, count(*) FROM scores GROUP BY 1 ORDER BY 1"):
+        assert store.fetch(query) == [("s0000", 1), ("s0001", 1)]
+    assert store.fetch("SELECT sample_id, status FROM samples ORDER BY 1") == [
+        ("s0000", "done"), ("s0001", "done"), ("s0002", "pending")]
+    store.close()
+
+
 def test_an_old_file_gains_the_new_columns(tmp_path: Path) -> None:
     db = tmp_path / "old.duckdb"
     con = duckdb.connect(str(db))
@@ -331,21 +392,15 @@ def test_failing_writes_hold_new_work_and_lose_nothing(tmp_path: Path) -> None:
                     while st.attempts <= st.fail:  # while writes fail, work stops piling up
                         most_unwritten = max(most_unwritten, len(runner._buffer))
                         await asyncio.sleep(0.005)
-
-                    async def idle() -> bool:
-                        return (await st.counts())["pending"] == 0
-
-                    await asyncio.wait_for(runner.drain(idle), 30)
-                    await runner.stop()
-                    task.cancel()
-                    await asyncio.gather(task, return_exceptions=True)
+                    await finish(runner, task, st, 30)
                     return most_unwritten, len(ms.behaviour.requests)
             finally:
                 st.close()
 
         most_unwritten, calls = asyncio.run(go())
-    # At most flush_max results plus what the workers and the read-ahead held when it filled.
-    assert most_unwritten <= 10 + 4 * 5
+    # At most flush_max results plus the calls in flight when it filled: no worker starts a
+    # new call while flush_max results wait for a write.
+    assert most_unwritten <= 10 + 4
     assert calls == 60  # every sample called once: none re-run after a failed write
     assert q(db, "SELECT count(*), count(DISTINCT sample_id) FROM shadow_calls") == [(60, 60)]
     assert q(db, "SELECT count(*) FROM samples WHERE status = 'done'") == [(60,)]
