@@ -37,7 +37,7 @@ from typing import Any, Protocol
 import orjson
 import polars as pl
 
-from consumers.ingest import prompt_text
+from consumers.ingest import frame, prompt_text
 from shadow.client import CallResult, ModelClient
 from shadow.routers import RouteInput, Router
 from shadow.scorers import SCORERS
@@ -85,31 +85,24 @@ FINISHED_SCHEMA: dict[str, Any] = {"sample_id": pl.Utf8, "status": pl.Utf8, "ski
 
 
 def results_to_frames(results: Sequence[SampleResult]) -> dict[str, pl.DataFrame]:
-    """The results as the four frames `write_results` inserts, built column by column: the
-    writer thread runs this beside the event loop, and every millisecond it holds the GIL is
-    a millisecond of delay for the calls finishing meanwhile (row tuples and `orient="row"`
-    took ~4x as long)."""
-    calls = [(r.sample_id, c) for r in results for c in r.calls]
-    rs = [(r.sample_id, name, s) for r in results for name, s in r.router_scores]
-    sc = [(r.sample_id, m, s, v) for r in results for m, s, v in r.scores]
-    call_cols = [[sid for sid, _ in calls]] + [
-        [getattr(c, name) for _, c in calls] for name in list(SHADOW_CALLS_SCHEMA)[1:]]
+    """The results as the four frames `write_results` inserts, built column by column
+    (`consumers.ingest.frame`): the writer thread runs this beside the event loop, and every
+    millisecond it holds the GIL is a millisecond of delay for the calls finishing meanwhile
+    (`orient="row"` took ~4x as long)."""
     return {
-        "batch_router_scores": _columns(rs, ROUTER_SCORES_SCHEMA),
-        "batch_shadow_calls": pl.DataFrame(dict(zip(SHADOW_CALLS_SCHEMA, call_cols, strict=True)),
-                                           schema=SHADOW_CALLS_SCHEMA),
-        "batch_scores": _columns(sc, SCORES_SCHEMA),
-        "batch_finished": pl.DataFrame({"sample_id": [r.sample_id for r in results],
-                                        "status": [r.status for r in results],
-                                        "skip_reason": [r.skip_reason for r in results]},
-                                       schema=FINISHED_SCHEMA),
+        "batch_router_scores": frame(
+            [(r.sample_id, name, s) for r in results for name, s in r.router_scores],
+            ROUTER_SCORES_SCHEMA),
+        "batch_shadow_calls": frame(
+            [(r.sample_id, c.model, c.answer, c.input_tokens, c.cached_input_tokens,
+              c.output_tokens, c.cost_usd, c.latency_ms, c.error, c.attempts, c.deployment,
+              c.outcome, c.spend_usd, c.usage_estimated, c.reused_from)
+             for r in results for c in r.calls], SHADOW_CALLS_SCHEMA),
+        "batch_scores": frame(
+            [(r.sample_id, m, s, v) for r in results for m, s, v in r.scores], SCORES_SCHEMA),
+        "batch_finished": frame(
+            [(r.sample_id, r.status, r.skip_reason) for r in results], FINISHED_SCHEMA),
     }
-
-
-def _columns(rows: list[tuple[Any, ...]], schema: dict[str, Any]) -> pl.DataFrame:
-    if not rows:
-        return pl.DataFrame(schema=schema)
-    return pl.DataFrame(dict(zip(schema, zip(*rows, strict=True), strict=True)), schema=schema)
 
 
 class ShadowRunner:
