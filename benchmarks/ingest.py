@@ -9,6 +9,9 @@ The last line printed is one JSON object with `baseline_records_per_s`, `ingest_
 and `ratio` (the goal is ratio >= 0.5). The machine is noisy: compare the ratio, not the figures.
 
     python benchmarks/ingest.py [--records 200000]
+
+`SHADOWROUTE_*` variables apply as they do to the service, e.g. `SHADOWROUTE_STORAGE__WRITER=thread`
+to run DuckDB on a thread instead of in its child process.
 """
 
 from __future__ import annotations
@@ -92,9 +95,9 @@ async def ours(bootstrap: str, topic: str, n: int, db: Path) -> float:
         **{k: v for k, v in os.environ.items() if k.startswith("SHADOWROUTE_")},
     })
     from consumers.pipeline import IngestPipeline
-    from shadowroute.service import AsyncStore
+    from shadowroute.service import open_store
 
-    store = AsyncStore(Store(db))
+    store = open_store(db, cfg.storage.writer)  # as the service runs (storage.writer)
     source = KafkaSource(cfg.kafka, store.store.stored_offsets)
     await source.start()
     stop = asyncio.Event()
@@ -150,7 +153,8 @@ async def main() -> None:
         print(f"shadowroute full ingest: {ing:>10,.0f} records/s")
         print(json.dumps({"records": n, "avg_record_bytes": round(size / n),
                           "baseline_records_per_s": round(base), "ingest_records_per_s": round(ing),
-                          "ratio": round(ing / base, 3)}))
+                          "ratio": round(ing / base, 3),
+                          "store_writer": os.environ.get("SHADOWROUTE_STORAGE__WRITER", "process")}))
     finally:
         broker.stop()
 

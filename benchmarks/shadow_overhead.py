@@ -41,6 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from analytics.store import Store  # noqa: E402
+from analytics.store_process import StoreProcess  # noqa: E402
 from shadow.budget import Budget  # noqa: E402
 from shadow.client import ModelClient  # noqa: E402
 from shadow.http import HttpClient, HttpxHttp, PooledHttp  # noqa: E402
@@ -65,6 +66,12 @@ def start_server(latency_s: float) -> tuple[subprocess.Popen[bytes], str]:
     return proc, f"http://127.0.0.1:{port}/v1"
 
 
+def proc_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) used so far by process `pid` (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def fill(store: Store, n: int) -> None:
     store.con.execute("""
         INSERT INTO samples (sample_id, stratum, frontier_model, messages, params, tags,
@@ -77,10 +84,12 @@ def fill(store: Store, n: int) -> None:
         FROM range($n) t(i)""", {"n": n})
 
 
-async def shadow_run(url: str, n: int, in_flight: int, db: Path, latency_s: float
-                     ) -> dict[str, Any]:
-    store = AsyncStore(Store(db))
-    fill(store.store, n)
+async def shadow_run(url: str, n: int, in_flight: int, db: Path, latency_s: float,
+                     writer: str = "process") -> dict[str, Any]:
+    filled = Store(db)
+    fill(filled, n)
+    filled.close()
+    store = StoreProcess(db) if writer == "process" else AsyncStore(Store(db))
     shadow = ShadowConfig(concurrency=in_flight, max_queue=max(10 * n, 2 * in_flight))
     model = ModelConfig(name="cheap", base_url=url, model="tiny", input_per_mtok=0.15,
                         output_per_mtok=0.6, max_tokens=64, timeout_s=30)
@@ -97,12 +106,15 @@ async def shadow_run(url: str, n: int, in_flight: int, db: Path, latency_s: floa
         runner = ShadowRunner(store, build_routers((RouterConfig("random", "random"),)), [client],
                               concurrency=in_flight, max_queue=shadow.max_queue,
                               on_result=on_result)
+        child = store.proc.pid if isinstance(store, StoreProcess) else None
+        child0 = proc_cpu_s(child) if child else 0.0
         cpu0, t0 = time.process_time(), time.perf_counter()
         ramped = t0 + runner.ramp_s + 2 * latency_s  # every worker started and done once
         task = asyncio.create_task(runner.run())
         while runner.completed < n:
             await asyncio.sleep(0.05)
         wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+        store_cpu = proc_cpu_s(child) - child0 if child else 0.0
         await runner.stop()
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
@@ -110,7 +122,8 @@ async def shadow_run(url: str, n: int, in_flight: int, db: Path, latency_s: floa
     store.close()
     assert done == n, f"only {done} of {n} calls succeeded"
     latencies.sort()
-    return {"wall_s": wall, "cpu_s": cpu, "finished": finished, "ramped": ramped,
+    return {"wall_s": wall, "cpu_s": cpu + store_cpu, "store_cpu_s": store_cpu,
+            "finished": finished, "ramped": ramped,
             "mean_call_ms": sum(latencies) / len(latencies),
             "p99_call_ms": latencies[int(len(latencies) * 0.99)]}
 
@@ -157,12 +170,15 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=10_000)
     ap.add_argument("--in-flight", type=int, default=256)
     ap.add_argument("--latency-ms", type=float, default=50.0)
+    ap.add_argument("--store-writer", choices=("process", "thread"), default="process",
+                    help="where DuckDB runs (storage.writer): a child process or a thread")
     args = ap.parse_args()
     n, k, lat = args.requests, args.in_flight, args.latency_ms
     proc, url = start_server(lat / 1000)
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            s = run_loop(shadow_run(url, n, k, Path(tmp) / "bench.duckdb", lat / 1000))  # as the service runs
+            s = run_loop(shadow_run(url, n, k, Path(tmp) / "bench.duckdb", lat / 1000,
+                                  args.store_writer))  # as the service runs
         b = run_loop(bare_posts(url, n, k, PooledHttp(k)))
         # httpx: for comparison (and fewer calls: at 256 in flight it costs ~9 ms of CPU each).
         nx = min(n, 2000)
@@ -182,6 +198,7 @@ def main() -> None:
         "overhead_ms_per_call": round(steady_slot_ms(s["finished"], k, s["ramped"]) - lat, 3),
         "overhead_ms_per_call_whole_run": round(overhead(s["wall_s"]), 3),
         "cpu_ms_per_call": round(cpu(s), 4),
+        "store_process_cpu_ms_per_call": round(s["store_cpu_s"] / n * 1000, 4),
         "mean_call_latency_ms": round(s["mean_call_ms"], 2),
         "p99_call_latency_ms": round(s["p99_call_ms"], 2),
         "calls_per_s": round(n / s["wall_s"], 1),
@@ -191,6 +208,7 @@ def main() -> None:
         "shadowroute_cpu_ms_per_call_beyond_bare_posts": round(cpu(s) - cpu(b), 4),
         "baseline_httpx_overhead_ms_per_call": round(steady_slot_ms(x["finished"], k) - lat, 3),
         "baseline_httpx_cpu_ms_per_call": round(x["cpu_s"] / nx * 1000, 4),
+        "store_writer": args.store_writer,
         "cpus": os.cpu_count(),
     }
     print(f"shadow stage: {n} calls in {s['wall_s']:.2f}s, {out['cpu_ms_per_call']} ms CPU/call; "

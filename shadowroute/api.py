@@ -12,7 +12,7 @@ import datetime as dt
 import decimal
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -22,7 +22,6 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from analytics.gate import GateRequest, evaluate
-from analytics.store import Store
 from shadowroute.config import Config
 from shadowroute.errors import StoreError
 from shadowroute.metrics import Metrics
@@ -73,7 +72,14 @@ def gate_request_from(params: dict[str, Any], cfg: Config) -> GateRequest:
     )
 
 
-def build_app(store: Store, cfg: Config, metrics: Metrics,
+class Queries(Protocol):
+    """What the API reads through: `Store`, or the blocking reads of `StoreProcess`."""
+
+    def query_table(self, query: str, params: Any = None, *, read_only_check: bool = False
+                    ) -> tuple[list[str], list[tuple[Any, ...]]]: ...
+
+
+def build_app(store: Queries, cfg: Config, metrics: Metrics,
               status: Callable[[], dict[str, Any]]) -> Starlette:
     async def healthz(request: Request) -> Response:
         st = status()

@@ -67,6 +67,10 @@ class StorageConfig:
     """How many bytes of a rejected record are kept in `rejected.raw`."""
     max_record_bytes: int = 1_048_576
     """Records larger than this are rejected without being parsed."""
+    writer: str = "process"
+    """Where the service runs DuckDB: `process` (a child process that owns the file, so DuckDB
+    never holds up the event loop; the default) or `thread` (a thread of the service's own
+    process: one process fewer, but every call in flight waits while DuckDB holds the GIL)."""
 
 
 @dataclass(frozen=True)
@@ -511,6 +515,9 @@ def _validate(cfg: Config) -> None:
     positive("kafka.max_batch_records", cfg.kafka.max_batch_records)
     positive("kafka.poll_timeout_ms", cfg.kafka.poll_timeout_ms)
     positive("storage.max_record_bytes", cfg.storage.max_record_bytes)
+    if cfg.storage.writer not in ("process", "thread"):
+        raise ConfigError("storage.writer",
+                          f"must be 'process' or 'thread', got {cfg.storage.writer!r}")
 
     positive("shadow.concurrency", cfg.shadow.concurrency)
     if not 0 <= cfg.server.port <= 65535:

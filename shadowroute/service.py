@@ -24,6 +24,7 @@ import uvicorn
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from analytics.store import Store
+from analytics.store_process import StoreProcess
 from consumers.ingest import IngestBatch, Ingestor
 from consumers.pipeline import IngestPipeline
 from consumers.records import RawMessage
@@ -88,6 +89,14 @@ class AsyncStore:
         self.store.close()
 
 
+def open_store(path: str | os.PathLike[str], writer: str = "process") -> AsyncStore | StoreProcess:
+    """The service's store: DuckDB in a child process (`storage.writer = "process"`) or on a
+    thread of this one (`"thread"`); the same interface either way."""
+    if writer == "process":
+        return StoreProcess(path)
+    return AsyncStore(Store(Path(path)))
+
+
 class _QuietServer(uvicorn.Server):
     """uvicorn without its own signal handlers: the service owns SIGINT/SIGTERM."""
 
@@ -133,7 +142,7 @@ class Service:
         one from the store's stored positions (the file source of `replay`)."""
         self.cfg = cfg
         self.metrics = Metrics()
-        self.store = AsyncStore(Store(cfg.storage.db_path))
+        self.store = open_store(cfg.storage.db_path, cfg.storage.writer)
         self.ingestor = Ingestor(cfg)
         if source_factory is not None:
             try:

@@ -13,13 +13,14 @@ import orjson
 import pytest
 
 from analytics.store import Store
+from analytics.store_process import StoreProcess
 from shadow.budget import Budget
 from shadow.client import ModelClient
 from shadow.http import PooledHttp
 from shadow.routers import build_routers
 from shadow.runner import SAMPLE_STATUSES, ShadowRunner
 from shadowroute.config import ModelConfig, RouterConfig
-from shadowroute.service import AsyncStore
+from shadowroute.service import AsyncStore, open_store
 from tests.support.model_server import ModelBehaviour, ModelServer, closed_port_url
 
 
@@ -48,7 +49,7 @@ def model(url: str, **kw: Any) -> ModelConfig:
                        max_tokens=16, timeout_s=5, **kw)
 
 
-async def finish(runner: ShadowRunner, task: asyncio.Task[None], store: AsyncStore,
+async def finish(runner: ShadowRunner, task: asyncio.Task[None], store: AsyncStore | StoreProcess,
                  timeout_s: float = 60) -> None:
     """Drain the runner until no sample is pending, then stop it."""
     async def idle() -> bool:
@@ -62,8 +63,8 @@ async def finish(runner: ShadowRunner, task: asyncio.Task[None], store: AsyncSto
 
 async def run_all(db: Path, models: Sequence[ModelConfig], *, budget: Budget | None = None,
                   max_queue: int | None = None, concurrency: int = 4, replay_tools: bool = False,
-                  **client_kw: Any) -> ShadowRunner:
-    store = AsyncStore(Store(db))
+                  writer: str = "thread", **client_kw: Any) -> ShadowRunner:
+    store = open_store(db, writer)
     try:
         async with PooledHttp() as http:
             clients = [ModelClient(m, http, budget=budget, backoff_s=0.01, **client_kw)
@@ -89,7 +90,12 @@ def answer(prompt: str) -> str:
     return str(int(prompt.split()[2]) + 1)
 
 
-def test_every_sample_ends_in_one_status_and_one_row_per_model(tmp_path: Path) -> None:
+WRITERS = pytest.mark.parametrize("writer", ["thread", "process"])  # storage.writer
+
+
+@WRITERS
+def test_every_sample_ends_in_one_status_and_one_row_per_model(tmp_path: Path, writer: str
+                                                                ) -> None:
     db = tmp_path / "s.duckdb"
     store = Store(db)
     add_samples(store, 6)
@@ -97,7 +103,8 @@ def test_every_sample_ends_in_one_status_and_one_row_per_model(tmp_path: Path) -
     store.close()
     with ModelServer(ModelBehaviour(answer=answer)) as ok, \
             ModelServer(ModelBehaviour(fail_next=[400] * 100)) as bad:
-        asyncio.run(run_all(db, [model(ok.url), ModelConfig(name="broken", base_url=bad.url)]))
+        asyncio.run(run_all(db, [model(ok.url), ModelConfig(name="broken", base_url=bad.url)],
+                            writer=writer))
     statuses = dict(q(db, "SELECT sample_id, status FROM samples"))
     assert set(statuses.values()) <= set(SAMPLE_STATUSES)
     assert [statuses[f"s{i:04d}"] for i in range(6)] == ["done"] * 6
@@ -160,14 +167,16 @@ def test_backlog_above_max_queue_sheds_the_newest(tmp_path: Path) -> None:
     assert q(db, "SELECT DISTINCT n_stratum, n_samples FROM sample_outcomes") == [(40, 10)]
 
 
-def test_a_restart_resumes_pending_samples_and_writes_each_result_once(tmp_path: Path) -> None:
+@WRITERS
+def test_a_restart_resumes_pending_samples_and_writes_each_result_once(tmp_path: Path,
+                                                                       writer: str) -> None:
     db = tmp_path / "s.duckdb"
     store = Store(db)
     add_samples(store, 30)
     store.close()
     with ModelServer(ModelBehaviour(answer=answer, delay_s=0.05)) as ms:
         async def interrupted() -> None:
-            st = AsyncStore(Store(db))
+            st = open_store(db, writer)
             async with PooledHttp() as http:
                 runner = ShadowRunner(st, [], [ModelClient(model(ms.url), http)], concurrency=3,
                                       flush_every_s=0.05)
@@ -181,7 +190,7 @@ def test_a_restart_resumes_pending_samples_and_writes_each_result_once(tmp_path:
 
         asyncio.run(interrupted())
         assert 5 <= q(db, "SELECT count(*) FROM samples WHERE status = 'done'")[0][0] < 30
-        asyncio.run(run_all(db, [model(ms.url)]))
+        asyncio.run(run_all(db, [model(ms.url)], writer=writer))
     assert q(db, "SELECT count(*) FROM samples WHERE status = 'done'") == [(30,)]
     assert q(db, "SELECT count(*), count(DISTINCT (sample_id, model)) FROM shadow_calls") == [(30, 30)]
 

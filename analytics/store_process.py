@@ -1,0 +1,388 @@
+"""The store in a child process: DuckDB's work off the event loop's GIL.
+
+`AsyncStore` runs DuckDB on a thread of the service's process. That thread shares the GIL with
+the event loop, and DuckDB's Python binding takes the GIL back between the steps of every
+statement: each hand-over can hold the loop for up to the 5 ms switch interval, and every call
+in flight waits it out (the shadow stage measured ~0.9 ms of overhead per call with no store,
+2-8 ms with the store on a thread; docs/architecture.md). `StoreProcess` has the same interface,
+but the `Store` lives in a child process that owns the DuckDB file; the event loop only pickles
+requests onto a socket and reads the answers.
+
+Two socket pairs join the processes:
+
+- the *async* channel carries the stages' calls (`write_ingest`, `pending`, `write`, `shed`,
+  ...) from the event loop; the child runs them one at a time, in the order sent, and answers
+  in that order (as the single writer thread of `AsyncStore` did);
+- the *sync* channel carries the blocking reads that run outside the loop or before it: the
+  stored Kafka positions, the HTTP API's `/v1/sql` and `/v1/verdict` queries (which run on a
+  cursor in the child, beside the writes), `close`.
+
+The child exits when told to close or when the parent goes away (its sockets reach EOF), and
+closes the DuckDB file either way, so a crashed service never leaves the file locked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import pickle
+import queue
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+from collections import deque
+from collections.abc import Collection, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from shadowroute.errors import StoreError
+
+HEADER = struct.Struct("!Q")  # payload length
+START_TIMEOUT_S = 120.0  # opening a large file replays its write-ahead log first
+CLOSE_TIMEOUT_S = 120.0  # closing checkpoints the write-ahead log into the file
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _send(sock: socket.socket, obj: Any) -> None:
+    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    sock.sendall(HEADER.pack(len(data)))
+    sock.sendall(data)
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes | None:
+    buf = bytearray(n)
+    view, got = memoryview(buf), 0
+    while got < n:
+        k = sock.recv_into(view[got:])
+        if not k:
+            return None
+        got += k
+    return bytes(buf)
+
+
+def _recv(sock: socket.socket) -> Any:
+    """The next message, or None at EOF."""
+    head = _recv_exact(sock, HEADER.size)
+    if head is None:
+        return None
+    data = _recv_exact(sock, HEADER.unpack(head)[0])
+    return None if data is None else pickle.loads(data)
+
+
+def _portable(e: BaseException) -> BaseException:
+    """`e` if it survives pickling (so the parent sees the same error type), else a StoreError
+    that carries its type and message."""
+    try:
+        pickle.loads(pickle.dumps(e))
+        return e
+    except Exception:
+        return StoreError(f"{type(e).__name__}: {e}")
+
+
+# -- the child --------------------------------------------------------------------------------
+class _Served:
+    """What the child runs for each request name. Only these names are accepted."""
+
+    def __init__(self, path: str) -> None:
+        from analytics.store import Store
+
+        self.store = Store(path)
+
+    def write_ingest(self, batch: Any) -> int:
+        return self.store.write_ingest(batch)
+
+    def pending(self, limit: int, exclude: Sequence[str]) -> list[dict[str, Any]]:
+        return self.store.pending_samples(limit, exclude)
+
+    def write(self, results: Sequence[Any]) -> None:
+        from shadow.runner import results_to_frames
+
+        self.store.write_results(results_to_frames(results))
+
+    def shed(self, keep: int, reason: str) -> tuple[int, int]:
+        return self.store.shed_pending(keep, reason)
+
+    def recent_shadow_spend(self) -> list[tuple[float, float]]:
+        return self.store.recent_shadow_spend()
+
+    def counts(self) -> dict[str, Any]:
+        return self.store.counts()
+
+    def stored_offsets(self) -> dict[tuple[str, int], int]:
+        return self.store.stored_offsets()
+
+    def fetch(self, query: str, params: Any = None) -> list[tuple[Any, ...]]:
+        return self.store.fetch(query, params)
+
+    def query_table(self, query: str, params: Any = None, read_only_check: bool = False
+                    ) -> tuple[list[str], list[tuple[Any, ...]]]:
+        return self.store.query_table(query, params, read_only_check=read_only_check)
+
+
+ASYNC_CALLS = frozenset({"write_ingest", "pending", "write", "shed", "recent_shadow_spend",
+                         "counts"})
+SYNC_CALLS = frozenset({"stored_offsets", "fetch", "query_table", "counts"})
+_CLOSE = ("close", ())
+
+
+def _answer(served: _Served, names: frozenset[str], request: Any) -> tuple[str, Any]:
+    try:
+        name, args = request
+        if name not in names:
+            raise StoreError(f"the store process does not serve {name!r}")
+        return "ok", getattr(served, name)(*args)
+    except Exception as e:
+        return "err", _portable(e)
+
+
+def serve(path: str, async_fd: int, sync_fd: int) -> int:
+    """The child's main: open the store, answer both channels until closed or orphaned."""
+    # Ctrl-C reaches the whole process group and systemd signals every process of the unit:
+    # the child outlives such signals so the service can write its last results and close it.
+    # It ends when told to, or when the service is gone.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    a = socket.socket(fileno=async_fd)
+    b = socket.socket(fileno=sync_fd)
+    try:
+        served = _Served(path)
+    except Exception as e:
+        _send(b, ("err", _portable(e)))
+        return 1
+    _send(b, ("ok", os.getpid()))
+    # Async requests and `close` meet in one queue, so `close` runs after everything sent before
+    # it and the file is closed by the thread that writes it.
+    work: queue.Queue[tuple[str, Any] | None] = queue.Queue()
+
+    def read_async() -> None:
+        while (req := _recv(a)) is not None:
+            work.put(req)
+        work.put(None)  # the parent went away
+
+    def serve_sync() -> None:
+        while (req := _recv(b)) is not None:
+            if req == _CLOSE:
+                work.put(_CLOSE)
+                return
+            _send(b, _answer(served, SYNC_CALLS, req))
+        work.put(None)
+
+    threading.Thread(target=read_async, daemon=True, name="store-async").start()
+    threading.Thread(target=serve_sync, daemon=True, name="store-sync").start()
+    try:
+        while (req := work.get()) is not None:
+            if req == _CLOSE:
+                break
+            reply = _answer(served, ASYNC_CALLS, req)
+            try:
+                _send(a, reply)
+            except OSError:
+                break  # the parent went away
+    finally:
+        served.store.close()
+    if req == _CLOSE:
+        _send(b, ("ok", None))
+    return 0
+
+
+# -- the parent -------------------------------------------------------------------------------
+class StoreProcess:
+    """`AsyncStore`'s interface, with the `Store` in a child process (see the module docstring).
+    `store` offers the blocking reads (`query_table`, `fetch`, `stored_offsets`, `counts`) for
+    code that runs outside the event loop, as `AsyncStore.store` does."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        a_parent, a_child = socket.socketpair()
+        b_parent, b_child = socket.socketpair()
+        env = dict(os.environ)
+        # The child imports this package, installed or not (benchmarks run from the checkout).
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(PACKAGE_ROOT), env.get("PYTHONPATH", "")) if p)
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "analytics.store_process", str(self.path),
+                 str(a_child.fileno()), str(b_child.fileno())],
+                pass_fds=(a_child.fileno(), b_child.fileno()), env=env, stdin=subprocess.DEVNULL)
+        finally:
+            a_child.close()
+            b_child.close()
+        self._async_sock = a_parent
+        self._sync_sock = b_parent
+        self._sync_lock = threading.Lock()
+        self._writer: asyncio.StreamWriter | None = None
+        self._reader_task: asyncio.Task[None] | None = None
+        self._waiting: deque[asyncio.Future[Any]] = deque()
+        self._connect_lock: asyncio.Lock | None = None
+        self._broken: str | None = None
+        self._closed = False
+        b_parent.settimeout(START_TIMEOUT_S)
+        try:
+            hello = _recv(b_parent)
+        except (TimeoutError, OSError) as e:
+            self._abandon()
+            raise StoreError(f"the store process for {self.path} did not start: {e}") from None
+        b_parent.settimeout(None)
+        if hello is None:
+            code = self._abandon()
+            raise StoreError(f"the store process for {self.path} exited at start (code {code})")
+        if hello[0] == "err":
+            self._abandon()
+            raise hello[1]
+        self.store = _SyncReads(self)
+
+    # -- blocking channel ---------------------------------------------------------------------
+    def _call_sync(self, name: str, *args: Any) -> Any:
+        with self._sync_lock:
+            if self._closed:
+                raise StoreError(f"the store for {self.path} is closed")
+            try:
+                _send(self._sync_sock, (name, args))
+                reply = _recv(self._sync_sock)
+            except OSError as e:
+                raise self._gone(str(e)) from None
+        if reply is None:
+            raise self._gone("connection closed")
+        kind, value = reply
+        if kind == "err":
+            raise value
+        return value
+
+    def _gone(self, why: str) -> StoreError:
+        code = self.proc.poll()
+        state = f"exited with code {code}" if code is not None else f"stopped answering ({why})"
+        self._broken = f"the store process for {self.path} {state}"
+        return StoreError(self._broken)
+
+    # -- event-loop channel -------------------------------------------------------------------
+    async def _connect(self) -> asyncio.StreamWriter:
+        if self._connect_lock is None:
+            self._connect_lock = asyncio.Lock()
+        async with self._connect_lock:
+            if self._writer is None:
+                reader, writer = await asyncio.open_connection(sock=self._async_sock)
+                self._reader_task = asyncio.create_task(self._read_answers(reader))
+                self._writer = writer
+        return self._writer
+
+    async def _read_answers(self, reader: asyncio.StreamReader) -> None:
+        try:
+            while True:
+                head = await reader.readexactly(HEADER.size)
+                data = await reader.readexactly(HEADER.unpack(head)[0])
+                kind, value = pickle.loads(data)
+                fut = self._waiting.popleft()
+                if fut.done():
+                    continue  # its caller was cancelled; the child did the work anyway
+                if kind == "ok":
+                    fut.set_result(value)
+                else:
+                    fut.set_exception(value)
+        except (asyncio.IncompleteReadError, ConnectionError, OSError) as e:
+            err = self._gone(str(e) or "connection closed")
+            while self._waiting:
+                fut = self._waiting.popleft()
+                if not fut.done():
+                    fut.set_exception(err)
+
+    async def _call(self, name: str, *args: Any) -> Any:
+        if self._broken:
+            raise StoreError(self._broken)
+        if self._closed:
+            raise StoreError(f"the store for {self.path} is closed")
+        writer = await self._connect()
+        # Pickled here, on the event loop: ~1-2 us a result, cheaper than a thread's GIL share.
+        data = pickle.dumps((name, args), protocol=pickle.HIGHEST_PROTOCOL)
+        if self._broken:  # the answer reader has stopped: nobody would answer this call
+            raise StoreError(self._broken)
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._waiting.append(fut)
+        try:
+            writer.write(HEADER.pack(len(data)))
+            writer.write(data)
+            await writer.drain()
+        except (ConnectionError, OSError) as e:
+            with contextlib.suppress(ValueError):
+                self._waiting.remove(fut)
+            if not fut.cancel() and not fut.cancelled():
+                fut.exception()  # failed by the answer reader already: retrieved here
+            raise self._gone(str(e) or "connection lost") from None
+        return await fut
+
+    async def write_ingest(self, batch: Any) -> int:
+        return int(await self._call("write_ingest", batch))
+
+    async def pending(self, limit: int, exclude: Collection[str] = ()) -> list[dict[str, Any]]:
+        return await self._call("pending", limit, list(exclude))  # type: ignore[no-any-return]
+
+    async def write(self, results: Sequence[Any]) -> None:
+        await self._call("write", list(results))
+
+    async def shed(self, keep: int, reason: str) -> tuple[int, int]:
+        return await self._call("shed", keep, reason)  # type: ignore[no-any-return]
+
+    async def recent_shadow_spend(self) -> list[tuple[float, float]]:
+        return await self._call("recent_shadow_spend")  # type: ignore[no-any-return]
+
+    async def counts(self) -> dict[str, Any]:
+        return await self._call("counts")  # type: ignore[no-any-return]
+
+    # -- lifetime -----------------------------------------------------------------------------
+    def close(self) -> None:
+        """Close the DuckDB file (after every request sent before) and wait for the child."""
+        with self._sync_lock:
+            if self._closed:
+                return
+            self._closed = True
+            try:
+                _send(self._sync_sock, _CLOSE)
+                self._sync_sock.settimeout(CLOSE_TIMEOUT_S)
+                _recv(self._sync_sock)
+            except OSError:
+                pass  # already gone: nothing left to close
+        self._abandon()
+
+    def _abandon(self) -> int | None:
+        """Close our ends and reap the child (it exits at EOF, closing the file)."""
+        if self._writer is not None:
+            with contextlib.suppress(RuntimeError):  # its event loop has already closed
+                self._writer.close()
+        if self._reader_task is not None and not self._reader_task.done():
+            self._reader_task.cancel()
+        self._async_sock.close()
+        self._sync_sock.close()
+        try:
+            return self.proc.wait(CLOSE_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+
+
+class _SyncReads:
+    """Blocking reads through the child, for threads and for code outside the event loop."""
+
+    def __init__(self, owner: StoreProcess) -> None:
+        self._owner = owner
+
+    def stored_offsets(self) -> dict[tuple[str, int], int]:
+        return self._owner._call_sync("stored_offsets")  # type: ignore[no-any-return]
+
+    def fetch(self, query: str, params: Mapping[str, Any] | Sequence[Any] | None = None
+              ) -> list[tuple[Any, ...]]:
+        return self._owner._call_sync("fetch", query, params)  # type: ignore[no-any-return]
+
+    def query_table(self, query: str, params: Mapping[str, Any] | Sequence[Any] | None = None,
+                    *, read_only_check: bool = False) -> tuple[list[str], list[tuple[Any, ...]]]:
+        return self._owner._call_sync(  # type: ignore[no-any-return]
+            "query_table", query, params, read_only_check)
+
+    def counts(self) -> dict[str, Any]:
+        return self._owner._call_sync("counts")  # type: ignore[no-any-return]
+
+
+if __name__ == "__main__":
+    sys.exit(serve(sys.argv[1], int(sys.argv[2]), int(sys.argv[3])))

@@ -1,0 +1,184 @@
+"""StoreProcess: the DuckDB store in a real child process, over real sockets and a real file."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from analytics.store import Store
+from analytics.store_process import StoreProcess
+from shadow.client import CallResult
+from shadow.runner import SampleResult
+from shadowroute.errors import StoreError, StoreLockedError
+from tests.shadow.test_runner import add_samples
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def running(pid: int) -> bool:
+    """Whether `pid` is a live process (an exited one nobody has reaped yet is a zombie)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def filled(tmp_path: Path, n: int) -> Path:
+    db = tmp_path / "s.duckdb"
+    store = Store(db)
+    add_samples(store, n)
+    store.close()
+    return db
+
+
+def done(sample_id: str) -> SampleResult:
+    return SampleResult(sample_id, "done", calls=[CallResult(
+        model="cheap", answer="1", input_tokens=3, cached_input_tokens=0, output_tokens=1,
+        cost_usd=1e-6, latency_ms=5.0, error=None, attempts=1, deployment="cheap#0",
+        spend_usd=1e-6)], scores=[("cheap", "exact_match", 1.0)])
+
+
+def test_calls_from_the_loop_answer_in_order_and_writes_land(tmp_path: Path) -> None:
+    db = filled(tmp_path, 30)
+    st = StoreProcess(db)
+    try:
+        async def main() -> None:
+            # Many calls in flight at once: each gets its own answer back, not a neighbour's.
+            limits = [i % 40 for i in range(200)]
+            got = await asyncio.gather(*(st.pending(k) for k in limits))
+            assert [len(rows) for rows in got] == [min(k, 30) for k in limits]
+            await st.write([done("s0000"), done("s0001")])
+            assert (await st.counts())["done"] == 2
+            rows = await st.pending(100, exclude=["s0002"])
+            assert {r["sample_id"] for r in rows} == {f"s{i:04d}" for i in range(3, 30)}
+            assert await st.shed(20, "test") == (28, 8)
+
+        asyncio.run(main())
+        # The blocking reads see the same file, through the child.
+        assert st.store.fetch("SELECT count(*) FROM shadow_calls") == [(2,)]
+        cols, rows = st.store.query_table("SELECT status, count(*) n FROM samples GROUP BY ALL "
+                                          "ORDER BY 1")
+        assert (cols, rows) == (["status", "n"], [("done", 2), ("pending", 20),
+                                                   ("skipped_shed", 8)])
+    finally:
+        st.close()
+    assert st.proc.returncode == 0
+    con = duckdb.connect(str(db))  # closed: the file is free again
+    assert con.execute("SELECT count(*) FROM shadow_calls").fetchall() == [(2,)]
+    con.close()
+
+
+def test_errors_come_back_as_errors_and_the_store_goes_on(tmp_path: Path) -> None:
+    st = StoreProcess(filled(tmp_path, 3))
+    try:
+        with pytest.raises(StoreError, match="only read-only statements"):
+            st.store.query_table("DELETE FROM samples", read_only_check=True)
+        with pytest.raises(StoreError, match="no_such_table"):
+            st.store.query_table("SELECT * FROM no_such_table")
+
+        async def main() -> None:
+            with pytest.raises(AttributeError):
+                await st.write(["not a result"])  # type: ignore[list-item]
+            assert (await st.counts())["pending"] == 3
+
+        asyncio.run(main())
+        assert st.store.counts()["pending"] == 3
+    finally:
+        st.close()
+
+
+def test_signals_for_the_service_leave_its_store_working(tmp_path: Path) -> None:
+    # Ctrl-C signals the whole process group, systemd every process of the unit: the service
+    # handles them and still needs its store to write the last results.
+    st = StoreProcess(filled(tmp_path, 2))
+    try:
+        st.store.counts()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            os.kill(st.proc.pid, sig)
+        time.sleep(0.3)
+        assert st.proc.poll() is None
+
+        async def main() -> None:
+            await st.write([done("s0000")])
+            assert (await st.counts())["done"] == 1
+
+        asyncio.run(main())
+    finally:
+        st.close()
+    assert st.proc.returncode == 0
+
+
+def test_a_held_file_is_refused_plainly_and_leaves_no_process(tmp_path: Path) -> None:
+    db = filled(tmp_path, 1)
+    first = StoreProcess(db)
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(StoreLockedError, match="held by another process"):
+            StoreProcess(db)
+        assert time.monotonic() - t0 < 30
+        assert first.store.counts()["pending"] == 1  # the holder is undisturbed
+    finally:
+        first.close()
+    # No child left behind holding anything: the file opens read-write again.
+    Store(db).close()
+
+
+def test_a_dead_store_process_fails_calls_at_once(tmp_path: Path) -> None:
+    st = StoreProcess(filled(tmp_path, 2))
+    try:
+        async def main() -> None:
+            assert (await st.counts())["pending"] == 2
+            os.kill(st.proc.pid, signal.SIGKILL)
+            st.proc.wait(10)
+            with pytest.raises(StoreError, match=r"exited with code -9"):
+                await asyncio.wait_for(st.counts(), 10)
+            with pytest.raises(StoreError, match=r"exited with code -9"):
+                await asyncio.wait_for(st.pending(5), 10)
+
+        asyncio.run(main())
+        with pytest.raises(StoreError, match="exited with code -9"):
+            st.store.counts()
+    finally:
+        st.close()
+
+
+def test_the_file_is_released_when_the_service_process_dies(tmp_path: Path) -> None:
+    db = filled(tmp_path, 2)
+    service = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import sys, time
+        from analytics.store_process import StoreProcess
+        st = StoreProcess({str(db)!r})
+        print(st.proc.pid, flush=True)
+        time.sleep(600)
+        """)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert service.stdout is not None
+        child = int(service.stdout.readline())
+        with pytest.raises(StoreLockedError):
+            Store(db)
+        service.kill()  # no close, no cleanup: as a crash
+        service.wait(10)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                Store(db).close()
+                break
+            except StoreLockedError:
+                assert time.monotonic() < deadline, "the orphaned store process kept the file"
+                time.sleep(0.1)
+        while running(child):  # and it has exited, not just let go
+            assert time.monotonic() < deadline, "the orphaned store process is still running"
+            time.sleep(0.1)
+    finally:
+        service.kill()
+        service.wait(10)
