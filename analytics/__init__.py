@@ -2,5 +2,6 @@
 
 from analytics.gate import EXIT_CODES, GateRequest, evaluate
 from analytics.store import Store
+from analytics.store_process import StoreProcess
 
-__all__ = ["EXIT_CODES", "GateRequest", "Store", "evaluate"]
+__all__ = ["EXIT_CODES", "GateRequest", "Store", "StoreProcess", "evaluate"]

@@ -1,7 +1,8 @@
 """The DuckDB store: one file, one writer.
 
-DuckDB lets one process hold a database file for writing. The service opens it read-write and
-every write goes through this object on one thread; other processes open it read-only when the
+DuckDB lets one process hold a database file for writing. The service opens it read-write (in
+its store process, `analytics.store_process`, or on a thread) and every write goes through this
+object, one at a time; other processes open it read-only when the
 service is not running, or ask the service's local HTTP API (`/v1/sql`, `/v1/verdict`) when it
 is (see `shadowroute.client`). Batches are handed to DuckDB as Arrow tables, never row by row.
 """

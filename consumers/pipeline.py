@@ -1,7 +1,8 @@
 """The ingest pipeline: fetch -> decode -> persist, with the stages overlapped.
 
-Fetching and decoding the next batch runs while the previous one is written: DuckDB releases
-the GIL while it inserts and commits, so on two cores the stages overlap. When the writer falls
+Fetching and decoding the next batch runs while the previous one is written: the write runs in
+the store's own process by default (`storage.writer = "process"`), or on a thread while DuckDB
+releases the GIL, so on two cores the stages overlap. When the writer falls
 behind, the batches waiting for it are merged into one transaction, so the fixed cost of a
 transaction (registering frames, commit) is spread over more records exactly when it matters.
 Offsets are committed to the source only after the transaction that holds them.

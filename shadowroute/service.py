@@ -54,7 +54,9 @@ class Source(Protocol):
 
 
 class AsyncStore:
-    """The store seen from the event loop: every write on one dedicated thread, in order."""
+    """The store seen from the event loop: every write on one dedicated thread of this process,
+    in order (`storage.writer = "thread"`; the default runs DuckDB in a child process,
+    `analytics.store_process.StoreProcess`, with the same interface)."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
