@@ -28,7 +28,11 @@ FETCH_CHUNK = 128  # rows per fetch of pending samples; see `pending_samples`
 
 def open_connection(path: str | Path, *, read_only: bool) -> duckdb.DuckDBPyConnection:
     try:
-        return duckdb.connect(str(path), read_only=read_only)
+        con = duckdb.connect(str(path), read_only=read_only)
+        # DuckDB draws a progress bar on the terminal for queries over ~2 s: not from a service
+        # (or its store process), and not into the output of `shadowroute sql`.
+        con.execute("SET enable_progress_bar = false")
+        return con
     except duckdb.IOException as e:
         msg = str(e)
         if "lock" in msg.lower():

@@ -8,14 +8,16 @@ in flight waits it out (the shadow stage measured ~0.9 ms of overhead per call w
 but the `Store` lives in a child process that owns the DuckDB file; the event loop only pickles
 requests onto a socket and reads the answers.
 
-Two socket pairs join the processes:
+Three socket pairs join the processes:
 
 - the *async* channel carries the stages' calls (`write_ingest`, `pending`, `write`, `shed`,
   ...) from the event loop; the child runs them one at a time, in the order sent, and answers
   in that order (as the single writer thread of `AsyncStore` did);
-- the *sync* channel carries the blocking reads that run outside the loop or before it: the
-  stored Kafka positions, the HTTP API's `/v1/sql` and `/v1/verdict` queries (which run on a
-  cursor in the child, beside the writes), `close`.
+- the *control* channel carries short blocking calls: the stored Kafka positions (read when
+  partitions are assigned, on the event loop), counts, `close`;
+- the *queries* channel carries the HTTP API's `/v1/sql` and `/v1/verdict` queries, which run on
+  a cursor in the child beside the writes. A channel of their own, so that a person's long query
+  never holds up the positions the consumer waits for.
 
 The child exits when told to close or when the parent goes away (its sockets reach EOF), and
 closes the DuckDB file either way, so a crashed service never leaves the file locked.
@@ -125,8 +127,10 @@ class _Served:
 
 ASYNC_CALLS = frozenset({"write_ingest", "pending", "write", "shed", "recent_shadow_spend",
                          "counts"})
-SYNC_CALLS = frozenset({"stored_offsets", "fetch", "query_table", "counts"})
+CONTROL_CALLS = frozenset({"stored_offsets", "fetch", "counts"})
+QUERY_CALLS = frozenset({"query_table"})
 _CLOSE = ("close", ())
+_CLOSE_CONTROL = ("close from the control channel", ())  # the child's own marker
 
 
 def _answer(served: _Served, names: frozenset[str], request: Any) -> tuple[str, Any]:
@@ -139,7 +143,7 @@ def _answer(served: _Served, names: frozenset[str], request: Any) -> tuple[str, 
         return "err", _portable(e)
 
 
-def serve(path: str, async_fd: int, sync_fd: int) -> int:
+def serve(path: str, async_fd: int, control_fd: int, queries_fd: int) -> int:
     """The child's main: open the store, answer both channels until closed or orphaned."""
     # Ctrl-C reaches the whole process group and systemd signals every process of the unit:
     # the child outlives such signals so the service can write its last results and close it.
@@ -147,7 +151,8 @@ def serve(path: str, async_fd: int, sync_fd: int) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     a = socket.socket(fileno=async_fd)
-    b = socket.socket(fileno=sync_fd)
+    b = socket.socket(fileno=control_fd)
+    c = socket.socket(fileno=queries_fd)
     try:
         served = _Served(path)
     except Exception as e:
@@ -161,21 +166,30 @@ def serve(path: str, async_fd: int, sync_fd: int) -> int:
     def read_async() -> None:
         while (req := _recv(a)) is not None:
             work.put(req)
+            if req == _CLOSE:
+                return
         work.put(None)  # the parent went away
 
-    def serve_sync() -> None:
+    def serve_control() -> None:
         while (req := _recv(b)) is not None:
             if req == _CLOSE:
-                work.put(_CLOSE)
+                work.put(_CLOSE_CONTROL)
                 return
-            _send(b, _answer(served, SYNC_CALLS, req))
+            _send(b, _answer(served, CONTROL_CALLS, req))
         work.put(None)
 
+    def serve_queries() -> None:
+        while (req := _recv(c)) is not None:
+            _send(c, _answer(served, QUERY_CALLS, req))
+
     threading.Thread(target=read_async, daemon=True, name="store-async").start()
-    threading.Thread(target=serve_sync, daemon=True, name="store-sync").start()
+    threading.Thread(target=serve_control, daemon=True, name="store-control").start()
+    threading.Thread(target=serve_queries, daemon=True, name="store-queries").start()
+    closer = None
     try:
         while (req := work.get()) is not None:
-            if req == _CLOSE:
+            if req in (_CLOSE, _CLOSE_CONTROL):
+                closer = a if req == _CLOSE else b
                 break
             reply = _answer(served, ASYNC_CALLS, req)
             try:
@@ -184,8 +198,9 @@ def serve(path: str, async_fd: int, sync_fd: int) -> int:
                 break  # the parent went away
     finally:
         served.store.close()
-    if req == _CLOSE:
-        _send(b, ("ok", None))
+    if closer is not None:
+        with contextlib.suppress(OSError):
+            _send(closer, ("ok", None))
     return 0
 
 
@@ -199,6 +214,7 @@ class StoreProcess:
         self.path = Path(path)
         a_parent, a_child = socket.socketpair()
         b_parent, b_child = socket.socketpair()
+        c_parent, c_child = socket.socketpair()
         env = dict(os.environ)
         # The child imports this package, installed or not (benchmarks run from the checkout).
         env["PYTHONPATH"] = os.pathsep.join(
@@ -206,14 +222,17 @@ class StoreProcess:
         try:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "analytics.store_process", str(self.path),
-                 str(a_child.fileno()), str(b_child.fileno())],
-                pass_fds=(a_child.fileno(), b_child.fileno()), env=env, stdin=subprocess.DEVNULL)
+                 *(str(x.fileno()) for x in (a_child, b_child, c_child))],
+                pass_fds=tuple(x.fileno() for x in (a_child, b_child, c_child)), env=env,
+                stdin=subprocess.DEVNULL)
         finally:
-            a_child.close()
-            b_child.close()
+            for x in (a_child, b_child, c_child):
+                x.close()
         self._async_sock = a_parent
-        self._sync_sock = b_parent
+        self._sync_sock = b_parent  # control
         self._sync_lock = threading.Lock()
+        self._queries_sock = c_parent
+        self._queries_lock = threading.Lock()
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None
         self._waiting: deque[asyncio.Future[Any]] = deque()
@@ -237,12 +256,14 @@ class StoreProcess:
 
     # -- blocking channel ---------------------------------------------------------------------
     def _call_sync(self, name: str, *args: Any) -> Any:
-        with self._sync_lock:
+        query = name in QUERY_CALLS
+        sock = self._queries_sock if query else self._sync_sock
+        with self._queries_lock if query else self._sync_lock:
             if self._closed:
                 raise StoreError(f"the store for {self.path} is closed")
             try:
-                _send(self._sync_sock, (name, args))
-                reply = _recv(self._sync_sock)
+                _send(sock, (name, args))
+                reply = _recv(sock)
             except OSError as e:
                 raise self._gone(str(e)) from None
         if reply is None:
@@ -289,11 +310,11 @@ class StoreProcess:
                 if not fut.done():
                     fut.set_exception(err)
 
-    async def _call(self, name: str, *args: Any) -> Any:
+    async def _call(self, name: str, *args: Any, closing: bool = False) -> Any:
+        if self._closed and not closing:
+            raise StoreError(f"the store for {self.path} is closed")
         if self._broken:
             raise StoreError(self._broken)
-        if self._closed:
-            raise StoreError(f"the store for {self.path} is closed")
         writer = await self._connect()
         # Pickled here, on the event loop: ~1-2 us a result, cheaper than a thread's GIL share.
         data = pickle.dumps((name, args), protocol=pickle.HIGHEST_PROTOCOL)
@@ -332,8 +353,27 @@ class StoreProcess:
         return await self._call("counts")  # type: ignore[no-any-return]
 
     # -- lifetime -----------------------------------------------------------------------------
+    async def aclose(self) -> None:
+        """Close the DuckDB file after every call sent before from the event loop, their answers
+        delivered first, and wait for the child (without blocking the loop)."""
+        if self._closed:
+            return
+        if self._writer is None or self._broken:
+            self.close()  # nothing was sent from the loop: the control channel will do
+            return
+        self._closed = True
+        try:
+            with contextlib.suppress(StoreError):  # died meanwhile: nothing left to close
+                await self._call(_CLOSE[0], closing=True)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                await asyncio.to_thread(self.proc.wait, CLOSE_TIMEOUT_S)
+        finally:
+            self._abandon()  # also when cancelled: at EOF the child closes the file and exits
+
     def close(self) -> None:
-        """Close the DuckDB file (after every request sent before) and wait for the child."""
+        """Close the DuckDB file (after every request sent before) and wait for the child. From
+        the event loop, prefer `aclose`: this one cannot deliver the answers of calls still in
+        flight (they fail)."""
         with self._sync_lock:
             if self._closed:
                 return
@@ -353,8 +393,14 @@ class StoreProcess:
                 self._writer.close()
         if self._reader_task is not None and not self._reader_task.done():
             self._reader_task.cancel()
+        while self._waiting:
+            fut = self._waiting.popleft()
+            if not fut.done():
+                fut.set_exception(StoreError(f"the store for {self.path} is closed"))
+                fut.exception()  # retrieved: a caller may have gone away already
         self._async_sock.close()
         self._sync_sock.close()
+        self._queries_sock.close()
         try:
             return self.proc.wait(CLOSE_TIMEOUT_S)
         except subprocess.TimeoutExpired:
@@ -385,4 +431,4 @@ class _SyncReads:
 
 
 if __name__ == "__main__":
-    sys.exit(serve(sys.argv[1], int(sys.argv[2]), int(sys.argv[3])))
+    sys.exit(serve(sys.argv[1], *(int(fd) for fd in sys.argv[2:5])))

@@ -23,6 +23,7 @@ from analytics.gate import GateRequest, evaluate
 from analytics.store import Store
 from shadowroute.broker import Broker
 from shadowroute.config import Config, load_config
+from shadowroute.errors import StoreError
 from shadowroute.traffic import FRONTIER, SCORER_BY_TASK, TrafficGenerator
 
 TOPIC = "demo-llm-logs"
@@ -152,7 +153,10 @@ async def _run_service(cfg: Config, n: int, console: Console) -> None:
             shadow = progress.add_task("shadow samples scored", total=None, info="")
             while not task.done():
                 await asyncio.sleep(0.5)
-                c = await svc.store.counts()
+                try:
+                    c = await svc.store.counts()
+                except StoreError:  # the service is closing its store: it is ending (see below)
+                    continue
                 progress.update(consumed, completed=min(svc.consumed, n),
                                 info=f"{c['rejected']} rejected")
                 finished = c["done"] + c["skipped"]

@@ -11,6 +11,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from consumers.file_source import FileSource
 from shadowroute.config import Config
+from shadowroute.errors import StoreError
 
 
 def run_replay(cfg: Config, make_source: Callable[[Callable[[], dict[tuple[str, int], int]]],
@@ -36,7 +37,10 @@ async def _replay(cfg: Config, make_source: Any, console: Console) -> dict[str, 
         shadow = progress.add_task("shadow samples scored", total=None, info="")
         while not task.done():
             await asyncio.wait({task}, timeout=0.5)
-            c = await svc.store.counts() if not task.done() else None
+            try:
+                c = await svc.store.counts() if not task.done() else None
+            except StoreError:  # the service is closing its store: it is ending
+                c = None
             progress.update(read, completed=source.read,
                             info=f"{source.resumed:,} already stored" if source.resumed else "")
             if c:

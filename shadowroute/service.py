@@ -90,6 +90,9 @@ class AsyncStore:
         self.pool.shutdown(wait=True)
         self.store.close()
 
+    async def aclose(self) -> None:
+        self.close()
+
 
 def open_store(path: str | os.PathLike[str], writer: str = "process") -> AsyncStore | StoreProcess:
     """The service's store: DuckDB in a child process (`storage.writer = "process"`) or on a
@@ -279,7 +282,7 @@ class Service:
             await self.source.start()
         except BaseException:
             await self.http.aclose()
-            self.store.close()
+            await self.store.aclose()
             if install_signals:
                 for sig in (signal.SIGINT, signal.SIGTERM):
                     loop.remove_signal_handler(sig)
@@ -324,7 +327,7 @@ class Service:
             await asyncio.gather(server_task, return_exceptions=True)
             service_file(self.cfg.storage.db_path).unlink(missing_ok=True)
             await self.http.aclose()
-            self.store.close()
+            await self.store.aclose()
             if install_signals:
                 for sig in (signal.SIGINT, signal.SIGTERM):
                     loop.remove_signal_handler(sig)

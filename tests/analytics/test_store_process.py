@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -78,6 +79,26 @@ def test_calls_from_the_loop_answer_in_order_and_writes_land(tmp_path: Path) -> 
     con.close()
 
 
+def test_aclose_answers_the_calls_sent_before_it(tmp_path: Path) -> None:
+    db = filled(tmp_path, 6)
+
+    async def main() -> None:
+        st = StoreProcess(db)
+        assert (await st.counts())["pending"] == 6
+        calls = [asyncio.ensure_future(st.write([done(f"s{i:04d}")])) for i in range(5)]
+        last = asyncio.ensure_future(st.counts())
+        await asyncio.sleep(0)  # all six are sent
+        await st.aclose()
+        await asyncio.gather(*calls)
+        assert (await last)["done"] == 5  # answered, in order, before the file was closed
+        assert st.proc.returncode == 0
+        with pytest.raises(StoreError, match="is closed"):
+            await st.counts()
+
+    asyncio.run(main())
+    Store(db).close()  # the file is free
+
+
 def test_errors_come_back_as_errors_and_the_store_goes_on(tmp_path: Path) -> None:
     st = StoreProcess(filled(tmp_path, 3))
     try:
@@ -93,6 +114,26 @@ def test_errors_come_back_as_errors_and_the_store_goes_on(tmp_path: Path) -> Non
 
         asyncio.run(main())
         assert st.store.counts()["pending"] == 3
+    finally:
+        st.close()
+
+
+def test_a_long_query_does_not_hold_up_the_consumers_positions(tmp_path: Path) -> None:
+    st = StoreProcess(filled(tmp_path, 1))
+    try:
+        out: list[object] = []
+        slow = threading.Thread(target=lambda: out.append(st.store.query_table(
+            "SELECT sum(i) FROM range(3000000000) t(i)")))  # seconds of DuckDB work
+        slow.start()
+        time.sleep(0.3)
+        t0 = time.monotonic()
+        assert st.store.stored_offsets() == {}
+        assert st.store.counts()["pending"] == 1
+        took = time.monotonic() - t0
+        assert slow.is_alive(), "the query was too quick to show anything"
+        assert took < 1.0
+        slow.join(120)
+        assert out == [(["sum(i)"], [(4499999998500000000,)])]
     finally:
         st.close()
 
