@@ -191,19 +191,18 @@ class Store:
         but SELECT-like statements (the service's /v1/sql shares the writer's connection)."""
         # A cursor is its own connection to the same database: reads do not wait for writes.
         cur = self.con.cursor()
-        if True:
+        try:
+            if read_only_check:
+                check_read_only(cur, query)
             try:
-                if read_only_check:
-                    check_read_only(cur, query)
-                try:
-                    res = cur.execute(query, params)
-                except duckdb.Error as e:
-                    raise StoreError(str(e).splitlines()[0]) from None
-                if res.description is None:
-                    return [], []
-                return [d[0] for d in res.description], res.fetchall()
-            finally:
-                cur.close()
+                res = cur.execute(query, params)
+            except duckdb.Error as e:
+                raise StoreError(str(e).splitlines()[0]) from None
+            if res.description is None:
+                return [], []
+            return [d[0] for d in res.description], res.fetchall()
+        finally:
+            cur.close()
 
     def counts(self) -> dict[str, Any]:
         cols, rows = self.query_table(sql.query("counts"))
