@@ -89,10 +89,11 @@ def _portable(e: BaseException) -> BaseException:
 class _Served:
     """What the child runs for each request name. Only these names are accepted."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, threads: int) -> None:
         from analytics.store import Store
 
         self.store = Store(path)
+        self.store.prepare_writer(threads)
 
     def write_ingest(self, batch: Any) -> int:
         return self.store.write_ingest(batch)
@@ -143,7 +144,7 @@ def _answer(served: _Served, names: frozenset[str], request: Any) -> tuple[str, 
         return "err", _portable(e)
 
 
-def serve(path: str, async_fd: int, control_fd: int, queries_fd: int) -> int:
+def serve(path: str, threads: int, async_fd: int, control_fd: int, queries_fd: int) -> int:
     """The child's main: open the store, answer both channels until closed or orphaned."""
     # Ctrl-C reaches the whole process group and systemd signals every process of the unit:
     # the child outlives such signals so the service can write its last results and close it.
@@ -154,7 +155,7 @@ def serve(path: str, async_fd: int, control_fd: int, queries_fd: int) -> int:
     b = socket.socket(fileno=control_fd)
     c = socket.socket(fileno=queries_fd)
     try:
-        served = _Served(path)
+        served = _Served(path, threads)
     except Exception as e:
         _send(b, ("err", _portable(e)))
         return 1
@@ -210,7 +211,8 @@ class StoreProcess:
     `store` offers the blocking reads (`query_table`, `fetch`, `stored_offsets`, `counts`) for
     code that runs outside the event loop, as `AsyncStore.store` does."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], threads: int = 0) -> None:
+        """`threads`: DuckDB's worker threads in the child (0: one fewer than the cores)."""
         self.path = Path(path)
         a_parent, a_child = socket.socketpair()
         b_parent, b_child = socket.socketpair()
@@ -221,7 +223,7 @@ class StoreProcess:
             p for p in (str(PACKAGE_ROOT), env.get("PYTHONPATH", "")) if p)
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "analytics.store_process", str(self.path),
+                [sys.executable, "-m", "analytics.store_process", str(self.path), str(threads),
                  *(str(x.fileno()) for x in (a_child, b_child, c_child))],
                 pass_fds=tuple(x.fileno() for x in (a_child, b_child, c_child)), env=env,
                 stdin=subprocess.DEVNULL)
@@ -431,4 +433,4 @@ class _SyncReads:
 
 
 if __name__ == "__main__":
-    sys.exit(serve(sys.argv[1], *(int(fd) for fd in sys.argv[2:5])))
+    sys.exit(serve(sys.argv[1], *(int(x) for x in sys.argv[2:6])))

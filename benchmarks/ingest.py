@@ -97,7 +97,7 @@ async def ours(bootstrap: str, topic: str, n: int, db: Path) -> float:
     from consumers.pipeline import IngestPipeline
     from shadowroute.service import open_store
 
-    store = open_store(db, cfg.storage.writer)  # as the service runs (storage.writer)
+    store = open_store(db, cfg.storage.writer, cfg.storage.threads)  # as the service runs (storage.writer)
     source = KafkaSource(cfg.kafka, store.store.stored_offsets)
     await source.start()
     stop = asyncio.Event()

@@ -54,7 +54,7 @@ from shadow.routers import build_routers  # noqa: E402
 from shadow.runner import SampleResult, ShadowRunner  # noqa: E402
 from shadowroute.broker import free_port  # noqa: E402
 from shadowroute.config import ModelConfig, RouterConfig, ShadowConfig  # noqa: E402
-from shadowroute.service import AsyncStore, run_loop  # noqa: E402
+from shadowroute.service import open_store, run_loop  # noqa: E402
 
 
 def start_server(latency_s: float) -> tuple[subprocess.Popen[bytes], str]:
@@ -77,6 +77,23 @@ def proc_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def steal_ticks() -> int | None:
+    """CPU time the hypervisor gave to other guests, all cores, in clock ticks (Linux's
+    /proc/stat `steal`); None where there is no such figure."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+        return int(fields[8])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def steal_pct(before: int | None, after: int | None, wall_s: float) -> float | None:
+    """Share of the machine's CPU time stolen by the host over `wall_s` (noise, not ours)."""
+    if before is None or after is None or wall_s <= 0:
+        return None
+    return round(100 * (after - before) / os.sysconf("SC_CLK_TCK") / (wall_s * (os.cpu_count() or 1)), 1)
+
+
 def fill(store: Store, n: int) -> None:
     store.con.execute("""
         INSERT INTO samples (sample_id, stratum, frontier_model, messages, params, tags,
@@ -94,7 +111,7 @@ async def shadow_run(url: str, n: int, in_flight: int, db: Path, latency_s: floa
     filled = Store(db)
     fill(filled, n)
     filled.close()
-    store = StoreProcess(db) if writer == "process" else AsyncStore(Store(db))
+    store = open_store(db, writer)  # as the service opens it (storage.threads = 0)
     shadow = ShadowConfig(concurrency=in_flight, max_queue=max(10 * n, 2 * in_flight))
     model = ModelConfig(name="cheap", base_url=url, model="tiny", input_per_mtok=0.15,
                         output_per_mtok=0.6, max_tokens=64, timeout_s=30)
@@ -113,7 +130,7 @@ async def shadow_run(url: str, n: int, in_flight: int, db: Path, latency_s: floa
                               on_result=on_result)
         child = store.proc.pid if isinstance(store, StoreProcess) else None
         child0 = proc_cpu_s(child) if child else 0.0
-        cpu0, t0 = time.process_time(), time.perf_counter()
+        cpu0, t0, steal0 = time.process_time(), time.perf_counter(), steal_ticks()
         ramped = t0 + runner.ramp_s + 2 * latency_s  # every worker started and done once
         task = asyncio.create_task(runner.run())
         async def all_written() -> bool:
@@ -122,6 +139,7 @@ async def shadow_run(url: str, n: int, in_flight: int, db: Path, latency_s: floa
         # As the service drains: the last results are written at once, not at the next flush.
         await runner.drain(all_written)
         wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+        steal = steal_pct(steal0, steal_ticks(), wall)
         store_cpu = proc_cpu_s(child) - child0 if child else 0.0
         await runner.stop()
         task.cancel()
@@ -130,7 +148,7 @@ async def shadow_run(url: str, n: int, in_flight: int, db: Path, latency_s: floa
     store.close()
     assert done == n, f"only {done} of {n} calls succeeded"
     latencies.sort()
-    return {"wall_s": wall, "cpu_s": cpu + store_cpu, "store_cpu_s": store_cpu,
+    return {"wall_s": wall, "cpu_s": cpu + store_cpu, "store_cpu_s": store_cpu, "steal_pct": steal,
             "finished": finished, "ramped": ramped,
             "mean_call_ms": sum(latencies) / len(latencies),
             "p99_call_ms": latencies[int(len(latencies) * 0.99)]}
@@ -221,6 +239,9 @@ def main() -> None:
         "baseline_httpx_overhead_ms_per_call": round(steady_slot_ms(x["finished"], k) - lat, 3),
         "baseline_httpx_cpu_ms_per_call": round(x["cpu_s"] / nx * 1000, 4),
         "store_writer": args.store_writer,
+        # CPU time the host took for other guests during the shadow run: high means the
+        # machine, not shadowroute, was slow (a noisy 2-core VM was measured at 0-10%).
+        "host_steal_pct": s["steal_pct"],
         "cpus": os.cpu_count(),
     }
     print(f"shadow stage: {n} calls in {s['wall_s']:.2f}s, {out['cpu_ms_per_call']} ms CPU/call; "

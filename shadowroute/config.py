@@ -71,6 +71,9 @@ class StorageConfig:
     """Where the service runs DuckDB: `process` (a child process that owns the file, so DuckDB
     never holds up the event loop; the default) or `thread` (a thread of the service's own
     process: one process fewer, but every call in flight waits while DuckDB holds the GIL)."""
+    threads: int = 0
+    """DuckDB's worker threads in the service. 0: one fewer than the machine's cores (at least
+    one), so a write or a long `/v1/sql` query never takes every core from the event loop."""
 
 
 @dataclass(frozen=True)
@@ -518,6 +521,9 @@ def _validate(cfg: Config) -> None:
     if cfg.storage.writer not in ("process", "thread"):
         raise ConfigError("storage.writer",
                           f"must be 'process' or 'thread', got {cfg.storage.writer!r}")
+    if cfg.storage.threads < 0:
+        raise ConfigError("storage.threads",
+                          f"must be 0 (one fewer than the cores) or more, got {cfg.storage.threads}")
 
     positive("shadow.concurrency", cfg.shadow.concurrency)
     if not 0 <= cfg.server.port <= 65535:

@@ -94,12 +94,16 @@ class AsyncStore:
         self.close()
 
 
-def open_store(path: str | os.PathLike[str], writer: str = "process") -> AsyncStore | StoreProcess:
+def open_store(path: str | os.PathLike[str], writer: str = "process", threads: int = 0
+               ) -> AsyncStore | StoreProcess:
     """The service's store: DuckDB in a child process (`storage.writer = "process"`) or on a
-    thread of this one (`"thread"`); the same interface either way."""
+    thread of this one (`"thread"`); the same interface either way. `threads`: DuckDB's
+    (`storage.threads`)."""
     if writer == "process":
-        return StoreProcess(path)
-    return AsyncStore(Store(Path(path)))
+        return StoreProcess(path, threads)
+    store = Store(Path(path))
+    store.prepare_writer(threads)
+    return AsyncStore(store)
 
 
 class _QuietServer(uvicorn.Server):
@@ -147,7 +151,7 @@ class Service:
         one from the store's stored positions (the file source of `replay`)."""
         self.cfg = cfg
         self.metrics = Metrics()
-        self.store = open_store(cfg.storage.db_path, cfg.storage.writer)
+        self.store = open_store(cfg.storage.db_path, cfg.storage.writer, cfg.storage.threads)
         self.ingestor = Ingestor(cfg)
         if source_factory is not None:
             try:

@@ -20,6 +20,7 @@ from analytics.store_process import StoreProcess
 from shadow.client import CallResult
 from shadow.runner import SampleResult
 from shadowroute.errors import StoreError, StoreLockedError
+from shadowroute.service import open_store
 from tests.shadow.test_runner import add_samples
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -77,6 +78,21 @@ def test_calls_from_the_loop_answer_in_order_and_writes_land(tmp_path: Path) -> 
     con = duckdb.connect(str(db))  # closed: the file is free again
     assert con.execute("SELECT count(*) FROM shadow_calls").fetchall() == [(2,)]
     con.close()
+
+
+@pytest.mark.parametrize("writer", ["process", "thread"])
+@pytest.mark.parametrize(("threads", "expected"), [(0, max(1, (os.cpu_count() or 2) - 1)), (3, 3)])
+def test_the_services_store_caps_duckdbs_threads(tmp_path: Path, writer: str, threads: int,
+                                                  expected: int) -> None:
+    # One fewer than the cores by default: DuckDB never takes every core from the event loop.
+    st = open_store(filled(tmp_path, 1), writer, threads)
+    try:
+        assert st.store.fetch("SELECT current_setting('threads')") == [(expected,)]
+        # The warm-up's registration is gone: users' /v1/sql sees only the tables.
+        assert st.store.fetch("SELECT count(*) FROM duckdb_views() WHERE view_name LIKE '%warm%'"
+                              ) == [(0,)]
+    finally:
+        st.close()
 
 
 def test_aclose_answers_the_calls_sent_before_it(tmp_path: Path) -> None:

@@ -218,6 +218,8 @@ def test_os_environ_is_the_default(tmp_path: Path, monkeypatch: pytest.MonkeyPat
      "must be 'earliest' or 'latest', got 'newest'"),
     ("[kafka]\ntopics = []\n", "kafka.topics", "must name at least one topic"),
     ("[storage]\nwriter = \"fork\"\n", "storage.writer", "must be 'process' or 'thread', got 'fork'"),
+    ("[storage]\nthreads = -1\n", "storage.threads",
+     "must be 0 (one fewer than the cores) or more, got -1"),
     ("[server]\nport = 70000\n", "server.port", "must be 0..65535, got 70000"),
     ("[gate]\nconfidence = 1.0\n", "gate.confidence", "must be in [0.5, 1), got 1.0"),
     ("[prices]\n\"gpt-4o\" = { input = 2.5, outptu = 10 }\n", "prices.gpt-4o.outptu",
