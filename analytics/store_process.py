@@ -223,7 +223,9 @@ class StoreProcess:
             p for p in (str(PACKAGE_ROOT), env.get("PYTHONPATH", "")) if p)
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "analytics.store_process", str(self.path), str(threads),
+                # `-c`, not `-m analytics.store_process`: the package imports this module, and
+                # runpy warns on stderr when it runs a module that is already imported.
+                [sys.executable, "-c", _CHILD_MAIN, str(self.path), str(threads),
                  *(str(x.fileno()) for x in (a_child, b_child, c_child))],
                 pass_fds=tuple(x.fileno() for x in (a_child, b_child, c_child)), env=env,
                 stdin=subprocess.DEVNULL)
@@ -432,5 +434,9 @@ class _SyncReads:
         return self._owner._call_sync("counts")  # type: ignore[no-any-return]
 
 
-if __name__ == "__main__":
-    sys.exit(serve(sys.argv[1], *(int(x) for x in sys.argv[2:6])))
+def child_main(argv: Sequence[str]) -> int:
+    """The child's entry: PATH THREADS ASYNC_FD CONTROL_FD QUERIES_FD."""
+    return serve(argv[0], *(int(x) for x in argv[1:5]))
+
+
+_CHILD_MAIN = "import sys; from analytics.store_process import child_main; sys.exit(child_main(sys.argv[1:]))"

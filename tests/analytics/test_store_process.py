@@ -239,3 +239,15 @@ def test_the_file_is_released_when_the_service_process_dies(tmp_path: Path) -> N
     finally:
         service.kill()
         service.wait(10)
+
+
+def test_the_store_process_starts_and_closes_without_a_word_on_stderr(tmp_path: Path) -> None:
+    # What the service prints is the service's: the child adds no warnings to it.
+    db = filled(tmp_path, 1)
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
+        from analytics.store_process import StoreProcess
+        st = StoreProcess({str(db)!r})
+        print(st.store.counts()["samples"])
+        st.close()
+        """)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert (out.returncode, out.stdout, out.stderr) == (0, "1\n", "")
