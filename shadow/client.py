@@ -80,9 +80,16 @@ class RetryPolicy:
 
 
 def replay_params(params: dict[str, Any]) -> dict[str, Any]:
-    """The production request's sampling parameters the replay keeps. Never `stream` (a
-    streamed request is replayed unstreamed), never `n` (one answer is scored), never tools."""
-    return {k: params[k] for k in REPLAY_PARAMS if params.get(k) is not None}
+    """The production request's parameters the replay keeps. Never `stream` (a streamed request
+    is replayed unstreamed), never `n` (one answer is scored). The tools it offered, with its
+    `tool_choice`, when ingest kept their definitions (a sample that offered tools reaches the
+    client only with `shadow.replay_tools = true`)."""
+    out = {k: params[k] for k in REPLAY_PARAMS if params.get(k) is not None}
+    if params.get("tool_definitions"):
+        out["tools"] = params["tool_definitions"]
+        if params.get("tool_choice") is not None:
+            out["tool_choice"] = params["tool_choice"]
+    return out
 
 
 def replay_body(model: ModelConfig, messages: list[dict[str, Any]], params: dict[str, Any]

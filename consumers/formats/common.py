@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import Annotated, Any, TypeVar
 
 import msgspec
+import orjson
 
 from consumers.records import DecodeError
 
@@ -80,6 +81,36 @@ class ChatParams(SamplingParams, gc=False):
     stream: bool | int | None = None
     tools: list[Any] | None = None
     functions: list[Any] | None = None
+    tool_choice: Any = None
+    function_call: Any = None
+
+
+def storable(v: Any, where: str) -> Any:
+    """`v` if it can be written back as JSON. msgspec keeps integers beyond 64 bits and nesting
+    orjson will not write: say so here, naming the field, rather than fail when storing."""
+    try:
+        orjson.dumps(v)
+    except orjson.JSONEncodeError as e:
+        raise DecodeError(f"field {where} cannot be stored as JSON: {e}") from None
+    return v
+
+
+def tool_params(params: dict[str, Any], tools: Any, functions: Any, tool_choice: Any,
+                function_call: Any, where: str) -> None:
+    """Set `params["tools"]`, whether the request offered tools (such requests are skipped unless
+    `shadow.replay_tools`), and, so that a replay of it is faithful, `tool_definitions` (legacy
+    `functions` in today's `tools` form) and `tool_choice` (from a legacy `function_call` too)."""
+    defs = tools or ([{"type": "function", "function": f} for f in functions]
+                     if isinstance(functions, list) and functions else None)
+    params["tools"] = bool(defs)
+    if not defs or not isinstance(defs, list):
+        return  # an odd `tools` (a mapped in-house field) still marks the request, as before
+    params["tool_definitions"] = storable(defs, f"{where}tools")
+    if tool_choice is None and function_call is not None:  # legacy: "auto", "none", {"name": f}
+        tool_choice = ({"type": "function", "function": function_call}
+                       if isinstance(function_call, dict) else function_call)
+    if tool_choice is not None:
+        params["tool_choice"] = storable(tool_choice, f"{where}tool_choice")
 
 
 def req_str(obj: dict[str, Any], key: str, where: str) -> str:

@@ -48,6 +48,8 @@ from consumers.formats.common import (
     message_text,
     normalize_messages,
     parse_ts_ms,
+    storable,
+    tool_params,
     whole,
 )
 from consumers.records import Decoded, DecodeError, RawMessage, Request
@@ -382,16 +384,6 @@ def _latency_ms(p: _Payload, start_ms: int, where: str) -> float | None:
     return None
 
 
-def storable(v: Any, where: str) -> Any:
-    """`v` if it can be written back as JSON. msgspec keeps integers beyond 64 bits and nesting
-    orjson will not write: say so here, naming the field, rather than fail when storing."""
-    try:
-        orjson.dumps(v)
-    except orjson.JSONEncodeError as e:
-        raise DecodeError(f"field {where} cannot be stored as JSON: {e}") from None
-    return v
-
-
 def _params(p: _Payload) -> dict[str, Any]:
     mp = p.model_parameters
     params: dict[str, Any] = {}
@@ -403,7 +395,11 @@ def _params(p: _Payload) -> dict[str, Any]:
         if mp.response_format is not None:
             storable(mp.response_format, "model_parameters.response_format")
     params["stream"] = bool(p.stream or (mp is not None and mp.stream))
-    params["tools"] = bool(mp is not None and (mp.tools or mp.functions))
+    if mp is not None:
+        tool_params(params, mp.tools, mp.functions, mp.tool_choice, mp.function_call,
+                    "model_parameters.")
+    else:
+        params["tools"] = False
     return params
 
 

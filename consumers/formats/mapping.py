@@ -36,8 +36,10 @@ from consumers.formats.common import (
     message_text,
     normalize_messages,
     parse_ts_ms,
+    storable,
+    tool_params,
 )
-from consumers.formats.litellm import decode_each, is_many, storable
+from consumers.formats.litellm import decode_each, is_many
 from consumers.records import Decoded, DecodeError, RawMessage, Request
 
 if TYPE_CHECKING:
@@ -331,18 +333,18 @@ class MappingDecoder:
 
     def _params(self, v: Any) -> dict[str, Any]:
         params: dict[str, Any] = {}
-        tools = False
         if v is not None:
             if not isinstance(v, dict):
                 raise DecodeError(f"{self._where('params')} must be an object, got {_kind(v)}")
             params = {k: v[k] for k in PARAM_KEYS if v.get(k) is not None}
             storable(params, f"{self.paths['params'].text} (params)")
-            tools = bool(v.get("tools") or v.get("functions"))
             stream = v.get("stream")
             params["stream"] = bool(stream) if isinstance(stream, (bool, int)) else False
+            tool_params(params, v.get("tools"), v.get("functions"), v.get("tool_choice"),
+                        v.get("function_call"), f"{self.paths['params'].text}.")
         else:
             params["stream"] = False
-        params["tools"] = tools
+            params["tools"] = False
         return params
 
     def _tags(self, obj: Any, msg: RawMessage) -> dict[str, str]:

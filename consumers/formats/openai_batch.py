@@ -42,9 +42,11 @@ from consumers.formats.common import (
     message_text,
     normalize_messages,
     parse_ts_ms,
+    storable,
+    tool_params,
     whole,
 )
-from consumers.formats.litellm import decode_each, is_many, storable, validation_reason
+from consumers.formats.litellm import decode_each, is_many, validation_reason
 from consumers.records import Decoded, DecodeError, RawMessage, Request
 
 FORMAT = "openai_batch"
@@ -93,6 +95,8 @@ class _InputBody(SamplingParams, gc=False):
     max_output_tokens: Count | None = None
     tools: list[Any] | None = None
     functions: list[Any] | None = None
+    tool_choice: Any = None
+    function_call: Any = None
 
 
 class _Line(msgspec.Struct):
@@ -263,7 +267,10 @@ def _params(inp: _InputBody | None) -> dict[str, Any]:
         if inp.max_output_tokens is not None and "max_tokens" not in params:
             params["max_tokens"] = inp.max_output_tokens
     params["stream"] = False  # the Batch API does not stream
-    params["tools"] = bool(inp is not None and (inp.tools or inp.functions))
+    if inp is not None:
+        tool_params(params, inp.tools, inp.functions, inp.tool_choice, inp.function_call, "body.")
+    else:
+        params["tools"] = False
     return params
 
 

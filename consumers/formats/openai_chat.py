@@ -30,6 +30,7 @@ from consumers.formats.common import (
     message_text,
     normalize_messages,
     parse_ts_ms,
+    tool_params,
     whole,
 )
 from consumers.records import Decoded, RawMessage, Request
@@ -106,7 +107,7 @@ def _from_struct(rec: _Record, msg: RawMessage) -> Decoded:
         if v is not None:
             params[k] = v
     params["stream"] = bool(req.stream)
-    params["tools"] = bool(req.tools or req.functions)
+    tool_params(params, req.tools, req.functions, req.tool_choice, req.function_call, "request.")
     raw_tags = rec.tags if rec.tags is not None else rec.metadata
     tags = ({str(k): (v if isinstance(v, str) else str(v)) for k, v in raw_tags.items()
              if v is not None} if raw_tags else {})

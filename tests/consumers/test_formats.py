@@ -120,6 +120,19 @@ def test_tools_and_stream_flags_and_missing_optional_fields() -> None:
     rec["request"]["stream"] = 1
     r = decode(rec)
     assert r.params["tools"] is True and r.params["stream"] is True
+    assert r.params["tool_definitions"] == rec["request"]["tools"]
+    assert "tool_choice" not in r.params
+    # Legacy `functions` / `function_call` are kept in today's `tools` / `tool_choice` form.
+    del rec["request"]["tools"]
+    rec["request"]["functions"] = [{"name": "f", "parameters": {"type": "object"}}]
+    rec["request"]["function_call"] = {"name": "f"}
+    r = decode(rec)
+    assert r.params["tools"] is True
+    assert r.params["tool_definitions"] == [
+        {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+    assert r.params["tool_choice"] == {"type": "function", "function": {"name": "f"}}
+    rec["request"]["function_call"] = "auto"
+    assert decode(rec).params["tool_choice"] == "auto"
     assert (r.cost_usd, r.cost_source, r.latency_ms, r.tags) == (None, None, None, {})
     rec = record(metadata={"feature": "chat"})
     del rec["tags"]

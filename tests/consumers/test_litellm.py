@@ -286,12 +286,15 @@ def test_redacted_and_missing_messages_are_counted_but_not_replayable() -> None:
 
 def test_cache_hits_tools_streaming_and_anthropic_cached_tokens() -> None:
     r = one(payload(cache_hit=True, stream=True,
-                    model_parameters={"tools": [{"type": "function"}], "temperature": 0},
+                    model_parameters={"tools": [{"type": "function"}], "temperature": 0,
+                                      "tool_choice": "required"},
                     response={"choices": [{"message": {"content": "x"}}],
                               "usage": {"cache_read_input_tokens": 40}},
                     prompt_tokens=None, completion_tokens=None))
     assert r.tags["cache_hit"] == "true"
-    assert r.params == {"temperature": 0.0, "stream": True, "tools": True}
+    # The definitions are kept, so that a replay with shadow.replay_tools offers them too.
+    assert r.params == {"temperature": 0.0, "stream": True, "tools": True,
+                        "tool_definitions": [{"type": "function"}], "tool_choice": "required"}
     assert (r.input_tokens, r.output_tokens, r.cached_input_tokens) == (None, None, 40)
 
 

@@ -109,7 +109,8 @@ def test_decodes_with_paths_and_headers(cfg: Config) -> None:
     assert (r.cost_usd, r.cost_source) == (0.0000375, "log")
     assert r.latency_ms == pytest.approx(420.0)  # seconds in the log
     assert (r.status, r.error) == ("ok", None)
-    assert r.params == {"temperature": 0.1, "max_tokens": 64, "stream": False, "tools": True}
+    assert r.params == {"temperature": 0.1, "max_tokens": 64, "stream": False, "tools": True,
+                        "tool_definitions": [{"x": 1}]}
     # Header names match ignoring case when no exact match; a dotted key is found whole.
     assert r.tags == {"feature": "math", "tenant": "acme", "region": "eu-west-1"}
     assert r.not_replayable is None

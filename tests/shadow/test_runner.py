@@ -413,3 +413,30 @@ def test_failing_writes_hold_new_work_and_lose_nothing(tmp_path: Path) -> None:
     assert calls == 60  # every sample called once: none re-run after a failed write
     assert q(db, "SELECT count(*), count(DISTINCT sample_id) FROM shadow_calls") == [(60, 60)]
     assert q(db, "SELECT count(*) FROM samples WHERE status = 'done'") == [(60,)]
+
+
+def test_with_replay_tools_the_replay_offers_the_tools_production_offered(tmp_path: Path) -> None:
+    # A real OpenAI chat record that offered a tool, ingested with shadow.replay_tools = true,
+    # sampled, stored, and replayed: the cheap model is offered the same tool and tool_choice.
+    from consumers.ingest import Ingestor
+    from consumers.records import RawMessage
+    from shadowroute.config import load_config
+    from tests.consumers.test_formats import record
+
+    tool = {"type": "function", "function": {"name": "add", "parameters": {
+        "type": "object", "properties": {"a": {"type": "number"}, "b": {"type": "number"}}}}}
+    rec = record()
+    rec["request"].update(tools=[tool], tool_choice="auto")
+    cfg = load_config(None, env={"SHADOWROUTE_SHADOW__REPLAY_TOOLS": "true",
+                                 "SHADOWROUTE_SAMPLING__DEFAULT_RATE": "1.0"})
+    batch = Ingestor(cfg).process([RawMessage("logs", 0, 0, orjson.dumps(rec))])
+    assert batch.samples.height == 1, batch.requests.to_dicts()
+    db = tmp_path / "s.duckdb"
+    store = Store(db)
+    store.write_ingest(batch)
+    store.close()
+    with ModelServer(ModelBehaviour(answer=lambda p: "4")) as ms:
+        asyncio.run(run_all(db, [model(ms.url)], replay_tools=True))
+        [body] = ms.behaviour.requests
+    assert body["tools"] == [tool] and body["tool_choice"] == "auto"
+    assert body["messages"] == rec["request"]["messages"] and body["temperature"] == 0
