@@ -139,7 +139,11 @@ class DeploymentGroup:
                 d.inflight += 1
                 return Lease(d, d.rpm.add(now, 1) if d.rpm else None,
                              d.tpm.add(now, tokens) if d.tpm else None)
-            if now + wait > deadline:
+            # `wait` is when the windows free room by themselves; a call in flight can free it
+            # sooner (its tokens are corrected down to its `usage`), so while one runs, wait for
+            # it until the deadline rather than give up now.
+            if now >= deadline or (now + wait > deadline
+                                   and not any(x.inflight for x in self.deployments)):
                 raise GroupUnavailable(self.describe(now))
             fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self._waiters.append(fut)

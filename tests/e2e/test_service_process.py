@@ -69,6 +69,18 @@ def test_sql_and_gate_while_service_runs(broker: Broker, topic: str, db_path: Pa
             assert httpx.get(svc.url + "/healthz").status_code == 200
             metrics = httpx.get(svc.url + "/metrics").text
             assert 'shadowroute_records_total{outcome="request"} 600.0' in metrics
+
+            # Consumer lag per partition (refreshed every 5 s): every record read, none behind.
+            def lag() -> dict[str, float]:
+                out = {}
+                for line in httpx.get(svc.url + "/metrics").text.splitlines():
+                    if line.startswith("shadowroute_consumer_lag{") and f'topic="{topic}"' in line:
+                        labels, value = line.rsplit(" ", 1)
+                        out[labels.split('partition="')[1].split('"')[0]] = float(value)
+                return out
+
+            svc.wait(lambda: len(lag()) == 4, what="the consumer lag of all four partitions")
+            assert lag() == {"0": 0.0, "1": 0.0, "2": 0.0, "3": 0.0}
         finally:
             assert svc.terminate() == 0
     assert not service_file(db_path).exists()

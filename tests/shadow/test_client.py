@@ -7,6 +7,7 @@ import asyncio
 import time
 from typing import Any
 
+import orjson
 import pytest
 
 from shadow.budget import Budget
@@ -292,3 +293,34 @@ def test_keys_never_reach_logs_or_errors(monkeypatch: pytest.MonkeyPatch,
     assert r.outcome == "error" and "sk-log-secret" not in (r.error or "")
     assert "on cooldown" in caplog.text and "***" in caplog.text
     assert "sk-log-secret" not in caplog.text
+
+
+def test_tpm_counts_the_estimate_up_front_and_usage_after() -> None:
+    # The window takes each call's estimate (prompt estimate + max_tokens) while it runs and
+    # the tokens `usage` reports once it is done. With room for one estimate plus the actual
+    # usage of two calls, four concurrent calls: three run one after another (each finished
+    # call frees its estimate but keeps its actual tokens), the fourth finds no room left.
+    from shadow.tokens import prompt_token_estimate
+
+    cap = 64
+    estimate = prompt_token_estimate(orjson.dumps({"messages": MSGS})) + cap
+    actual = (len("Be brief.\nWhat is 2 + 2?") // 4 + 1) + (len("ok") // 4 + 1)  # server's usage
+    with ModelServer() as ms:
+        async def go() -> list[CallResult]:
+            async with PooledHttp() as http:
+                c = ModelClient(model(ms.url, tpm=estimate + 2 * actual, max_tokens=cap), http,
+                                max_wait_s=0.5)
+                return list(await asyncio.gather(*(c.complete(MSGS, {}) for _ in range(4))))
+
+        results = asyncio.run(go())
+        assert len(ms.behaviour.requests) == 3
+    assert sorted(r.outcome for r in results) == ["ok", "ok", "ok", "unavailable"]
+    assert all(r.input_tokens + r.output_tokens == actual for r in results if r.outcome == "ok")
+
+
+def test_cached_input_tokens_are_priced_at_the_cached_price() -> None:
+    # 100 prompt tokens of which 60 cached, 10 out: 40 x 1.0 + 60 x 0.25 + 10 x 2.0 per 1M.
+    with ModelServer(ModelBehaviour(usage=lambda body, text: (100, 10, 60))) as ms:
+        [r] = asyncio.run(call(model(ms.url, cached_input_per_mtok=0.25), budget=Budget(1.0, 1.0)))
+    assert (r.input_tokens, r.cached_input_tokens, r.output_tokens) == (100, 60, 10)
+    assert r.cost_usd == pytest.approx(75e-6) and r.spend_usd == pytest.approx(75e-6)

@@ -440,3 +440,33 @@ def test_with_replay_tools_the_replay_offers_the_tools_production_offered(tmp_pa
         [body] = ms.behaviour.requests
     assert body["tools"] == [tool] and body["tool_choice"] == "auto"
     assert body["messages"] == rec["request"]["messages"] and body["temperature"] == 0
+
+
+def test_keys_never_reach_duckdb(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A provider that repeats the Authorization header in its error bodies: the errors stored
+    # for the samples name the failure, never the key, in any text column of any table.
+    secret = "sk-duck-secret-0123456789"
+    monkeypatch.setenv("CHEAP_KEY", secret)
+    db = tmp_path / "s.duckdb"
+    st = Store(db)
+    add_samples(st, 4)
+    st.close()
+    behaviour = ModelBehaviour(script=[400, 401, 500, 500, 500], echo_auth=True)
+    with ModelServer(behaviour) as ms:
+        asyncio.run(run_all(db, [model(ms.url, api_key_env="CHEAP_KEY")], concurrency=1,
+                            cooldown_s=0.05))
+        assert any(secret in (h.get("authorization") or "") for h in behaviour.headers)
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        errors = [e for (e,) in con.execute("SELECT error FROM shadow_calls WHERE error IS NOT NULL"
+                                            ).fetchall()]
+        assert len(errors) >= 2 and all(secret not in e for e in errors)
+        assert any("Bearer ***" in e for e in errors)  # the echo was there, redacted
+        cols = con.execute("SELECT table_name, column_name FROM information_schema.columns "
+                           "WHERE data_type = 'VARCHAR' AND table_schema = 'main'").fetchall()
+        for table, col in cols:  # names from information_schema: identifiers cannot be bound
+            q = f'SELECT count(*) FROM "{table}" WHERE contains("{col}", ?)'  # noqa: S608
+            hits = con.execute(q, [secret]).fetchall()[0][0]
+            assert hits == 0, f"{table}.{col} holds the key"
+    finally:
+        con.close()

@@ -46,8 +46,9 @@ class ModelBehaviour:
     hang_s: float = 3600.0
     drop: bool = False
     no_usage: bool = False
-    usage: Callable[[dict[str, Any], str], tuple[int, int]] | None = None
-    """(request body, answer) -> (prompt_tokens, completion_tokens); default ~4 chars a token."""
+    usage: Callable[[dict[str, Any], str], tuple[int, ...]] | None = None
+    """(request body, answer) -> (prompt_tokens, completion_tokens[, cached_tokens]); default ~4
+    chars a token, nothing cached."""
     headers: list[dict[str, str]] = field(default_factory=list)
     record: bool = True
     """Keep every request body and its headers (off for the benchmark)."""
@@ -77,7 +78,7 @@ def _response(status: int, body: bytes, extra: dict[str, str] | None = None) -> 
     return ("\r\n".join(head) + "\r\n\r\n").encode() + body
 
 
-def completion(body: dict[str, Any], text: str, usage: tuple[int, int] | None) -> bytes:
+def completion(body: dict[str, Any], text: str, usage: tuple[int, ...] | None) -> bytes:
     out: dict[str, Any] = {
         "id": "cmpl-test", "object": "chat.completion", "model": body.get("model"),
         "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
@@ -85,6 +86,8 @@ def completion(body: dict[str, Any], text: str, usage: tuple[int, int] | None) -
     if usage is not None:
         out["usage"] = {"prompt_tokens": usage[0], "completion_tokens": usage[1],
                         "total_tokens": usage[0] + usage[1]}
+        if len(usage) > 2:
+            out["usage"]["prompt_tokens_details"] = {"cached_tokens": usage[2]}
     return orjson.dumps(out)
 
 
