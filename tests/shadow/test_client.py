@@ -324,3 +324,14 @@ def test_cached_input_tokens_are_priced_at_the_cached_price() -> None:
         [r] = asyncio.run(call(model(ms.url, cached_input_per_mtok=0.25), budget=Budget(1.0, 1.0)))
     assert (r.input_tokens, r.cached_input_tokens, r.output_tokens) == (100, 60, 10)
     assert r.cost_usd == pytest.approx(75e-6) and r.spend_usd == pytest.approx(75e-6)
+
+
+def test_backoff_doubles_with_jitter_up_to_its_cap() -> None:
+    from shadow.client import RetryPolicy
+
+    p = RetryPolicy(max_retries=8, backoff_s=0.5, max_backoff_s=4.0)
+    for failures, base in [(1, 0.5), (2, 1.0), (3, 2.0), (4, 4.0), (7, 4.0)]:
+        delays = [p.delay(failures) for _ in range(300)]
+        assert all(0.5 * base <= d <= 1.5 * base for d in delays)
+        # Jitter: callers that failed together do not retry together.
+        assert max(delays) - min(delays) > 0.5 * base
