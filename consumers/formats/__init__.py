@@ -147,7 +147,19 @@ class Decoders:
             except orjson.JSONDecodeError as e:
                 raise DecodeError(json_reason(value, e)) from None
             return self.formats[detect(obj)].decode_obj(obj, msg)  # type: ignore[misc]
-        return self.formats[sniffed].decode(value, msg)
+        try:
+            return self.formats[sniffed].decode(value, msg)
+        except DecodeError as first:
+            # The marker may sit in a nested object (a tag named `model_group`, metadata with a
+            # `custom_id`): tell the format by the top-level keys, as for an array's elements.
+            # Only records that fail pay for this second parse.
+            try:
+                actual = detect(orjson.loads(value))
+            except (orjson.JSONDecodeError, DecodeError):
+                raise first from None
+            if actual == sniffed:
+                raise
+            return self.formats[actual].decode(value, msg)
 
     def _decode_many(self, value: bytes, msg: RawMessage) -> Decoded:
         """A JSON array or NDJSON: each element is decoded on its own; one bad element rejects

@@ -80,6 +80,23 @@ def test_a_good_record_becomes_a_request_and_a_sample() -> None:
     assert b.offsets == {("logs", 0): 1}
 
 
+@pytest.mark.parametrize("nested", [
+    {"tags": {"feature": "math", "model_group": "gpt-4o"}},  # litellm's markers
+    {"tags": {"feature": "math", "response_cost": "0.1"}},
+    {"metadata": {"custom_id": "c-1"}},  # openai_batch's
+    {"request": {"model": "gpt-4o", "standard_logging_object": None,
+                 "messages": [{"role": "user", "content": "What is 2+2?"}]}},
+])
+def test_another_formats_marker_nested_in_a_record_does_not_reject_it(
+        nested: dict[str, Any]) -> None:
+    # Auto-detection sniffs marker bytes anywhere in the message; the record's top-level keys
+    # decide when the sniffed format does not fit.
+    b = process(msgs(orjson.dumps(good(**nested))))
+    assert b.rejected.height == 0, b.rejected["reason"].to_list()
+    assert b.requests["format"].to_list() == ["openai_chat"]
+    assert b.requests["request_id"].to_list() == ["r-1"]
+
+
 def test_ineligible_requests_are_stored_but_not_sampled() -> None:
     no_price = good("r-2")
     no_price["request"]["model"] = "mystery"
