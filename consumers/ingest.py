@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ SAMPLES_SCHEMA: dict[str, Any] = {
     "input_tokens": pl.Int64, "output_tokens": pl.Int64, "scorer": pl.Utf8,
 }
 MAX_REASON_CHARS = 300
+_RELEASE_DATE = re.compile(r"[-@](\d{4}-\d{2}-\d{2}|\d{8})$")
 SKIPPED_SCHEMA: dict[str, Any] = {
     "topic": pl.Utf8, "partition": pl.Int32, "offset": pl.Int64, "reason": pl.Utf8, "items": pl.Int64,
 }
@@ -103,6 +105,7 @@ class Ingestor:
         self.tag = cfg.sampling.stratify_tag
         self.score_tag = cfg.scoring.tag or cfg.sampling.stratify_tag
         self.prices: Mapping[str, Price] = cfg.prices
+        self._prices_seen: dict[str, Price | None] = {}
         self.max_bytes = cfg.storage.max_record_bytes
         self.max_raw = cfg.storage.max_raw_bytes
         self.decoders = Decoders(cfg.formats.by_topic, extra=build_mapping_formats(cfg.formats))
@@ -173,9 +176,9 @@ class Ingestor:
         return (msg.topic, msg.partition, msg.offset, reason, raw[: self.max_raw], len(raw))
 
     def _rows(self, r: Request, msg: RawMessage) -> tuple[tuple[Any, ...], tuple[Any, ...] | None]:
-        if r.cost_usd is None and r.model in self.prices:
-            r.cost_usd = frontier_cost(self.prices[r.model], r.input_tokens,
-                                       r.cached_input_tokens, r.output_tokens)
+        if r.cost_usd is None and (price := self.price_for(r.model)) is not None:
+            r.cost_usd = frontier_cost(price, r.input_tokens, r.cached_input_tokens,
+                                       r.output_tokens)
             r.cost_source = "price_table" if r.cost_usd is not None else None
         messages_json = orjson.dumps(r.messages)
         prompt_hash = hashlib.blake2b(messages_json, digest_size=12).hexdigest()
@@ -198,6 +201,19 @@ class Ingestor:
                       params_json, tags_json, r.response_text, r.cost_usd,
                       r.input_tokens, r.output_tokens, scorer)
         return row, sample
+
+    def price_for(self, model: str) -> Price | None:
+        """The `[prices]` entry of `model`: by its name, else without a provider prefix
+        (`openai/gpt-4o`) or a release date (`gpt-4o-2024-08-06`, `claude-3-5-haiku-20241022`):
+        responses name the dated snapshot that served them, price tables the model."""
+        if model in self._prices_seen:
+            return self._prices_seen[model]
+        base = model.rsplit("/", 1)[-1]
+        price = (self.prices.get(model) or self.prices.get(base)
+                 or self.prices.get(_RELEASE_DATE.sub("", base)))
+        if len(self._prices_seen) < 100_000:  # model names are few; a flood of odd ones is not
+            self._prices_seen[model] = price
+        return price
 
     def _ineligible(self, r: Request) -> str | None:
         """Why a request cannot be replayed and compared, or None if it can."""

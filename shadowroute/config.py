@@ -363,7 +363,8 @@ class Config:
     )
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
     prices: Mapping[str, Price] = field(default_factory=dict)
-    """Frontier model -> price, used when a log record carries no cost."""
+    """Frontier model -> price, used when a log record carries no cost. A dated snapshot or a
+    provider-prefixed name takes its model's price (`Ingestor.price_for`)."""
     server: ServerConfig = field(default_factory=ServerConfig)
     gate: GateConfig = field(default_factory=GateConfig)
     formats: FormatsConfig = field(default_factory=FormatsConfig)

@@ -80,6 +80,30 @@ def test_a_good_record_becomes_a_request_and_a_sample() -> None:
     assert b.offsets == {("logs", 0): 1}
 
 
+@pytest.mark.parametrize(("served_by", "cost"), [
+    ("gpt-4o-2024-08-06", 30e-6),  # a response names the dated snapshot; the table, the model
+    ("openai/gpt-4o", 30e-6),  # LiteLLM's provider prefix
+    ("claude-3-5-haiku-20241022", (4 * 0.8 + 8 * 0.08 + 1 * 4.0) / 1e6),
+    ("gpt-4o-mini", None),  # another model, not a snapshot of gpt-4o: not priced as one
+])
+def test_the_price_table_prices_dated_and_prefixed_model_names(served_by: str,
+                                                               cost: float | None) -> None:
+    cfg = dataclasses.replace(CFG, prices={
+        "gpt-4o": Price(input=2.5, cached_input=1.25, output=10.0),
+        "claude-3-5-haiku": Price(input=0.8, cached_input=0.08, output=4.0)})
+    # 12 prompt tokens of which 8 cached, 1 out: 4 x input + 8 x cached_input + 1 x output.
+    rec = good(response={"model": served_by, "choices": [{"message": {"content": "4"}}],
+                         "usage": {"prompt_tokens": 12, "completion_tokens": 1,
+                                   "prompt_tokens_details": {"cached_tokens": 8}}})
+    row = process(msgs(orjson.dumps(rec)), cfg).requests.row(0, named=True)
+    assert row["model"] == served_by
+    if cost is None:
+        assert (row["cost_usd"], row["cost_source"], row["eligible"]) == (None, None, False)
+        assert "no price for model 'gpt-4o-mini'" in row["ineligible_reason"]
+    else:
+        assert row["cost_usd"] == pytest.approx(cost) and row["cost_source"] == "price_table"
+
+
 @pytest.mark.parametrize("nested", [
     {"tags": {"feature": "math", "model_group": "gpt-4o"}},  # litellm's markers
     {"tags": {"feature": "math", "response_cost": "0.1"}},
