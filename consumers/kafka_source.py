@@ -8,11 +8,12 @@ shows in ordinary Kafka tooling; they are used only for partitions DuckDB has ne
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
 from consumers.records import RawMessage
@@ -51,6 +52,8 @@ class KafkaSource:
                 extra["sasl_mechanism"] = cfg.sasl_mechanism
                 extra["sasl_plain_username"] = secret_from_env(cfg.sasl_username_env)
                 extra["sasl_plain_password"] = secret_from_env(cfg.sasl_password_env)
+        self._producer_kwargs = dict(bootstrap_servers=cfg.bootstrap_servers,
+                                     max_request_size=16 * 1024 * 1024, **extra)
         self._consumer_kwargs = dict(
             bootstrap_servers=cfg.bootstrap_servers,
             group_id=cfg.group_id,
@@ -62,19 +65,46 @@ class KafkaSource:
             **extra,
         )
         self.consumer: AIOKafkaConsumer | None = None
+        self.producer: AIOKafkaProducer | None = None  # dead letters, when configured
 
     async def start(self) -> None:
         # Built here, inside the running loop, never at construction or import time.
         self.consumer = AIOKafkaConsumer(**self._consumer_kwargs)
         try:
             await self.consumer.start()
+            if self.cfg.dead_letter_topic:
+                self.producer = AIOKafkaProducer(**self._producer_kwargs)
+                await self.producer.start()
         except KafkaError as e:
-            await self.consumer.stop()
-            self.consumer = None
+            await self.stop()
             raise SourceUnavailable(
                 f"cannot reach Kafka at {self.cfg.bootstrap_servers} ({type(e).__name__}); "
                 "check kafka.bootstrap_servers and that the broker is up") from None
         self.consumer.subscribe(list(self.cfg.topics), listener=_SeekToStored(self))
+
+    async def dead_letter(self, rejected: Sequence[tuple[RawMessage, str]]) -> int:
+        """Produce rejected records to `kafka.dead_letter_topic`, whole, with their reason and
+        origin in headers; waits for the broker's acks. Returns how many could not be produced
+        (logged; they are still in the `rejected` table, so the pipeline goes on)."""
+        if self.producer is None or not rejected:
+            return 0
+        topic = self.cfg.dead_letter_topic
+        failed = 0
+        futures = []
+        for msg, reason in rejected:
+            headers = [*msg.headers, ("shadowroute-reason", reason.encode()),
+                       ("shadowroute-source", f"{msg.topic}/{msg.partition}/{msg.offset}".encode())]
+            try:
+                futures.append(await self.producer.send(topic, msg.value, key=msg.key,
+                                                        headers=headers))
+            except KafkaError as e:
+                failed += 1
+                log.warning("dead letter for %s not produced to %s: %s", msg.where, topic, e)
+        for res in await asyncio.gather(*futures, return_exceptions=True):
+            if isinstance(res, BaseException):
+                failed += 1
+                log.warning("a dead letter was not acknowledged by %s: %s", topic, res)
+        return failed
 
     async def batch(self) -> list[RawMessage]:
         assert self.consumer is not None
@@ -113,5 +143,9 @@ class KafkaSource:
         return out
 
     async def stop(self) -> None:
+        if self.producer is not None:
+            producer, self.producer = self.producer, None
+            await producer.stop()
         if self.consumer is not None:
-            await self.consumer.stop()
+            consumer, self.consumer = self.consumer, None
+            await consumer.stop()

@@ -5,13 +5,14 @@ the store's own process by default (`storage.writer = "process"`), or on a threa
 releases the GIL, so on two cores the stages overlap. When the writer falls
 behind, the batches waiting for it are merged into one transaction, so the fixed cost of a
 transaction (registering frames, commit) is spread over more records exactly when it matters.
-Offsets are committed to the source only after the transaction that holds them.
+Offsets are committed to the source only after the transaction that holds them. With a
+dead-letter sink, a batch's rejected records are produced to it (whole) before that transaction.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
 import polars as pl
@@ -42,16 +43,33 @@ class AsyncIngestSink(Protocol):
     async def write_ingest(self, batch: IngestBatch) -> int: ...
 
 
+DeadLetters = Callable[[Sequence[tuple[RawMessage, str]]], Awaitable[int]]
+"""Takes (record, reason) pairs; returns how many could not be delivered."""
+
+
+def rejected_messages(batch: IngestBatch, msgs: Sequence[RawMessage]) -> list[tuple[RawMessage, str]]:
+    """The whole records behind `batch.rejected` (whose `raw` is cut to a bound), with reasons."""
+    if not batch.rejected.height:
+        return []
+    by_pos = {(m.topic, m.partition, m.offset): m for m in msgs}
+    return [(by_pos[(t, p, o)], reason) for t, p, o, reason in batch.rejected.select(
+        "topic", "partition", "offset", "reason").iter_rows()]
+
+
 class IngestPipeline:
     def __init__(self, ingestor: Ingestor, sink: AsyncIngestSink, source: BatchSource, *,
                  on_persisted: Callable[[IngestBatch, int], None] | None = None,
+                 dead_letters: DeadLetters | None = None,
                  max_waiting: int = 4, max_merge_records: int = 20_000) -> None:
         self.ingestor = ingestor
         self.sink = sink
         self.source = source
         self.on_persisted = on_persisted
-        # Decoded (or being decoded) batches, in fetch order, waiting for the writer.
-        self.queue: asyncio.Queue[Awaitable[IngestBatch] | None] = asyncio.Queue(maxsize=max_waiting)
+        self.dead_letters = dead_letters
+        # Decoded (or being decoded) batches, in fetch order, with their records, waiting for
+        # the writer.
+        self.queue: asyncio.Queue[tuple[Awaitable[IngestBatch], list[RawMessage]] | None] = (
+            asyncio.Queue(maxsize=max_waiting))
         self.max_merge_records = max_merge_records
         self.exhausted = False
 
@@ -67,7 +85,7 @@ class IngestPipeline:
                         self.exhausted = True
                         break
                     continue
-                await self.queue.put(self._decode(msgs))
+                await self.queue.put((self._decode(msgs), msgs))
         finally:
             if not writer.done():
                 await self.queue.put(None)
@@ -84,18 +102,25 @@ class IngestPipeline:
             head = await self.queue.get()
             if head is None:
                 return
-            first = await head
+            first = await head[0]
             batches, done = [first], False
+            dead = rejected_messages(first, head[1]) if self.dead_letters else []
             size = first.requests.height + first.rejected.height
             while not self.queue.empty() and size < self.max_merge_records:
                 nxt = self.queue.get_nowait()
                 if nxt is None:
                     done = True
                     break
-                b = await nxt
+                b = await nxt[0]
                 batches.append(b)
+                if self.dead_letters:
+                    dead += rejected_messages(b, nxt[1])
                 size += b.requests.height + b.rejected.height
             batch = merge_batches(batches) if len(batches) > 1 else first
+            if dead and self.dead_letters:
+                # Before the transaction that moves the offsets past them: a crash in between
+                # sends them again, never loses them.
+                await self.dead_letters(dead)
             duplicates = await self.sink.write_ingest(batch)
             await self.source.commit(batch.offsets)
             if self.on_persisted:

@@ -57,6 +57,10 @@ class KafkaConfig:
     """Name of the environment variable holding the SASL username."""
     sasl_password_env: str = ""
     """Name of the environment variable holding the SASL password."""
+    dead_letter_topic: str = ""
+    """When set, every rejected record is also produced to this topic, whole (value, key and
+    headers), with headers `shadowroute-reason` and `shadowroute-source` (`topic/partition/offset`).
+    It is in the `rejected` table either way."""
 
 
 @dataclass(frozen=True)
@@ -518,6 +522,10 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("kafka.topics", "must name at least one topic")
     positive("kafka.max_batch_records", cfg.kafka.max_batch_records)
     positive("kafka.poll_timeout_ms", cfg.kafka.poll_timeout_ms)
+    if cfg.kafka.dead_letter_topic in cfg.kafka.topics:
+        raise ConfigError("kafka.dead_letter_topic",
+                          f"must not be one of kafka.topics (got {cfg.kafka.dead_letter_topic!r}): "
+                          "rejected records would be read again")
     positive("storage.max_record_bytes", cfg.storage.max_record_bytes)
     if cfg.storage.writer not in ("process", "thread"):
         raise ConfigError("storage.writer",

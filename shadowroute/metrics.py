@@ -57,3 +57,6 @@ class Metrics:
                                ["model", "deployment"], registry=r)
         self.lag = Gauge("shadowroute_consumer_lag", "Records behind the partition's high water",
                          ["topic", "partition"], registry=r)
+        self.dead_letters = Counter("shadowroute_dead_letters_total",
+                                    "Rejected records produced to kafka.dead_letter_topic "
+                                    "(outcome: sent, failed)", ["outcome"], registry=r)

@@ -26,7 +26,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from analytics.store import Store
 from analytics.store_process import StoreProcess
 from consumers.ingest import IngestBatch, Ingestor
-from consumers.pipeline import IngestPipeline
+from consumers.pipeline import DeadLetters, IngestPipeline
 from consumers.records import RawMessage
 from shadow.budget import Budget
 from shadow.client import ModelClient
@@ -255,9 +255,22 @@ class Service:
         for r in batch.rejected.head(5).iter_rows(named=True):
             log.warning("rejected %s[%s]@%s: %s", r["topic"], r["partition"], r["offset"], r["reason"])
 
+    def _dead_letters(self) -> DeadLetters | None:
+        produce = getattr(self.source, "dead_letter", None)
+        if not self.cfg.kafka.dead_letter_topic or produce is None:
+            return None
+
+        async def dead_letters(items: Sequence[tuple[RawMessage, str]]) -> int:
+            failed = int(await produce(items))
+            self.metrics.dead_letters.labels("sent").inc(len(items) - failed)
+            self.metrics.dead_letters.labels("failed").inc(failed)
+            return failed
+        return dead_letters
+
     async def _ingest_loop(self) -> None:
         pipeline = IngestPipeline(self.ingestor, self.store, self.source,
-                                  on_persisted=self._on_persisted)
+                                  on_persisted=self._on_persisted,
+                                  dead_letters=self._dead_letters())
         await pipeline.run(self.stop_event)
         self.source_done = pipeline.exhausted
 

@@ -217,6 +217,8 @@ def test_os_environ_is_the_default(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     ("[kafka]\nauto_offset_reset = \"newest\"\n", "kafka.auto_offset_reset",
      "must be 'earliest' or 'latest', got 'newest'"),
     ("[kafka]\ntopics = []\n", "kafka.topics", "must name at least one topic"),
+    ("[kafka]\ntopics = [\"logs\"]\ndead_letter_topic = \"logs\"\n", "kafka.dead_letter_topic",
+     "must not be one of kafka.topics (got 'logs'): rejected records would be read again"),
     ("[storage]\nwriter = \"fork\"\n", "storage.writer", "must be 'process' or 'thread', got 'fork'"),
     ("[storage]\nthreads = -1\n", "storage.threads",
      "must be 0 (one fewer than the cores) or more, got -1"),
