@@ -98,7 +98,7 @@ def replay_body(model: ModelConfig, messages: list[dict[str, Any]], params: dict
     sampling parameters, `max_tokens` capped, never streamed."""
     body: dict[str, Any] = {"model": model.model or model.name, "messages": messages,
                             **replay_params(params)}
-    body["max_tokens"] = capped_max_tokens(params, model.max_tokens)
+    body[model.max_tokens_field] = capped_max_tokens(params, model.max_tokens)
     return body
 
 
@@ -202,7 +202,7 @@ class ModelClient:
         group = self.group
         deadline = self.clock() + self.policy.max_wait_s
         tokens = prompt_token_estimate(base) + group_cap  # what a rate limiter counts up front
-        bodies: dict[tuple[str, int], bytes] = {}
+        bodies: dict[tuple[str, int, str], bytes] = {}
         failures = attempts = 0
         spend = 0.0
         avoid: Deployment | None = None
@@ -217,11 +217,12 @@ class ModelClient:
                 return self._failed(outcome, error, attempts, spend, last_dep, start)
             d = lease.deployment
             cap = capped_max_tokens(params, d.spec.max_tokens)
-            body = bodies.get((d.spec.model, cap))
+            field = d.spec.max_tokens_field
+            body = bodies.get((d.spec.model, cap, field))
             if body is None:
-                body = bodies[(d.spec.model, cap)] = (
+                body = bodies[(d.spec.model, cap, field)] = (
                     b'{"model":' + orjson.dumps(d.spec.model) + b"," + base[1:-1]
-                    + b',"max_tokens":%d}' % cap)
+                    + b',"%s":%d}' % (field.encode(), cap))
             bound = prompt_token_bound(body, messages)
             reservation = None
             if self.budget is not None:

@@ -92,6 +92,9 @@ class SamplingConfig:
     """Mixed into the hash of the request id, so two deployments can draw different samples."""
 
 
+MAX_TOKENS_FIELDS = ("max_tokens", "max_completion_tokens")
+
+
 @dataclass(frozen=True)
 class DeploymentConfig:
     """One endpoint serving a model. A field left unset takes the model's value, so a model with
@@ -117,6 +120,8 @@ class DeploymentConfig:
     """Timeout of one attempt (0: the model's `timeout_s`)."""
     max_tokens: int = 0
     """Cap on `max_tokens` sent (0: the model's `max_tokens`)."""
+    max_tokens_field: str = ""
+    """Body field the cap is sent in (empty: the model's `max_tokens_field`)."""
     input_per_mtok: float = -1.0
     """USD per 1M input tokens (negative: the model's)."""
     cached_input_per_mtok: float = -1.0
@@ -155,6 +160,9 @@ class ModelConfig:
     """Timeout of one attempt of one call."""
     max_tokens: int = 1024
     """Cap on `max_tokens` sent to the cheap model (the budget reserves this many output tokens)."""
+    max_tokens_field: str = "max_tokens"
+    """Body field the cap is sent in: `max_tokens`, or `max_completion_tokens` for models that
+    refuse `max_tokens` (OpenAI's o-series reasoning models)."""
     rpm: int = 0
     """Requests per minute allowed per deployment (0: no limit)."""
     tpm: int = 0
@@ -184,6 +192,7 @@ class ModelConfig:
                 max_concurrency=self.max_concurrency if d.max_concurrency < 0 else d.max_concurrency,
                 timeout_s=d.timeout_s or self.timeout_s,
                 max_tokens=d.max_tokens or self.max_tokens,
+                max_tokens_field=d.max_tokens_field or self.max_tokens_field,
                 input_per_mtok=self.input_per_mtok if d.input_per_mtok < 0 else d.input_per_mtok,
                 cached_input_per_mtok=(self.cached_input_per_mtok if d.cached_input_per_mtok < 0
                                        else d.cached_input_per_mtok),
@@ -605,6 +614,9 @@ def _validate_shadow(sh: ShadowConfig) -> None:
                                   f"must start with http:// or https://, got {d.base_url!r}")
             if d.name in names:
                 raise ConfigError(f"{dkey}.name", f"duplicate deployment name {d.name!r}")
+            if d.max_tokens_field not in MAX_TOKENS_FIELDS:
+                raise ConfigError(f"{dkey}.max_tokens_field", "must be 'max_tokens' or "
+                                  f"'max_completion_tokens', got {d.max_tokens_field!r}")
             names.add(d.name)
             if m.deployments:
                 raw = m.deployments[j]

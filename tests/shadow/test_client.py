@@ -335,3 +335,26 @@ def test_backoff_doubles_with_jitter_up_to_its_cap() -> None:
         assert all(0.5 * base <= d <= 1.5 * base for d in delays)
         # Jitter: callers that failed together do not retry together.
         assert max(delays) - min(delays) > 0.5 * base
+
+
+def test_the_cap_goes_in_the_field_the_deployment_takes() -> None:
+    # OpenAI's o-series refuse `max_tokens`: such a deployment gets `max_completion_tokens`,
+    # the model's other deployments keep `max_tokens`.
+    slow = ModelBehaviour(delay_s=0.1)  # calls overlap, so the least busy deployment alternates
+    with ModelServer(slow) as a, ModelServer(ModelBehaviour(delay_s=0.1)) as b:
+        cfg = model(a.url, max_tokens=100, deployments=(
+            DeploymentConfig(max_tokens_field="max_completion_tokens"),
+            DeploymentConfig(base_url=b.url)))
+
+        async def go() -> list[CallResult]:
+            async with PooledHttp() as http:
+                c = ModelClient(cfg, http)
+                return list(await asyncio.gather(
+                    *(c.complete(MSGS, {"max_tokens": 500}) for _ in range(4))))
+
+        assert all(r.outcome == "ok" for r in asyncio.run(go()))
+        assert a.behaviour.requests and b.behaviour.requests  # both deployments were used
+        for body in a.behaviour.requests:
+            assert body["max_completion_tokens"] == 100 and "max_tokens" not in body
+        for body in b.behaviour.requests:
+            assert body["max_tokens"] == 100 and "max_completion_tokens" not in body
