@@ -454,9 +454,29 @@ def test_every_batch_can_be_written(store: Store, ms: list[RawMessage]) -> None:
     # What the decoder lets through must also fit the tables (times, counts, JSON).
     b = Ingestor(CFG).process(ms)
     before = store.fetch("SELECT count(*) FROM rejected")[0][0]
-    store.write_ingest(b)
+    ids = b.requests["request_id"].to_list()
+    # Ids stored by an earlier batch (the module's store sees every example): stored once,
+    # counted as duplicates.
+    known = store.fetch("SELECT count(*) FROM requests WHERE request_id IN (SELECT unnest($1))",
+                        [ids])[0][0]
+    stored_before = store.fetch("SELECT count(*) FROM requests")[0][0]
+    assert store.write_ingest(b) == known
+    assert store.fetch("SELECT count(*) FROM requests")[0][0] == stored_before + len(ids) - known
     assert store.fetch("SELECT count(*) FROM rejected")[0][0] == before + b.rejected.height
     for (topic, partition), nxt in b.offsets.items():
         [(stored,)] = store.fetch('SELECT next_offset FROM offsets WHERE topic = $1 '
                                   'AND "partition" = $2', [topic, partition])
         assert stored >= nxt
+
+
+def test_a_batch_read_again_is_stored_once_and_counted(tmp_path: Path) -> None:
+    # A producer retry or a re-read: every id already stored, nothing added, all counted.
+    b = process(msgs(*(orjson.dumps(good(f"r-{i}")) for i in range(5)), b"not json"))
+    store = Store(tmp_path / "s.duckdb")
+    try:
+        assert store.write_ingest(b) == 0
+        assert store.write_ingest(b) == 5
+        assert store.fetch("SELECT count(*) FROM requests") == [(5,)]
+        assert store.fetch("SELECT count(*) FROM samples") == [(5,)]
+    finally:
+        store.close()
