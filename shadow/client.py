@@ -329,7 +329,8 @@ class ModelClient:
         if inp is None:
             inp = bound  # no usage: charge upper bounds, never a silent zero
         if out is None:
-            out = min(len(answer.encode()), cap)
+            # Not the answer's length: a reasoning model is billed for tokens it does not show.
+            out = cap
         return CallResult(self.cfg.name, answer, inp, cached, out, d.cost(inp, cached, out),
                           latency, None, attempts, "ok", d.name, 0.0, estimated)
 
