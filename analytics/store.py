@@ -189,8 +189,14 @@ class Store:
             return pending, int(rows[0][0]) if rows else 0
 
     def recent_shadow_spend(self) -> list[tuple[float, float]]:
-        """(age in seconds, USD) of shadow spend over the last day, to seed the budget."""
+        """(age in seconds, USD) of shadow spend over the last day, to seed the budget, with
+        what killed runs leased but never wrote (at age 0)."""
         return [(float(a), float(u)) for a, u in self.fetch(sql.query("recent_shadow_spend"))]
+
+    def lease_budget(self, run_id: str, nano: int) -> None:
+        """Journal room the shadow budget is about to use (negative: room given back)."""
+        with self._lock:
+            self.con.execute(sql.query("insert_budget_lease"), {"run_id": run_id, "nano": nano})
 
     # -- reads ----------------------------------------------------------------------------
     def fetch(self, query: str, params: Mapping[str, Any] | Sequence[Any] | None = None

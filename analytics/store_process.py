@@ -112,6 +112,9 @@ class _Served:
     def recent_shadow_spend(self) -> list[tuple[float, float]]:
         return self.store.recent_shadow_spend()
 
+    def lease_budget(self, run_id: str, nano: int) -> None:
+        self.store.lease_budget(run_id, nano)
+
     def counts(self) -> dict[str, Any]:
         return self.store.counts()
 
@@ -127,7 +130,7 @@ class _Served:
 
 
 ASYNC_CALLS = frozenset({"write_ingest", "pending", "write", "shed", "recent_shadow_spend",
-                         "counts"})
+                         "lease_budget", "counts"})
 CONTROL_CALLS = frozenset({"stored_offsets", "fetch", "counts"})
 QUERY_CALLS = frozenset({"query_table"})
 _CLOSE = ("close", ())
@@ -352,6 +355,9 @@ class StoreProcess:
 
     async def recent_shadow_spend(self) -> list[tuple[float, float]]:
         return await self._call("recent_shadow_spend")  # type: ignore[no-any-return]
+
+    async def lease_budget(self, run_id: str, nano: int) -> None:
+        await self._call("lease_budget", run_id, nano)
 
     async def counts(self) -> dict[str, Any]:
         return await self._call("counts")  # type: ignore[no-any-return]

@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import bisect
+import functools
 import json
 import os
 import subprocess
@@ -115,7 +116,9 @@ async def shadow_run(url: str, n: int, in_flight: int, db: Path, latency_s: floa
     shadow = ShadowConfig(concurrency=in_flight, max_queue=max(10 * n, 2 * in_flight))
     model = ModelConfig(name="cheap", base_url=url, model="tiny", input_per_mtok=0.15,
                         output_per_mtok=0.6, max_tokens=64, timeout_s=30)
-    budget = Budget(usd_per_hour=1000.0, usd_per_day=10000.0)  # capped: the budget path runs
+    # Capped, with its journal in the store: the budget path runs as in the service.
+    budget = Budget(usd_per_hour=1000.0, usd_per_day=10000.0,
+                    journal=functools.partial(store.lease_budget, "bench"))
     latencies: list[float] = []
     finished: list[float] = []
 

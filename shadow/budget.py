@@ -16,6 +16,13 @@ When the settled spend alone leaves no room the budget is *exhausted* and `reser
 None at once (the sample ends `skipped_budget`). When only outstanding reservations stand in
 the way, `reserve` waits for them to settle: they are worst cases and usually release most of
 what they hold. Amounts are kept in integer nano-dollars, rounded up, so sums never drift.
+
+Across a crash: with a `journal`, the budget leases room in chunks (at least 1% of the smallest
+cap) *before* a reservation that needs it is granted, and gives back the unused rest at a clean
+`release()`. A run killed with calls in flight or results unwritten has leased at least what it
+spent, so the restarted budget, seeded with what killed runs leased beyond what they wrote
+(`Store.recent_shadow_spend`), cannot overshoot either. A lease that cannot be written refuses
+the call.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 log = logging.getLogger("shadowroute.shadow")
@@ -65,7 +72,8 @@ class _Window:
 
 class Budget:
     def __init__(self, usd_per_hour: float = math.inf, usd_per_day: float = math.inf, *,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 journal: Callable[[int], Awaitable[None]] | None = None) -> None:
         caps = {"hour": usd_per_hour, "day": usd_per_day}
         # A cap is rounded down to whole nano-dollars: never above what was configured.
         self.windows = {name: _Window(span, None if math.isinf(caps[name])
@@ -75,6 +83,13 @@ class Budget:
         self.reserved = 0  # nano-dollars held by outstanding reservations
         self.overruns = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
+        capped = [w.cap for w in self.windows.values() if w.cap is not None]
+        self.journal = journal if capped else None  # nothing to guarantee without a cap
+        self.lease_nano = max(1, min(capped) // 100) if capped else 0
+        self.used = 0  # nano-dollars this run has reserved (outstanding) or been charged
+        self.leased = 0  # nano-dollars this run has journaled ahead of using them
+        self._lease_lock = asyncio.Lock()
+        self._ahead: asyncio.Future[None] | None = None
 
     @property
     def limited(self) -> bool:
@@ -123,6 +138,7 @@ class Budget:
         if blocked:
             return False
         self.reserved += nano
+        self.used += nano
         return Reservation(nano)
 
     async def reserve(self, usd: float) -> Reservation | None:
@@ -130,6 +146,19 @@ class Budget:
         budget is exhausted."""
         while True:
             r = self.try_reserve(usd)
+            if isinstance(r, Reservation) and self.journal is not None:
+                if self.used > self.leased:
+                    try:
+                        await self._lease()
+                    except Exception as e:  # the journal is the guarantee across a crash
+                        log.error("the shadow budget could not journal its spend ahead of a "
+                                  "call (%s): the call is refused", e)
+                        self.settle(r, 0.0)
+                        return None
+                elif (self.used > self.leased - self.lease_nano // 2
+                      and not self._lease_lock.locked()):
+                    # Half a chunk left: lease the next one now, so calls rarely wait for it.
+                    self._ahead = asyncio.ensure_future(self._lease_ahead())
             if r is not False:
                 return r  # type: ignore[return-value]
             fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -140,6 +169,33 @@ class Budget:
                 if not fut.done():
                     fut.cancel()
 
+    async def _lease(self) -> None:
+        async with self._lease_lock:
+            while self.used > self.leased:
+                assert self.journal is not None
+                chunk = max(self.used - self.leased, self.lease_nano)
+                await self.journal(chunk)
+                self.leased += chunk
+
+    async def _lease_ahead(self) -> None:
+        try:
+            async with self._lease_lock:
+                if self.journal is not None and self.used > self.leased - self.lease_nano // 2:
+                    await self.journal(self.lease_nano)
+                    self.leased += self.lease_nano
+        except Exception as e:  # a call that needs the room will try again, or be refused
+            log.warning("leasing shadow budget ahead failed: %s", e)
+
+    async def release(self) -> None:
+        """At a clean stop, once every call is settled: give back leased room not used."""
+        if self._ahead is not None:
+            await asyncio.gather(self._ahead, return_exceptions=True)
+        if self.journal is not None and self.leased > self.used:
+            async with self._lease_lock:
+                back = self.leased - self.used
+                await self.journal(-back)
+                self.leased -= back
+
     def settle(self, r: Reservation, actual_usd: float) -> None:
         """Release `r` and charge what the call actually cost (0 when nothing was billed)."""
         if r.settled:
@@ -147,6 +203,7 @@ class Budget:
         r.settled = True
         self.reserved -= r.nano
         nano = to_nano(actual_usd)
+        self.used += nano - r.nano
         if nano > r.nano:
             self.overruns += 1
             log.warning("shadow call cost $%.6f, above its reservation of $%.6f: the provider "

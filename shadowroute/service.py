@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import logging
 import os
 import signal
 import socket
 import time
+import uuid
 from collections.abc import Callable, Collection, Coroutine, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -82,6 +84,9 @@ class AsyncStore:
 
     async def recent_shadow_spend(self) -> list[tuple[float, float]]:
         return await self._run(self.store.recent_shadow_spend)  # type: ignore[no-any-return]
+
+    async def lease_budget(self, run_id: str, nano: int) -> None:
+        await self._run(self.store.lease_budget, run_id, nano)
 
     async def counts(self) -> dict[str, Any]:
         return await self._run(self.store.counts)  # type: ignore[no-any-return]
@@ -283,7 +288,9 @@ class Service:
                 loop.add_signal_handler(sig, self.stop_event.set)
         sh = self.cfg.shadow
         self.http = make_http(sh.http_client, max(16, sh.concurrency * 2))
-        self.budget = Budget(sh.budget.usd_per_hour, sh.budget.usd_per_day)
+        run_id = uuid.uuid4().hex  # this run's rows in the budget's journal
+        self.budget = Budget(sh.budget.usd_per_hour, sh.budget.usd_per_day,
+                             journal=functools.partial(self.store.lease_budget, run_id))
         if self.budget.limited:
             # Spend of the last day survives a restart: the budget is not reset by one.
             self.budget.seed(await self.store.recent_shadow_spend())
@@ -337,6 +344,10 @@ class Service:
             await self.runner.stop()
             runner_task.cancel()
             await asyncio.gather(ingest_task, runner_task, stop_task, return_exceptions=True)
+            try:  # every call is settled now: give back the budget's unused room
+                await self.budget.release()
+            except Exception as e:  # the restart will count it as spent: safe, only stricter
+                log.warning("could not give back the shadow budget's unused lease: %s", e)
             scheduler.shutdown(wait=False)
             with contextlib.suppress(Exception):
                 await self.source.stop()

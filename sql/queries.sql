@@ -84,10 +84,28 @@ WHERE status = 'pending' AND sample_id IN (
 );
 
 -- name: recent_shadow_spend
--- Shadow spend of the last day, per minute, with the age of the minute's end (for the budget).
+-- Shadow spend of the last day, per minute, with the age of the minute's end (for the budget);
+-- plus, at age 0, what earlier runs leased beyond what they wrote (calls in flight or results
+-- unwritten when they were killed). Runs take turns on the file, so a run's rows are those
+-- written between its first lease and the next run's.
 SELECT greatest(0, epoch(current_timestamp::TIMESTAMP)
                    - epoch(date_trunc('minute', called_at)) - 60) AS age_s,
        sum(coalesce(spend_usd, cost_usd, 0)) AS usd
 FROM shadow_calls
 WHERE called_at > current_timestamp::TIMESTAMP - INTERVAL 1 DAY
-GROUP BY date_trunc('minute', called_at);
+GROUP BY date_trunc('minute', called_at)
+UNION ALL
+SELECT 0.0 AS age_s, leased - written AS usd
+FROM (
+    SELECT r.leased,
+           (SELECT coalesce(sum(coalesce(c.spend_usd, c.cost_usd, 0)), 0) FROM shadow_calls c
+            WHERE c.called_at >= r.first_ts
+              AND (r.next_first IS NULL OR c.called_at < r.next_first)) AS written
+    FROM (SELECT sum(nano) / 1e9 AS leased, min(ts) AS first_ts, max(ts) AS last_ts,
+                 lead(min(ts)) OVER (ORDER BY min(ts)) AS next_first
+          FROM budget_leases GROUP BY run_id) r
+    WHERE r.last_ts > current_timestamp::TIMESTAMP - INTERVAL 1 DAY
+) WHERE leased > written;
+
+-- name: insert_budget_lease
+INSERT INTO budget_leases (run_id, nano) VALUES ($run_id, $nano);

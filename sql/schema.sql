@@ -252,3 +252,14 @@ ALTER TABLE shadow_calls ADD COLUMN IF NOT EXISTS usage_estimated BOOLEAN;
 
 -- name: schema_44_shadow_calls_reused_from
 ALTER TABLE shadow_calls ADD COLUMN IF NOT EXISTS reused_from VARCHAR;
+
+-- name: schema_45_budget_leases
+-- The shadow budget's journal, written *ahead* of spending: a run leases room in chunks before
+-- its calls use it and gives back what it did not use when it stops cleanly. A run killed
+-- before its results were written leaves more leased than `shadow_calls` holds; the restarted
+-- budget counts the difference as spent (`recent_shadow_spend`).
+CREATE TABLE IF NOT EXISTS budget_leases (
+    run_id  VARCHAR NOT NULL,
+    ts      TIMESTAMP DEFAULT current_timestamp,
+    nano    BIGINT NOT NULL     -- USD x 1e9; negative: unused room given back at a clean stop
+);

@@ -6,11 +6,13 @@ import asyncio
 import csv
 import io
 import json
+import time
 from pathlib import Path
 
 import duckdb
 
 from shadowroute.broker import Broker
+from shadowroute.errors import StoreLockedError
 from shadowroute.service import service_file
 from tests.support.configs import write_config
 from tests.support.kafka import produce
@@ -137,3 +139,44 @@ def test_kill_9_mid_stream_loses_and_duplicates_nothing(broker: Broker, topic: s
     assert con.execute("SELECT count(*) FROM samples").fetchone() == con.execute(
         "SELECT count(*) FROM shadow_calls").fetchone()
     con.close()
+
+
+def test_calls_in_flight_at_a_kill_9_count_against_the_restarted_budget(
+        broker: Broker, topic: str, db_path: Path, tmp_path: Path) -> None:
+    # The model never answers: when the service is killed every call the provider received is
+    # in flight, its result unwritten. Each was leased in the budget's journal before it was
+    # sent, so the restarted budget counts at least their worst case as spent.
+    import orjson
+
+    from analytics.store import Store
+    from shadow.tokens import prompt_token_bound
+    from tests.support.configs import CHEAP_IN, CHEAP_OUT
+
+    values, _ = make_records(300, seed=8)
+    asyncio.run(produce(broker.bootstrap, topic, values))
+    with ModelServer(ModelBehaviour(hang=True)) as ms:
+        cfg = write_config(tmp_path / "c.toml", bootstrap=broker.bootstrap, topic=topic,
+                           group="g-budget", db=db_path, model_url=ms.url, default_rate=0.5,
+                           math_rate=0.5, extra="[shadow.budget]\nusd_per_hour = 1.0\n")
+        svc = ServiceProcess(cfg, db_path, tmp_path / "service.log")
+        try:
+            svc.wait(lambda: len(ms.behaviour.requests) >= 4, what="calls in flight")
+        finally:
+            svc.kill9()
+        received = list(ms.behaviour.requests)
+    worst = sum(prompt_token_bound(orjson.dumps(b), b["messages"]) * CHEAP_IN / 1e6
+                + b["max_tokens"] * CHEAP_OUT / 1e6 for b in received)
+    deadline = time.monotonic() + 30
+    while True:  # the killed service's store process lets go of the file
+        try:
+            store = Store(db_path, read_only=True)
+            break
+        except StoreLockedError:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+    try:
+        assert store.fetch("SELECT count(*) FROM shadow_calls") == [(0,)]
+        unwritten = sum(usd for age, usd in store.recent_shadow_spend() if age == 0)
+    finally:
+        store.close()
+    assert unwritten >= worst > 0

@@ -172,3 +172,55 @@ def test_concurrent_calls_never_overshoot_the_cap(spec: list[tuple[Any, ...]], c
             assert r.cost_usd == pytest.approx(r.spend_usd)
         else:
             assert r.spend_usd == 0 and "budget exhausted" in (r.error or "")
+
+
+def test_the_journal_leases_room_ahead_of_use_and_gives_back_the_rest() -> None:
+    leases: list[int] = []
+
+    async def journal(nano: int) -> None:
+        leases.append(nano)
+
+    async def go() -> None:
+        b = Budget(usd_per_hour=1.0, usd_per_day=5.0, journal=journal)
+        assert b.lease_nano == to_nano(0.01)  # 1% of the smaller cap
+        rs = []
+        for _ in range(10):
+            rs.append(await b.reserve(0.001))
+            assert b.leased >= b.used  # room is journaled before a reservation is granted
+        assert leases[0] == to_nano(0.01) and len(leases) <= 2  # the next chunk, ahead of need
+        r = await b.reserve(0.001)
+        assert b.leased >= b.used and len(leases) <= 3
+        for x in [*rs, r]:
+            assert x is not None
+            b.settle(x, 0.0004)
+        big = await b.reserve(0.05)  # more than a chunk: leased whole, before it is granted
+        assert big is not None and b.leased >= b.used
+        b.settle(big, 0.0)
+        await b.release()
+        # What stays leased is exactly what was charged: 11 x $0.0004.
+        assert sum(leases) == b.used == 11 * to_nano(0.0004) and leases[-1] < 0
+
+    asyncio.run(go())
+
+
+def test_a_lease_that_cannot_be_written_refuses_the_call() -> None:
+    async def broken(nano: int) -> None:
+        raise OSError("disk full")
+
+    async def go() -> None:
+        b = Budget(usd_per_hour=1.0, journal=broken)
+        assert await b.reserve(0.001) is None
+        assert b.used == 0 and b.reserved == 0 and b.left_usd("hour") == pytest.approx(1.0)
+
+    asyncio.run(go())
+
+
+def test_no_cap_no_journal() -> None:
+    async def journal(nano: int) -> None:
+        raise AssertionError("an uncapped budget has nothing to guarantee")
+
+    async def go() -> None:
+        b = Budget(journal=journal)
+        assert await b.reserve(1.0) is not None
+
+    asyncio.run(go())

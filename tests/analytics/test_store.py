@@ -1,0 +1,33 @@
+"""analytics.store.Store on a real DuckDB file: what the restarted shadow budget is seeded with."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from analytics.store import Store
+
+
+def test_a_killed_runs_unwritten_spend_seeds_the_budget(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s.duckdb")
+    try:
+        lease = "INSERT INTO budget_leases VALUES (?, current_timestamp::TIMESTAMP - ?::INTERVAL, ?)"
+        call = ("INSERT INTO shadow_calls (sample_id, model, spend_usd, called_at) "
+                "VALUES (?, 'cheap', ?, current_timestamp::TIMESTAMP - ?::INTERVAL)")
+        # Run A, killed: leased $0.50 and wrote $0.10 of results.
+        store.con.execute(lease, ["a", "50 minutes", 300_000_000])
+        store.con.execute(lease, ["a", "45 minutes", 200_000_000])
+        store.con.execute(call, ["s1", 0.10, "44 minutes"])
+        # Run B, stopped cleanly: leased $0.30, gave $0.10 back, wrote $0.20.
+        store.con.execute(lease, ["b", "30 minutes", 300_000_000])
+        store.con.execute(call, ["s2", 0.20, "29 minutes"])
+        store.con.execute(lease, ["b", "20 minutes", -100_000_000])
+        # Run C, killed two days ago: outside the day's window.
+        store.con.execute(lease, ["c", "2 days", 900_000_000])
+        spend = store.recent_shadow_spend()
+        written = sorted(u for a, u in spend if a > 0)
+        assert written == pytest.approx([0.10, 0.20])
+        assert [u for a, u in spend if a == 0] == pytest.approx([0.40])  # A's unwritten $0.40
+    finally:
+        store.close()
