@@ -134,7 +134,8 @@ class _Attempt:
 class ModelClient:
     def __init__(self, cfg: ModelConfig, http: HttpClient, *, retries: int = 2,
                  backoff_s: float = 0.5, max_backoff_s: float = 20.0, max_wait_s: float = 300.0,
-                 allowed_fails: int = 3, cooldown_s: float = 60.0, budget: Budget | None = None,
+                 allowed_fails: int = 3, cooldown_s: float = 60.0,
+                 first_probe_s: float | None = None, budget: Budget | None = None,
                  reuse_window_s: float = 0.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.cfg = cfg
         self.http = http
@@ -143,6 +144,7 @@ class ModelClient:
         self.clock = clock
         self.group = DeploymentGroup(cfg.name, [Deployment(d) for d in cfg.resolved_deployments()],
                                      allowed_fails=allowed_fails, cooldown_s=cooldown_s,
+                                     first_probe_s=first_probe_s, give_up_after_s=max_wait_s,
                                      clock=clock)
         self.reuse: ReuseCache[CallResult] | None = (
             ReuseCache(reuse_window_s, clock=clock) if reuse_window_s > 0 else None)
@@ -156,7 +158,8 @@ class ModelClient:
         return cls(cfg, http, retries=shadow.max_retries, backoff_s=shadow.backoff_s,
                    max_backoff_s=shadow.max_backoff_s, max_wait_s=shadow.max_wait_s,
                    allowed_fails=shadow.allowed_fails, cooldown_s=shadow.cooldown_s,
-                   budget=budget, reuse_window_s=shadow.reuse_window_s)
+                   first_probe_s=shadow.first_probe_s, budget=budget,
+                   reuse_window_s=shadow.reuse_window_s)
 
     @property
     def name(self) -> str:

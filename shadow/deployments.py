@@ -7,8 +7,17 @@ the call waits (woken when a call finishes, or when the earliest deployment free
 its deadline, and then `GroupUnavailable` says why.
 
 Health works like LiteLLM's allowed fails / cooldown, as a circuit breaker: `allowed_fails`
-consecutive failures put a deployment on cooldown for `cooldown_s`; after it, one probe call is
-let through (half-open): a success closes the circuit, a failure starts a new cooldown at once.
+consecutive failures take a deployment *down* and put it on cooldown; after it, one probe call
+is let through (half-open): a success brings it back up, a failure starts a new cooldown at
+once. Cooldowns start short and double up to `cooldown_s` (`first_probe_s`, 2× each failed
+probe), so a deployment back after 30 s is used again seconds later, not a whole cooldown later,
+while one that stays down is asked at most once per `cooldown_s`. Going down and coming back
+are logged once each, not at every failed probe.
+
+When every deployment of a group has been down for `give_up_after_s` (`shadow.max_wait_s`),
+calls stop waiting for a probe that keeps failing: they fail at once (`GroupUnavailable`), so
+samples end `skipped_unavailable` and the pipeline moves on; the next probe still goes out when
+its cooldown ends, and the first success brings the group back.
 """
 
 from __future__ import annotations
@@ -44,6 +53,8 @@ class Deployment:
         self.not_before = -math.inf
         self.last_error: str | None = None
         self.cooldowns = 0
+        self.down_since: float | None = None  # clock time it went down; None while up
+        self.backoff = 0.0  # the cooldown it is on (or had last)
         # Prices in USD per token, worst case for the input (cached input may be dearer).
         self.in_price = spec.input_per_mtok / 1e6
         self.cached_price = spec.cached_input_per_mtok / 1e6
@@ -76,6 +87,19 @@ class Deployment:
             return "cooldown"
         return "probing" if self.half_open else "ok"
 
+    def health(self, now: float) -> dict[str, object]:
+        """What /healthz shows: `up` or `down` (on cooldown, or its probe running), since when
+        (seconds) and why."""
+        if self.down_since is None:
+            return {"state": "up"}
+        out: dict[str, object] = {"state": "down", "down_for_s": round(now - self.down_since, 1),
+                                  "last_error": self.last_error}
+        if now < self.cooldown_until:
+            out["next_probe_in_s"] = round(self.cooldown_until - now, 1)
+        else:
+            out["probing"] = True
+        return out
+
     def input_cost(self, tokens: int, cached: int = 0) -> float:
         return max(tokens - cached, 0) * self.in_price + cached * self.cached_price
 
@@ -99,13 +123,17 @@ class Lease:
 
 class DeploymentGroup:
     def __init__(self, name: str, deployments: Sequence[Deployment], *, allowed_fails: int = 3,
-                 cooldown_s: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+                 cooldown_s: float = 60.0, first_probe_s: float | None = None,
+                 give_up_after_s: float | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         if not deployments:
             raise ValueError(f"model {name!r} has no deployments")
         self.name = name
         self.deployments = list(deployments)
         self.allowed_fails = allowed_fails
         self.cooldown_s = cooldown_s
+        self.first_probe_s = cooldown_s if first_probe_s is None else min(first_probe_s, cooldown_s)
+        self.give_up_after_s = give_up_after_s
         self.clock = clock
         self._waiters: deque[asyncio.Future[None]] = deque()
 
@@ -124,6 +152,14 @@ class DeploymentGroup:
             if best is None or key < best_key:
                 best, best_key = d, key
         return best, wait
+
+    def down_since(self) -> float | None:
+        """While every deployment is down: when the last of them went down; else None."""
+        since = [d.down_since for d in self.deployments]
+        return None if None in since else max(s for s in since if s is not None)
+
+    def is_down(self) -> bool:
+        return self.down_since() is not None
 
     def ready_other_than(self, d: Deployment, tokens: int) -> bool:
         now = self.clock()
@@ -145,10 +181,16 @@ class DeploymentGroup:
             if now >= deadline or (now + wait > deadline
                                    and not any(x.inflight for x in self.deployments)):
                 raise GroupUnavailable(self.describe(now))
+            limit = deadline
+            down = self.down_since()
+            if down is not None and self.give_up_after_s is not None:
+                limit = min(limit, down + self.give_up_after_s)
+                if now >= limit:  # down for long enough: waiting for the probe is pointless
+                    raise GroupUnavailable(self.describe(now))
             fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self._waiters.append(fut)
             try:
-                async with asyncio.timeout(min(wait, deadline - now)):
+                async with asyncio.timeout(min(wait, limit - now)):
                     await fut
             except TimeoutError:
                 pass
@@ -162,6 +204,8 @@ class DeploymentGroup:
             st = d.state(now)
             if st == "cooldown":
                 why = f"on cooldown for {d.cooldown_until - now:.0f}s more"
+                if d.down_since is not None:
+                    why = f"down for {now - d.down_since:.0f}s, {why}"
             elif now < d.not_before:
                 why = f"asked to retry after {d.not_before - now:.0f}s"
             elif d.spec.max_concurrency and d.inflight >= d.spec.max_concurrency:
@@ -200,8 +244,10 @@ class DeploymentGroup:
         d = self._release(lease)
         if tokens is not None and lease.tpm_entry is not None and d.tpm is not None:
             d.tpm.correct(lease.tpm_entry, tokens)
-        if d.half_open:
-            log.info("deployment %s of %s is healthy again", d.name, self.name)
+        if d.down_since is not None:
+            log.warning("deployment %s of %s is up again after %.0fs down", d.name, self.name,
+                        self.clock() - d.down_since)
+            d.down_since = None
         d.fails = 0
         d.half_open = False
         d.last_error = None
@@ -221,9 +267,17 @@ class DeploymentGroup:
         d.last_error = error
         d.fails += 1
         if (d.half_open or d.fails >= self.allowed_fails) and not d.on_cooldown(now):
-            d.cooldown_until = now + self.cooldown_s
+            if d.down_since is None:  # it just went down: said once, not at every probe
+                d.down_since = now
+                d.backoff = self.first_probe_s
+                log.warning("deployment %s of %s is down after %d failure(s): %s; on cooldown, "
+                            "next probe in %gs (then doubling up to %gs)", d.name, self.name,
+                            d.fails, error, d.backoff, self.cooldown_s)
+            else:
+                d.backoff = min(self.cooldown_s, max(d.backoff, self.first_probe_s) * 2)
+                log.debug("deployment %s of %s still down (%s): next probe in %gs", d.name,
+                          self.name, error, d.backoff)
+            d.cooldown_until = now + d.backoff
             d.half_open = True
             d.cooldowns += 1
-            log.warning("deployment %s of %s on cooldown for %gs after %d failure(s): %s",
-                        d.name, self.name, self.cooldown_s, d.fails, error)
             d.fails = 0

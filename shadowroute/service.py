@@ -209,12 +209,27 @@ class Service:
             for client in self.runner.models:
                 for d in client.deployments:
                     m.cooldown.labels(client.name, d.name).set(1 if d.on_cooldown(now) else 0)
+                    m.deployment_up.labels(client.name, d.name).set(d.down_since is None)
                     m.cooldowns.labels(client.name, d.name).set(d.cooldowns)
 
+    def models_health(self) -> dict[str, Any]:
+        """Each cheap model's deployments, up or down (see `Deployment.health`)."""
+        if self.runner is None:
+            return {}
+        now = time.monotonic()
+        return {c.name: {"up": not c.group.is_down(),
+                         "deployments": {d.name: d.health(now) for d in c.deployments}}
+                for c in self.runner.models}
+
     def status(self) -> dict[str, Any]:
+        models = self.models_health()
+        # The service itself is healthy while a model is down (restarting it would not help),
+        # but says so: `shadow` is `degraded` and `models` names what is down since when.
         return {"healthy": True, "pid": os.getpid(), "uptime_s": round(time.time() - self.started_at, 1),
                 "consumed": self.consumed, "rejected": self.rejected,
                 "shadow_completed": self.runner.completed if self.runner else 0,
+                "shadow": "degraded" if any(not m["up"] for m in models.values()) else "ok",
+                "models": models,
                 "db_path": str(self.cfg.storage.db_path)}
 
     async def _refresh_gauges(self) -> None:

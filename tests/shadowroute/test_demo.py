@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import queue
+import re
+import signal
+import subprocess
+import threading
+import time
 from pathlib import Path
 
 import duckdb
 
 from tests.support.model_server import ModelBehaviour, ModelServer
-from tests.support.process import cli
+from tests.support.process import CLI, cli
 
 
 def test_demo_with_the_local_model(tmp_path: Path) -> None:
@@ -57,3 +64,56 @@ def test_demo_model_name_needs_a_url() -> None:
     r = cli("demo", "--model-name", "x")
     assert r.returncode == 2
     assert r.stderr.strip() == "shadowroute: --model-name goes with --model-url"
+
+
+def test_a_dead_local_model_stops_the_demo_within_seconds(tmp_path: Path) -> None:
+    """The local model's server dies (here: kill -9) while the demo replays samples on it: the
+    demo says what died, how, and where its log is, and exits non-zero at once, instead of
+    waiting out cooldowns."""
+    db = tmp_path / "demo.duckdb"
+    proc = subprocess.Popen([*CLI, "demo", "--requests", "400", "--samples", "80", "--db",
+                             str(db)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env={**os.environ, "COLUMNS": "200"})
+    lines: queue.Queue[str] = queue.Queue()
+    seen: list[str] = []
+    assert proc.stdout is not None
+    reader = threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout], daemon=True)
+    reader.start()
+
+    def wait_for(pattern: str, timeout: float = 180) -> re.Match[str]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                line = lines.get(timeout=1)
+            except queue.Empty:
+                assert proc.poll() is None, "".join(seen)
+                continue
+            seen.append(line)
+            if m := re.search(pattern, line):
+                return m
+        raise AssertionError(f"no line matching {pattern!r}: {''.join(seen)}")
+
+    try:
+        pid = int(wait_for(r"pid (\d+), log ")[1])
+        wait_for(r"shadowroute.kafka: assigned")  # the service runs and replays samples
+        time.sleep(2)
+        os.kill(pid, signal.SIGKILL)
+        killed = time.monotonic()
+        rc = proc.wait(30)
+        elapsed = time.monotonic() - killed
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    reader.join(5)
+    while not lines.empty():
+        seen.append(lines.get())
+    out = "".join(seen)
+    assert rc == 1, out[-3000:]
+    assert elapsed < 15, f"took {elapsed:.1f}s"
+    said = [line for line in out.splitlines() if line.startswith("shadowroute demo: the ")]
+    assert said == [f"shadowroute demo: the local cheap model (smollm2-135m-instruct on "
+                    f"llama.cpp's server, pid {pid}) killed by signal SIGKILL (9); its log: "
+                    f"{db}.llama.log"], out[-3000:]
+    assert "Gate:" not in out  # no estimate is shown from a run that broke off
+    print(f"\ndemo exited {rc} {elapsed:.1f}s after the model was killed")
