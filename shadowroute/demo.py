@@ -230,6 +230,17 @@ def _pct(v: float | None) -> str:
 def _report(db: Path, opts: DemoOptions, model: str, console: Console) -> int:
     store = Store(db, read_only=True)
     try:
+        _, statuses = store.query_table(
+            "SELECT status, count(*), any_value(skip_reason) FROM samples GROUP BY ALL "
+            "ORDER BY 2 DESC, 1")
+        if not any(status == "done" for status, _, _ in statuses):
+            # Nothing was answered (the endpoint was down throughout): nothing to estimate.
+            ended = ", ".join(f"{n} {status}" for status, n, _ in statuses) or "no samples"
+            why = next((r for status, _, r in statuses if r), None)
+            console.print(f"shadowroute demo: no sample was answered by {model} ({ended})"
+                          + (f"; for example: {why}" if why else ""), style="red",
+                          markup=False, soft_wrap=True)
+            return 1
         z = 1.6449
         cols, rows = store.query_table(
             "SELECT segment, samples, requests, quality, quality_se, savings, projected_usd_saved "

@@ -241,17 +241,33 @@ def test_kafka_is_a_single_kraft_node_matching_the_config(compose: dict[str, Any
     assert service["depends_on"]["kafka-init"]["condition"] == "service_completed_successfully"
 
 
+def _interpolate(value: str) -> str:
+    """Compose's `${VAR:-default}` with nothing set in the environment: the default."""
+    return re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", value)
+
+
 def test_local_model_profile_serves_the_configured_model(compose: dict[str, Any]) -> None:
     llm = compose["services"]["llm"]
     assert llm["profiles"] == ["local-model"]
-    assert llm["image"].startswith("ghcr.io/ggml-org/llama.cpp:server")
+    # The demo's runtime, built from this repository's Dockerfile: no third-party image.
+    assert llm["build"]["target"] == "local-model"
+    stages = re.findall(r"^FROM\s+\S+\s+AS\s+(\S+)\s*$", DOCKERFILE.read_text(encoding="utf-8"),
+                        re.M)
+    assert "local-model" in stages and stages[-1] == "service"
+    assert compose["services"]["shadowroute"]["build"]["target"] == "service"
     assert bind_mounts(llm)["/models"]["source"] == "./models"
-    port = llm["command"][llm["command"].index("--port") + 1]
-    alias = llm["command"][llm["command"].index("--alias") + 1]
+    command = [_interpolate(a) for a in llm["command"]]
+    assert command[0] == "serve-model"
+    # A real invocation of the CLI's serve-model command (parsed, not run).
+    from shadowroute.cli import serve_model
+
+    ctx = serve_model.make_context("serve-model", command[1:])
+    assert ctx.params["host"] == "0.0.0.0"
+    port, alias = ctx.params["port"], ctx.params["alias"]
     cfg = load_config(ROOT / "deploy" / "shadowroute.compose.toml", env={})
     local = [m for m in cfg.shadow.models if urlsplit(m.base_url).hostname == "llm"]
     assert local, "the example config should point a cheap model at the llm service"
-    assert urlsplit(local[0].base_url).port == int(port)
+    assert urlsplit(local[0].base_url).port == port
     assert local[0].model == alias
     for name, svc in compose["services"].items():
         if name != "llm":

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import duckdb
 
-from tests.support.model_server import ModelBehaviour, ModelServer
+from tests.support.model_server import ModelBehaviour, ModelServer, closed_port_url
 from tests.support.process import CLI, cli
 
 
@@ -117,3 +117,26 @@ def test_a_dead_local_model_stops_the_demo_within_seconds(tmp_path: Path) -> Non
                     f"{db}.llama.log"], out[-3000:]
     assert "Gate:" not in out  # no estimate is shown from a run that broke off
     print(f"\ndemo exited {rc} {elapsed:.1f}s after the model was killed")
+
+
+def test_demo_against_an_endpoint_that_stays_down_finishes(tmp_path: Path) -> None:
+    """With the demo's own settings (max_wait_s = 20), samples end skipped_unavailable once the
+    endpoint has been down that long: the run ends, saying nothing was answered, and why."""
+    db = tmp_path / "demo.duckdb"
+    t0 = time.monotonic()
+    r = cli("demo", "--requests", "300", "--samples", "30", "--db", str(db), "--model-url",
+            closed_port_url(), "--model-name", "gone", timeout=180, env={"COLUMNS": "200"})
+    took = time.monotonic() - t0
+    assert r.returncode == 1, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "cheap model gone is down" in r.stdout
+    assert re.search(r"shadowroute demo: no sample was answered by gone \([^)]*\d+ "
+                     r"skipped_unavailable", r.stdout), r.stdout[-2000:]
+    assert "Connection refused" in r.stdout
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        statuses = dict(con.execute("SELECT status, count(*) FROM samples GROUP BY ALL").fetchall())
+    finally:
+        con.close()
+    assert set(statuses) <= {"skipped_unavailable", "skipped_failed"} and statuses, statuses
+    assert took < 120, took
+    print(f"\ndemo against a dead endpoint ended in {took:.0f}s: {statuses}")
