@@ -40,7 +40,7 @@ import polars as pl
 from consumers.ingest import frame, prompt_text
 from shadow.client import CallResult, ModelClient
 from shadow.routers import RouteInput, Router
-from shadow.scorers import SCORERS
+from shadow.scorers import score
 
 log = logging.getLogger("shadowroute.shadow")
 
@@ -57,7 +57,9 @@ class SampleResult:
     skip_reason: str | None = None
     router_scores: list[tuple[str, float]] = field(default_factory=list)
     calls: list[CallResult] = field(default_factory=list)
-    scores: list[tuple[str, str, float]] = field(default_factory=list)  # (model, scorer, value)
+    # (model, scorer, value, scorer used, failure): `auto` says which scorer it used; a scorer
+    # that could not judge the pair gives no value and its reason.
+    scores: list[tuple[str, str, float | None, str, str | None]] = field(default_factory=list)
 
 
 class ResultSink(Protocol):
@@ -80,7 +82,8 @@ SHADOW_CALLS_SCHEMA: dict[str, Any] = {
     "outcome": pl.Utf8, "spend_usd": pl.Float64, "usage_estimated": pl.Boolean,
     "reused_from": pl.Utf8}
 SCORES_SCHEMA: dict[str, Any] = {
-    "sample_id": pl.Utf8, "model": pl.Utf8, "scorer": pl.Utf8, "value": pl.Float64}
+    "sample_id": pl.Utf8, "model": pl.Utf8, "scorer": pl.Utf8, "value": pl.Float64,
+    "scorer_used": pl.Utf8, "error": pl.Utf8}
 FINISHED_SCHEMA: dict[str, Any] = {"sample_id": pl.Utf8, "status": pl.Utf8, "skip_reason": pl.Utf8}
 
 
@@ -99,7 +102,7 @@ def results_to_frames(results: Sequence[SampleResult]) -> dict[str, pl.DataFrame
               c.outcome, c.spend_usd, c.usage_estimated, c.reused_from)
              for r in results for c in r.calls], SHADOW_CALLS_SCHEMA),
         "batch_scores": frame(
-            [(r.sample_id, m, s, v) for r in results for m, s, v in r.scores], SCORES_SCHEMA),
+            [(r.sample_id, *sc) for r in results for sc in r.scores], SCORES_SCHEMA),
         "batch_finished": frame(
             [(r.sample_id, r.status, r.skip_reason) for r in results], FINISHED_SCHEMA),
     }
@@ -112,8 +115,9 @@ class ShadowRunner:
                  on_result: Callable[[SampleResult], None] | None = None,
                  replay_tools: bool = False, max_queue: int | None = None,
                  shed_every_s: float = 1.0, on_shed: Callable[[int], None] | None = None,
-                 ramp_s: float = 0.5) -> None:
+                 ramp_s: float = 0.5, open_ended: str = "token_f1") -> None:
         self.sink = sink
+        self.open_ended = open_ended  # what `auto` uses for open-ended answers
         self.replay_tools = replay_tools
         self.max_queue = max_queue
         self.shed_every_s = shed_every_s
@@ -172,10 +176,11 @@ class ShadowRunner:
             result.calls = list(await asyncio.gather(
                 *(m.complete(messages, params, sample_id=sid) for m in self.models)))
         scorer_name = sample["scorer"]
-        scorer = SCORERS[scorer_name]
         for c in result.calls:
             if c.error is None:
-                result.scores.append((c.model, scorer_name, scorer(c.answer or "", reference)))
+                used, value, failure = score(scorer_name, c.answer or "", reference,
+                                             self.open_ended)
+                result.scores.append((c.model, scorer_name, value, used, failure))
         if all(c.error is not None for c in result.calls):
             outcomes = {c.outcome for c in result.calls}
             result.status = ("skipped_budget" if outcomes == {"budget"} else

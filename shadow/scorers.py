@@ -1,28 +1,56 @@
 """Scorers: how good a cheap answer is relative to the frontier answer, in [0, 1].
 
 A scorer is one function `(candidate, reference) -> float`, registered by name in `SCORERS`.
-1.0 means "as good as the frontier answer for this purpose".
+1.0 means "as good as the frontier answer for this purpose". A scorer that cannot judge a pair
+(the reference is not JSON for `json_match`, has no code for `code`) raises `ScoreFailed` with
+the reason: the runner records it as a failure (no value), never as a silent 0.
+
+Closed answers (numbers, labels, extractions):
 
 - `exact_match`: normalized text equality (case, whitespace, surrounding punctuation/quotes,
   articles and markdown emphasis ignored).
 - `final_number`: GSM8K-style — the last number in each answer compared numerically
   (handles `1,234`, `-3`, `+2`, `0.50`, `$12`, `12%`, `1/2` stays as two numbers).
-- `token_f1`: SQuAD-style token overlap F1 of the normalized answers (graded, for free text).
 - `contains`: 1 when the normalized reference appears in the normalized candidate as a whole
   word sequence ("Paris" in "The capital is Paris."): for short-value tasks where a chattier
   model still gives the right value. It cannot see negation ("not Paris"): prefer
   `exact_match` where answers must be the value alone.
+- `json_match`: both answers parsed as JSON (a ```json fence is allowed); the share of the
+  reference's leaf values (by path) that the candidate has equal, over the union of both
+  answers' leaf paths, so missing and extra keys both cost. Invalid JSON from the cheap model
+  scores 0 when the frontier's was valid. `json_match:a.b,c` compares only those paths.
+- `code`: the answers' fenced code blocks (else the whole answer) must parse (`ast` for
+  Python) and be equal after normalisation (for Python: the AST, so formatting and comments do
+  not count; other languages: comments and whitespace stripped). Model output is parsed, never
+  executed.
+
+Open-ended text (graded):
+
+- `token_f1`: SQuAD-style token overlap F1 of the normalized answers.
+- `rouge_l`: ROUGE-L F-measure, the longest common subsequence of the normalized tokens (order
+  matters, gaps allowed), as in Lin (2004) with beta = 1.
+
+`auto` (see `pick`) chooses per sample from what the frontier answer is: a bare number →
+`final_number`, one short label → `exact_match`, JSON → `json_match`, code blocks → `code`,
+else the configured open-ended scorer; the choice is stored with the score.
 """
 
 from __future__ import annotations
 
+import ast
+import json
 import math
 import re
 import string
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 
 Scorer = Callable[[str, str], float]
+
+
+class ScoreFailed(ValueError):
+    """The scorer cannot judge this pair; the message says why (stored, not a score)."""
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _WS = re.compile(r"\s+")
@@ -99,9 +127,193 @@ def _words(text: str) -> str:
 _PUNCT_SPACES = re.compile(r"[^\w\s@./:+-]+|(?<=\w)[.,:;!?](?=\s|$)")
 
 
+def rouge_l(candidate: str, reference: str) -> float:
+    c, r = _tokens(candidate), _tokens(reference)
+    if not c or not r:
+        return 1.0 if c == r else 0.0
+    lcs = _lcs_length(c, r)
+    if lcs == 0:
+        return 0.0
+    p, rc = lcs / len(c), lcs / len(r)
+    return 2 * p * rc / (p + rc)
+
+
+def _lcs_length(a: list[str], b: list[str]) -> int:
+    if len(a) < len(b):
+        a, b = b, a
+    prev = [0] * (len(b) + 1)  # one row of the DP table: O(len(b)) memory
+    for x in a:
+        cur = [0]
+        for j, y in enumerate(b):
+            cur.append(prev[j] + 1 if x == y else max(prev[j + 1], cur[j]))
+        prev = cur
+    return prev[-1]
+
+
+# -- JSON ------------------------------------------------------------------------------------
+_FENCE = re.compile(r"```[ \t]*([\w+#.-]*)[^\n]*\n(.*?)```", re.S)
+
+
+def _json_of(text: str) -> Any:
+    """The JSON value an answer holds: the whole answer, else its first fenced block."""
+    for attempt in (text.strip(), *(body.strip() for _, body in _FENCE.findall(text))):
+        try:
+            return json.loads(attempt)
+        except ValueError:
+            continue
+    raise ValueError("not JSON")
+
+
+def _leaves(value: Any, path: str = "") -> Iterator[tuple[str, Any]]:
+    if isinstance(value, dict) and value:
+        for k, v in value.items():
+            yield from _leaves(v, f"{path}.{k}" if path else str(k))
+    elif isinstance(value, list) and value:
+        for i, v in enumerate(value):
+            yield from _leaves(v, f"{path}[{i}]")
+    else:
+        yield path, value
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) \
+            and not isinstance(a, bool) and not isinstance(b, bool):
+        if math.isnan(a) or math.isnan(b):
+            return math.isnan(a) and math.isnan(b)
+        return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
+    if isinstance(a, str) and isinstance(b, str):
+        return normalize(a) == normalize(b)
+    return bool(a == b and type(a) is type(b))
+
+
+def json_match(candidate: str, reference: str, paths: tuple[str, ...] = ()) -> float:
+    try:
+        ref = _json_of(reference)
+    except ValueError:
+        raise ScoreFailed("json_match: the frontier answer is not JSON") from None
+    try:
+        cand = _json_of(candidate)
+    except ValueError:
+        return 0.0  # the frontier's was valid JSON, the cheap model's is not
+    ref_leaves, cand_leaves = dict(_leaves(ref)), dict(_leaves(cand))
+    if paths:
+        missing = [p for p in paths if p not in ref_leaves]
+        if missing:
+            raise ScoreFailed(f"json_match: the frontier answer has no {', '.join(missing)}")
+        return sum(p in cand_leaves and _same(cand_leaves[p], ref_leaves[p])
+                   for p in paths) / len(paths)
+    keys = ref_leaves.keys() | cand_leaves.keys()
+    same = sum(k in ref_leaves and k in cand_leaves and _same(cand_leaves[k], ref_leaves[k])
+               for k in keys)
+    return same / len(keys)
+
+
+def json_paths(paths: str) -> Scorer:
+    """`json_match` restricted to comma-separated paths (`a.b,items[0].id`)."""
+    chosen = tuple(p.strip() for p in paths.split(",") if p.strip())
+    return lambda candidate, reference: json_match(candidate, reference, chosen)
+
+
+# -- code ------------------------------------------------------------------------------------
+_PY = {"", "py", "python", "python3", "py3"}
+_LINE_COMMENT = re.compile(r"(//|#|--)[^\n]*")
+_BLOCK_COMMENT = re.compile(r"/\*.*?\*/", re.S)
+
+
+def _code_blocks(text: str) -> list[tuple[str, str]]:
+    """(language, code) of each fenced block; the whole text as one block when it has none."""
+    blocks = [(lang.lower(), body) for lang, body in _FENCE.findall(text)]
+    return blocks or [("", text)]
+
+
+def _normal_code(lang: str, code: str) -> str | None:
+    """The code normalised for comparison, or None when Python code does not parse."""
+    if lang in _PY:
+        try:
+            return ast.dump(ast.parse(code), annotate_fields=False)
+        except (SyntaxError, ValueError):
+            return None
+    code = _BLOCK_COMMENT.sub("", code)
+    code = _LINE_COMMENT.sub("", code)
+    return " ".join(code.split())
+
+
+def code_match(candidate: str, reference: str) -> float:
+    ref_blocks = [b for b in _FENCE.findall(reference)]
+    if not ref_blocks:
+        raise ScoreFailed("code: the frontier answer has no fenced code block")
+    ref = [_normal_code(lang.lower(), body) for lang, body in ref_blocks]
+    if any(r is None for r in ref):
+        raise ScoreFailed("code: the frontier answer's Python code does not parse")
+    cand = [_normal_code(lang, body) for lang, body in _code_blocks(candidate)]
+    if any(c is None for c in cand):
+        return 0.0  # the cheap model's code does not parse
+    return 1.0 if cand == ref else 0.0
+
+
+# -- auto ------------------------------------------------------------------------------------
+_BARE_NUMBER = re.compile(r"^[-+−]?\s?[$€£]?\s?(\d{1,3}(,\d{3})+|\d+)(\.\d+)?\s?%?$|^[-+]?\.\d+$")
+
+
+def pick(reference: str, open_ended: str = "token_f1") -> str:
+    """The scorer `auto` uses for a frontier answer."""
+    text = reference.strip()
+    if _BARE_NUMBER.match(text.rstrip(".")):
+        return "final_number"
+    if _FENCE.search(text):
+        try:
+            _json_of(text)
+            return "json_match"
+        except ValueError:
+            return "code"
+    if text[:1] in "{[":
+        try:
+            _json_of(text)
+            return "json_match"
+        except ValueError:
+            pass
+    words = text.split()
+    if 0 < len(words) <= 3 and len(text) <= 40 and not re.search(r"[.!?;:]\s", text + " "):
+        return "exact_match"
+    return open_ended
+
+
 SCORERS: dict[str, Scorer] = {
+    "code": code_match,
     "contains": contains,
     "exact_match": exact_match,
     "final_number": final_number_match,
+    "json_match": json_match,
+    "rouge_l": rouge_l,
     "token_f1": token_f1,
 }
+AUTO = "auto"
+OPEN_ENDED = ("token_f1", "rouge_l", "contains")
+
+
+def resolve(name: str) -> Scorer:
+    """The scorer for a configured name: a registered one, or `json_match:<paths>`."""
+    if name in SCORERS:
+        return SCORERS[name]
+    if name.startswith("json_match:"):
+        return json_paths(name.split(":", 1)[1])
+    raise KeyError(name)
+
+
+def known(name: str) -> bool:
+    return name == AUTO or name in SCORERS or (name.startswith("json_match:")
+                                               and bool(name.split(":", 1)[1].strip()))
+
+
+def score(name: str, candidate: str, reference: str, open_ended: str = "token_f1"
+          ) -> tuple[str, float | None, str | None]:
+    """(scorer used, value, failure): `auto` picks from the reference; a scorer that cannot
+    judge the pair gives no value and its reason."""
+    used = pick(reference, open_ended) if name == AUTO else name
+    try:
+        value = resolve(used)(candidate, reference)
+    except ScoreFailed as e:
+        return used, None, str(e)
+    if not 0.0 <= value <= 1.0 or math.isnan(value):
+        return used, None, f"{used}: value {value!r} outside [0, 1]"
+    return used, value, None

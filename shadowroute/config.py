@@ -278,7 +278,10 @@ class ScoringConfig:
     tag: str = ""
     """Tag whose value picks the scorer (defaults to `sampling.stratify_tag`)."""
     by_tag: Mapping[str, str] = field(default_factory=dict)
-    """Tag value -> scorer name, e.g. {math = "final_number"}."""
+    """Tag value -> scorer name, e.g. {math = "final_number"}; `auto` picks per sample from
+    the frontier answer; `json_match:a.b,c` compares only those JSON paths."""
+    open_ended: str = "token_f1"
+    """What `auto` uses for an open-ended frontier answer (`token_f1`, `rouge_l`, `contains`)."""
 
 
 @dataclass(frozen=True)
@@ -552,7 +555,7 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("server.port", f"must be 0..65535, got {cfg.server.port}")
     _validate_shadow(cfg.shadow)
     from shadow.routers import ROUTER_KINDS  # late: routers import config types
-    from shadow.scorers import SCORERS
+    from shadow.scorers import OPEN_ENDED, SCORERS, known
 
     names: set[str] = set()
     for i, r in enumerate(cfg.routers):
@@ -564,8 +567,12 @@ def _validate(cfg: Config) -> None:
         names.add(r.name)
     for key, scorer in [("scoring.default", cfg.scoring.default),
                         *((f"scoring.by_tag.{k}", v) for k, v in cfg.scoring.by_tag.items())]:
-        if scorer not in SCORERS:
-            raise ConfigError(key, f"unknown scorer {scorer!r}; known: {', '.join(sorted(SCORERS))}")
+        if not known(scorer):
+            raise ConfigError(key, f"unknown scorer {scorer!r}; known: auto, "
+                                   f"{', '.join(sorted(SCORERS))}, json_match:<paths>")
+    if cfg.scoring.open_ended not in OPEN_ENDED:
+        raise ConfigError("scoring.open_ended", f"must be one of {', '.join(OPEN_ENDED)}, got "
+                                                f"{cfg.scoring.open_ended!r}")
     rate("gate.min_quality", cfg.gate.min_quality)
     if not 0.5 <= cfg.gate.confidence < 1.0:
         raise ConfigError("gate.confidence", f"must be in [0.5, 1), got {cfg.gate.confidence}")

@@ -315,7 +315,8 @@ class Service:
         self.runner = ShadowRunner(self.store, build_routers(self.cfg.routers), models,
                                    concurrency=sh.concurrency, on_result=self._on_result,
                                    replay_tools=sh.replay_tools, max_queue=sh.max_queue,
-                                   on_shed=self._on_shed)
+                                   on_shed=self._on_shed,
+                                   open_ended=self.cfg.scoring.open_ended)
         try:
             # First, so a source that is not there (no Kafka) leaves nothing running behind.
             await self.source.start()

@@ -128,6 +128,7 @@ WITH pop AS (
     FROM samples s
     JOIN shadow_calls c ON c.sample_id = s.sample_id AND c.error IS NULL
     JOIN scores sc ON sc.sample_id = s.sample_id AND sc.model = c.model AND sc.scorer = s.scorer
+        AND sc.value IS NOT NULL  -- a scorer that could not judge the pair: not a quality of 0
     WHERE s.status = 'done'
 )
 SELECT o.*, pop.n_stratum,
@@ -263,3 +264,13 @@ CREATE TABLE IF NOT EXISTS budget_leases (
     ts      TIMESTAMP DEFAULT current_timestamp,
     nano    BIGINT NOT NULL     -- USD x 1e9; negative: unused room given back at a clean stop
 );
+
+-- name: schema_50_scores_scorer_used
+-- The scorer that judged the pair: `scorer` is the sample's configured one (the savings views
+-- join on it); for `auto` this is the one it picked from the frontier answer.
+ALTER TABLE scores ADD COLUMN IF NOT EXISTS scorer_used VARCHAR;
+
+-- name: schema_51_scores_error
+-- Why a scorer could not judge the pair (`value` is NULL then, and the pair is left out of the
+-- estimates rather than counted as quality 0).
+ALTER TABLE scores ADD COLUMN IF NOT EXISTS error VARCHAR;

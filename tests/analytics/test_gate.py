@@ -57,7 +57,8 @@ def fill(store: Store, strata: dict[str, tuple[int, list[S]]], *, noise: bool = 
                 "SELECT sample_id, stratum, 'gpt-4o', $s, cf, 'done' FROM t_samples", {"s": SCORER})
     con.execute("INSERT INTO shadow_calls (sample_id, model, answer, cost_usd) "
                 "SELECT sample_id, $m, 'a', x FROM t_calls", {"m": MODEL})
-    con.execute("INSERT INTO scores SELECT sample_id, $m, $s, x FROM t_scores",
+    con.execute("INSERT INTO scores (sample_id, model, scorer, value) "
+                "SELECT sample_id, $m, $s, x FROM t_scores",
                 {"m": MODEL, "s": SCORER})
     con.execute("INSERT INTO router_scores SELECT sample_id, $r, x FROM t_routes", {"r": ROUTER})
     for name in frames:
@@ -72,13 +73,15 @@ def fill(store: Store, strata: dict[str, tuple[int, list[S]]], *, noise: bool = 
                     "('failed-1', 'gpt-4o|a', $1, 1.0, 'done')", [SCORER])
         con.execute("INSERT INTO shadow_calls (sample_id, model, cost_usd, error) VALUES "
                     "('pending-1', $1, 0.5, NULL), ('failed-1', $1, 0.5, 'timeout')", [MODEL])
-        con.execute("INSERT INTO scores VALUES ('pending-1', $1, $2, 0.0), "
+        con.execute("INSERT INTO scores (sample_id, model, scorer, value) VALUES ('pending-1', $1, $2, 0.0), "
                     "('failed-1', $1, $2, 0.0)", [MODEL, SCORER])
         first = next(iter(strata)).replace("|", "-") + "-0"
-        con.execute("INSERT INTO scores VALUES ($1, $2, 'token_f1', 0.0)", [first, MODEL])
+        con.execute("INSERT INTO scores (sample_id, model, scorer, value) "
+                    "VALUES ($1, $2, 'token_f1', 0.0)", [first, MODEL])
         con.execute("INSERT INTO shadow_calls (sample_id, model, cost_usd) VALUES ($1, 'other', 9)",
                     [first])
-        con.execute("INSERT INTO scores VALUES ($1, 'other', $2, 0.0)", [first, SCORER])
+        con.execute("INSERT INTO scores (sample_id, model, scorer, value) "
+                    "VALUES ($1, 'other', $2, 0.0)", [first, SCORER])
 
 
 def expected(strata: dict[str, tuple[int, list[S]]], threshold: float) -> dict[str, float]:

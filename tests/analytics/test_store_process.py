@@ -47,7 +47,7 @@ def done(sample_id: str) -> SampleResult:
     return SampleResult(sample_id, "done", calls=[CallResult(
         model="cheap", answer="1", input_tokens=3, cached_input_tokens=0, output_tokens=1,
         cost_usd=1e-6, latency_ms=5.0, error=None, attempts=1, deployment="cheap#0",
-        spend_usd=1e-6)], scores=[("cheap", "exact_match", 1.0)])
+        spend_usd=1e-6)], scores=[("cheap", "exact_match", 1.0, "exact_match", None)])
 
 
 def test_calls_from_the_loop_answer_in_order_and_writes_land(tmp_path: Path) -> None:

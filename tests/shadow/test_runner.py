@@ -281,7 +281,7 @@ def test_results_written_again_are_stored_once(tmp_path: Path) -> None:
     def result(sid: str, answer: str) -> SampleResult:
         call = CallResult("cheap", answer, 10, 0, 2, 0.001, 50.0, None, 1, deployment="d0")
         return SampleResult(sid, "done", None, [("random", 0.5)], [call],
-                            [("cheap", "exact_match", 1.0)])
+                            [("cheap", "exact_match", 1.0, "exact_match", None)])
 
     store.write_results(results_to_frames([result("s0000", "first")]))
     store.write_results(results_to_frames([result("s0000", "again"), result("s0001", "new")]))

@@ -6,7 +6,22 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shadow.scorers import SCORERS, exact_match, final_number, final_number_match, normalize, token_f1
+from shadow.scorers import (
+    SCORERS,
+    ScoreFailed,
+    code_match,
+    exact_match,
+    final_number,
+    final_number_match,
+    json_match,
+    known,
+    normalize,
+    pick,
+    resolve,
+    rouge_l,
+    score,
+    token_f1,
+)
 
 SETTINGS = settings(max_examples=200, deadline=None)
 # Texts made of the pieces the scorers care about, plus anything at all.
@@ -121,6 +136,113 @@ def test_token_f1_is_graded() -> None:
     assert 0.0 < token_f1("capital is Paris", ref) < 1.0
 
 
+# -- rouge_l ---------------------------------------------------------------------------------
+
+def test_rouge_l_is_the_lcs_f_measure() -> None:
+    # Lin's example, after normalisation drops "the": cand [police, kill, gunman], ref [police,
+    # killed, gunman]: LCS 2 (police, gunman), P = R = 2/3.
+    assert rouge_l("police kill the gunman", "police killed the gunman") == pytest.approx(2 / 3)
+    # Order matters, unlike token_f1: the same words reversed share an LCS of one.
+    assert token_f1("alpha beta gamma", "gamma beta alpha") == 1.0
+    assert rouge_l("alpha beta gamma", "gamma beta alpha") == pytest.approx(1 / 3)
+    # Gaps are allowed: a longer answer holding the reference in order keeps recall 1.
+    assert rouge_l("alpha x beta y gamma", "alpha beta gamma") == pytest.approx(
+        2 * (3 / 5) * 1.0 / (3 / 5 + 1.0))
+    assert rouge_l("", "alpha") == 0.0 and rouge_l("", "") == 1.0
+
+
+# -- json_match ------------------------------------------------------------------------------
+
+REF_JSON = '{"name": "Ada Lovelace", "born": 1815, "tags": ["math", "poetry"], "alive": false}'
+
+
+@pytest.mark.parametrize(("cand", "value"), [
+    (REF_JSON, 1.0),
+    ('{"alive": false, "tags": ["math", "poetry"], "born": 1815.0, "name": "ada lovelace"}', 1.0),
+    ('```json\n' + REF_JSON + '\n```', 1.0),  # fenced, as chat models write it
+    ('{"name": "Ada Lovelace", "born": 1816, "tags": ["math", "poetry"], "alive": false}', 4 / 5),
+    ('{"name": "Ada Lovelace", "born": 1815, "tags": ["math"], "alive": false}', 4 / 5),
+    ('{"name": "Ada Lovelace", "born": 1815, "tags": ["math", "poetry"], "alive": false, '
+     '"extra": 1}', 5 / 6),  # an extra key costs too
+    ('{"name": "Ada Lovelace", "born": "1815", "tags": ["math", "poetry"], "alive": 0}', 3 / 5),
+    ("Ada Lovelace, born 1815", 0.0),  # not JSON while the frontier's was
+    ('{"name": "Ada Lovelace",', 0.0),
+])
+def test_json_match(cand: str, value: float) -> None:
+    assert json_match(cand, REF_JSON) == pytest.approx(value)
+
+
+def test_json_match_on_chosen_paths_and_failures() -> None:
+    only = resolve("json_match:name,born")
+    assert only('{"name": "Ada Lovelace", "born": 1815, "tags": []}', REF_JSON) == 1.0
+    assert only('{"name": "Ada", "born": 1815}', REF_JSON) == 0.5
+    with pytest.raises(ScoreFailed, match="has no nope"):
+        resolve("json_match:nope")(REF_JSON, REF_JSON)
+    with pytest.raises(ScoreFailed, match="frontier answer is not JSON"):
+        json_match("{}", "Ada Lovelace")
+    assert score("json_match", "{}", "not json") == ("json_match", None,
+                                                     "json_match: the frontier answer is not JSON")
+    assert known("json_match:a.b") and not known("json_match:") and not known("bleu")
+
+
+# -- code --------------------------------------------------------------------------------------
+
+REF_CODE = "Here you go:\n```python\ndef add(a, b):\n    return a + b\n```\n"
+
+
+@pytest.mark.parametrize(("cand", "value"), [
+    (REF_CODE, 1.0),
+    # Formatting, comments and the prose around it do not count: the AST is the same.
+    ("```py\ndef add(a,b):  # sum\n\n    return (a + b)\n```", 1.0),
+    ("```python\ndef add(a, b):\n    return a - b\n```", 0.0),  # a different program
+    ("```python\ndef add(a, b)\n    return a + b\n```", 0.0),  # does not parse
+    ("def add(a, b): return a + b", 1.0),  # no fence: the whole answer is the code
+    ("Use the + operator.", 0.0),
+])
+def test_code_match_python(cand: str, value: float) -> None:
+    assert code_match(cand, REF_CODE) == value
+
+
+def test_code_match_other_languages_and_failures() -> None:
+    ref = "```js\n// add two numbers\nconst add = (a, b) => a + b;\n```"
+    assert code_match("```javascript\nconst add = (a, b) =>\n  a + b;  /* sum */\n```", ref) == 1.0
+    assert code_match("```js\nconst add = (a, b) => a * b;\n```", ref) == 0.0
+    with pytest.raises(ScoreFailed, match="no fenced code block"):
+        code_match("x", "The answer is 4.")
+    with pytest.raises(ScoreFailed, match="does not parse"):
+        code_match("x", "```python\ndef (:\n```")
+
+
+def test_code_is_never_executed(tmp_path: pytest.TempPathFactory) -> None:
+    marker = f"{tmp_path}/ran"
+    evil = f"```python\nopen({marker!r}, 'w').write('x')\n```"
+    assert code_match(evil, evil) == 1.0
+    import os
+    assert not os.path.exists(marker)
+
+
+# -- auto --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("reference", "picked"), [
+    ("42", "final_number"),
+    ("-1,234.5", "final_number"),
+    ("$12", "final_number"),
+    ("positive", "exact_match"),
+    ("New York", "exact_match"),
+    ('{"a": 1}', "json_match"),
+    ('```json\n[1, 2]\n```', "json_match"),
+    (REF_CODE, "code"),
+    ("Paris is the capital of France. It is on the Seine.", "token_f1"),
+    ("The meeting moved to Tuesday because the room was booked", "token_f1"),
+])
+def test_auto_picks_from_the_frontier_answer(reference: str, picked: str) -> None:
+    assert pick(reference) == picked
+    assert pick(reference, open_ended="rouge_l") == ("rouge_l" if picked == "token_f1"
+                                                      else picked)
+    used, value, failure = score("auto", reference, reference)
+    assert used == picked and value == 1.0 and failure is None
+
+
 # -- properties ------------------------------------------------------------------------------
 
 def test_scorers_registry() -> None:
@@ -131,17 +253,20 @@ def test_scorers_registry() -> None:
 
 @SETTINGS
 @given(answers, answers)
-def test_scores_are_in_unit_interval(cand: str, ref: str) -> None:
-    for name, scorer in SCORERS.items():
-        v = scorer(cand, ref)
-        assert 0.0 <= v <= 1.0, name
+def test_scores_are_in_unit_interval_or_a_recorded_failure(cand: str, ref: str) -> None:
+    for name in [*SCORERS, "auto"]:
+        used, v, failure = score(name, cand, ref)
+        assert (v is None) != (failure is None), name
+        assert v is None or 0.0 <= v <= 1.0, name
+        assert used in SCORERS
 
 
 @SETTINGS
 @given(answers)
 def test_a_text_scored_against_itself_is_one(text: str) -> None:
-    for name, scorer in SCORERS.items():
-        assert scorer(text, text) == 1.0, name
+    for name in [*SCORERS, "auto"]:
+        _, v, failure = score(name, text, text)
+        assert v == 1.0 or (v is None and failure), name
 
 
 @SETTINGS

@@ -15,7 +15,7 @@ from shadowroute.config import Config, ModelConfig, Price, RouterConfig, load_co
 from shadowroute.errors import ConfigError, ShadowrouteError
 
 ROOT = Path(__file__).resolve().parents[2]
-KNOWN_SCORERS = ", ".join(sorted(SCORERS))
+KNOWN_SCORERS = "auto, " + ", ".join(sorted(SCORERS)) + ", json_match:<paths>"
 
 GOOD = """
 [kafka]

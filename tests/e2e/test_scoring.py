@@ -1,0 +1,107 @@
+"""Scorers through the broker and the running service: `auto` picks per sample from the
+frontier answer, per-tag scorers win over it, and a scorer that cannot judge a pair records why
+instead of a quality of 0."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import orjson
+import pytest
+
+from shadowroute.broker import Broker
+from shadowroute.config import load_config
+from tests.support.configs import write_config
+from tests.support.kafka import produce
+from tests.support.model_server import ModelBehaviour, ModelServer
+from tests.support.service import run_until_consumed
+
+# feature -> (frontier answer, cheap answer, scorer auto picks, expected value)
+CASES = {
+    "number": ("1,234", "The total is 1234.", "final_number", 1.0),
+    "json": ('{"city": "Paris", "zip": "75001"}', '```json\n{"city": "paris", "zip": "75002"}\n```',
+             "json_match", 0.5),
+    "code": ("```python\ndef f(x):\n    return x * 2\n```",
+             "Sure:\n```python\ndef f(x): return x*2  # double\n```", "code", 1.0),
+    "prose": ("The meeting moved to Tuesday because the room was booked",
+              "The meeting moved to Tuesday", "token_f1", None),
+    "label": ("Positive", "positive.", "exact_match", 1.0),
+}
+
+
+def _records(n_each: int) -> list[bytes]:
+    out = []
+    for feature, (frontier, _, _, _) in [*CASES.items(),
+                                         ("fixed", ("Positive", "", "", None)),
+                                         ("notjson", ("plain words", "", "", None))]:
+        for i in range(n_each):
+            out.append(orjson.dumps({
+                "request_id": f"{feature}-{i}", "ts": 1764244800 + i,
+                "request": {"model": "gpt-4o", "messages": [
+                    {"role": "user", "content": f"[{feature}] question {i}"}]},
+                "response": {"choices": [{"message": {"role": "assistant", "content": frontier},
+                                          "finish_reason": "stop"}],
+                             "usage": {"prompt_tokens": 20, "completion_tokens": 10}},
+                "cost_usd": 0.001, "tags": {"feature": feature}}))
+    return out
+
+
+def _cheap(prompt: str) -> str:
+    feature = prompt[1:prompt.index("]")]
+    if feature == "fixed":
+        return "Positive, I think"
+    if feature == "notjson":
+        return '{"a": 1}'
+    return CASES[feature][1]
+
+
+def test_auto_and_per_tag_scorers_through_the_service(broker: Broker, topic: str,
+                                                     db_path: Path, tmp_path: Path) -> None:
+    n_each = 6
+    values = _records(n_each)
+    asyncio.run(produce(broker.bootstrap, topic, values))
+    with ModelServer(ModelBehaviour(answer=_cheap)) as ms:
+        path = write_config(tmp_path / "c.toml", bootstrap=broker.bootstrap, topic=topic,
+                            group="g-scoring", db=db_path, model_url=ms.url, default_rate=1.0,
+                            math_rate=1.0)
+        # The default becomes `auto`; two tags keep a scorer of their own.
+        text = path.read_text().replace(
+            'default = "exact_match"\nby_tag = { math = "final_number" }',
+            'default = "auto"\nopen_ended = "token_f1"\n'
+            'by_tag = { fixed = "exact_match", notjson = "json_match" }')
+        assert 'default = "auto"' in text
+        path.write_text(text)
+        asyncio.run(run_until_consumed(load_config(path, env={}), len(values)))
+
+    import duckdb
+    con = duckdb.connect(str(db_path), read_only=True)
+    try:
+        rows = con.execute(
+            "SELECT s.tags->>'feature', sc.scorer, sc.scorer_used, sc.value, sc.error "
+            "FROM scores sc JOIN samples s USING (sample_id)").fetchall()
+        outcomes = dict(con.execute(
+            "SELECT s.tags->>'feature', count(*) FROM sample_outcomes o "
+            "JOIN samples s USING (sample_id) GROUP BY ALL").fetchall())
+        all_cheap = con.execute("SELECT samples, quality FROM savings "
+                                "WHERE router = 'all_cheap'").fetchone()
+    finally:
+        con.close()
+    by_feature: dict[str, set[tuple[object, ...]]] = {}
+    for feature, *rest in rows:
+        by_feature.setdefault(feature, set()).add(tuple(rest))
+    assert len(rows) == 7 * n_each
+    for feature, (_, _, picked, value) in CASES.items():
+        [(scorer, used, v, error)] = by_feature[feature]  # the same for every sample
+        assert (scorer, used, error) == ("auto", picked, None), feature
+        if value is not None:
+            assert v == pytest.approx(value), feature
+    [(_, _, prose, _)] = by_feature["prose"]
+    assert 0.0 < prose < 1.0  # graded: 5 of the frontier's 9 tokens
+    # A tag's own scorer wins over the default.
+    assert by_feature["fixed"] == {("exact_match", "exact_match", 0.0, None)}
+    # A scorer that cannot judge the pair: a recorded failure, not a 0, and not in the estimates.
+    assert by_feature["notjson"] == {("json_match", "json_match", None,
+                                      "json_match: the frontier answer is not JSON")}
+    assert "notjson" not in outcomes and outcomes["json"] == n_each
+    assert all_cheap[0] == 6 * n_each
