@@ -40,7 +40,7 @@ import polars as pl
 from consumers.ingest import frame, prompt_text
 from shadow.client import CallResult, ModelClient
 from shadow.routers import RouteInput, Router
-from shadow.scorers import score
+from shadow.scorers import Scoring
 
 log = logging.getLogger("shadowroute.shadow")
 
@@ -115,9 +115,15 @@ class ShadowRunner:
                  on_result: Callable[[SampleResult], None] | None = None,
                  replay_tools: bool = False, max_queue: int | None = None,
                  shed_every_s: float = 1.0, on_shed: Callable[[int], None] | None = None,
-                 ramp_s: float = 0.5, open_ended: str = "token_f1") -> None:
+                 ramp_s: float = 0.5, scoring: Scoring | None = None,
+                 score_tag: str = "feature",
+                 fit_scorers: Callable[[], Awaitable[None]] | None = None) -> None:
         self.sink = sink
-        self.open_ended = open_ended  # what `auto` uses for open-ended answers
+        self.scoring = scoring or Scoring()
+        # Fits `tfidf_cosine` on stored frontier answers when a sample needs it before the
+        # scheduler did (the sample's own answer is stored by then): once, not per call.
+        self.fit_scorers = fit_scorers
+        self.score_tag = score_tag  # its value is the segment fitted scorers use
         self.replay_tools = replay_tools
         self.max_queue = max_queue
         self.shed_every_s = shed_every_s
@@ -176,10 +182,12 @@ class ShadowRunner:
             result.calls = list(await asyncio.gather(
                 *(m.complete(messages, params, sample_id=sid) for m in self.models)))
         scorer_name = sample["scorer"]
+        if self.fit_scorers is not None and self.scoring.wants_fit(scorer_name, reference):
+            await self.fit_scorers()
         for c in result.calls:
             if c.error is None:
-                used, value, failure = score(scorer_name, c.answer or "", reference,
-                                             self.open_ended)
+                used, value, failure = self.scoring.score(
+                    scorer_name, c.answer or "", reference, tags.get(self.score_tag))
                 result.scores.append((c.model, scorer_name, value, used, failure))
         if all(c.error is not None for c in result.calls):
             outcomes = {c.outcome for c in result.calls}

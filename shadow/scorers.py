@@ -29,6 +29,11 @@ Open-ended text (graded):
 - `token_f1`: SQuAD-style token overlap F1 of the normalized answers.
 - `rouge_l`: ROUGE-L F-measure, the longest common subsequence of the normalized tokens (order
   matters, gaps allowed), as in Lin (2004) with beta = 1.
+- `tfidf_cosine`: cosine similarity of the answers' TF-IDF vectors (scikit-learn, unigrams and
+  bigrams, sublinear tf), so rare, topical words count more than common ones. The vectorizers
+  are fitted per segment (the scoring tag's value) on stored frontier answers by the service's
+  scheduler (`TfidfCosine.fit`), never per call; a segment with too few answers uses the one
+  fitted on all of them. Before the first fit it records a failure, not a score.
 
 `auto` (see `pick`) chooses per sample from what the frontier answer is: a bare number →
 `final_number`, one short label → `exact_match`, JSON → `json_match`, code blocks → `code`,
@@ -43,7 +48,7 @@ import math
 import re
 import string
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 Scorer = Callable[[str, str], float]
@@ -288,7 +293,97 @@ SCORERS: dict[str, Scorer] = {
     "token_f1": token_f1,
 }
 AUTO = "auto"
-OPEN_ENDED = ("token_f1", "rouge_l", "contains")
+TFIDF = "tfidf_cosine"
+OPEN_ENDED = ("token_f1", "rouge_l", "contains", TFIDF)
+
+
+class TfidfCosine:
+    """`tfidf_cosine`, holding the vectorizers `fit` made (see the module docstring)."""
+
+    def __init__(self, min_docs: int = 20) -> None:
+        self.min_docs = min_docs  # answers a segment needs for a vectorizer of its own
+        self._by_segment: dict[str, Any] = {}
+        self._all: Any = None
+        self.fitted_docs = 0
+
+    @property
+    def fitted(self) -> bool:
+        return self._all is not None
+
+    def fit(self, corpus: Mapping[str, Sequence[str]]) -> dict[str, int]:
+        """Fit on frontier answers by segment; returns the answers each vectorizer saw ("" is
+        the one fitted on all)."""
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
+        def vectorizer(docs: Sequence[str]) -> Any:
+            v = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=1,
+                                preprocessor=normalize)
+            try:
+                return v.fit(docs)
+            except ValueError:  # empty vocabulary (answers of punctuation only)
+                return None
+
+        everything = [d for docs in corpus.values() for d in docs if d.strip()]
+        if not everything:
+            return {}
+        fitted = {"": len(everything)}
+        by_segment = {}
+        for segment, docs in corpus.items():
+            docs = [d for d in docs if d.strip()]
+            if len(docs) >= self.min_docs and (v := vectorizer(docs)) is not None:
+                by_segment[segment] = v
+                fitted[segment] = len(docs)
+        all_docs = vectorizer(everything)
+        if all_docs is None:
+            return {}
+        # Swapped in whole: a call scoring meanwhile sees the old vectorizers or the new ones.
+        self._by_segment, self._all, self.fitted_docs = by_segment, all_docs, len(everything)
+        return fitted
+
+    def __call__(self, candidate: str, reference: str, segment: str | None = None) -> float:
+        vec = self._by_segment.get(segment or "", self._all)
+        if vec is None:
+            raise ScoreFailed(f"{TFIDF}: no vectorizer fitted yet (the service fits them on "
+                              "stored frontier answers)")
+        m = vec.transform([candidate, reference])  # rows are L2-normalised
+        if m[1].nnz == 0:
+            raise ScoreFailed(f"{TFIDF}: the frontier answer has no term the vectorizer knows")
+        return float(min(1.0, max(0.0, (m[0] @ m[1].T).toarray()[0, 0])))
+
+
+class Scoring:
+    """Scores answers with the registered scorers, `auto`, and the fitted ones it holds."""
+
+    def __init__(self, open_ended: str = "token_f1", tfidf: TfidfCosine | None = None) -> None:
+        self.open_ended = open_ended
+        self.tfidf = tfidf or TfidfCosine()
+
+    def wants_fit(self, name: str, reference: str) -> bool:
+        """Whether scoring with `name` needs the fitted scorer, and it is not fitted yet."""
+        if self.tfidf.fitted:
+            return False
+        return (pick(reference, self.open_ended) if name == AUTO else name) == TFIDF
+
+    def score(self, name: str, candidate: str, reference: str, segment: str | None = None
+              ) -> tuple[str, float | None, str | None]:
+        """(scorer used, value, failure): `auto` picks from the reference; a scorer that cannot
+        judge the pair gives no value and its reason."""
+        used = pick(reference, self.open_ended) if name == AUTO else name
+        try:
+            if used == TFIDF:
+                value = self.tfidf(candidate, reference, segment)
+            else:
+                value = resolve(used)(candidate, reference)
+        except ScoreFailed as e:
+            return used, None, str(e)
+        if not 0.0 <= value <= 1.0 or math.isnan(value):
+            return used, None, f"{used}: value {value!r} outside [0, 1]"
+        return used, value, None
+
+
+def names() -> list[str]:
+    """Every scorer name a config may use (besides `json_match:<paths>`)."""
+    return sorted([AUTO, TFIDF, *SCORERS])
 
 
 def resolve(name: str) -> Scorer:
@@ -301,19 +396,11 @@ def resolve(name: str) -> Scorer:
 
 
 def known(name: str) -> bool:
-    return name == AUTO or name in SCORERS or (name.startswith("json_match:")
+    return name in (AUTO, TFIDF) or name in SCORERS or (name.startswith("json_match:")
                                                and bool(name.split(":", 1)[1].strip()))
 
 
 def score(name: str, candidate: str, reference: str, open_ended: str = "token_f1"
           ) -> tuple[str, float | None, str | None]:
-    """(scorer used, value, failure): `auto` picks from the reference; a scorer that cannot
-    judge the pair gives no value and its reason."""
-    used = pick(reference, open_ended) if name == AUTO else name
-    try:
-        value = resolve(used)(candidate, reference)
-    except ScoreFailed as e:
-        return used, None, str(e)
-    if not 0.0 <= value <= 1.0 or math.isnan(value):
-        return used, None, f"{used}: value {value!r} outside [0, 1]"
-    return used, value, None
+    """`Scoring.score` with no fitted scorer (a `tfidf_cosine` pair records a failure)."""
+    return Scoring(open_ended).score(name, candidate, reference)

@@ -281,7 +281,15 @@ class ScoringConfig:
     """Tag value -> scorer name, e.g. {math = "final_number"}; `auto` picks per sample from
     the frontier answer; `json_match:a.b,c` compares only those JSON paths."""
     open_ended: str = "token_f1"
-    """What `auto` uses for an open-ended frontier answer (`token_f1`, `rouge_l`, `contains`)."""
+    """What `auto` uses for an open-ended frontier answer (`token_f1`, `rouge_l`, `contains`,
+    `tfidf_cosine`)."""
+    refit_s: float = 600.0
+    """`tfidf_cosine`: how often its vectorizers are fitted again on stored frontier answers
+    (sooner while none is fitted yet)."""
+    tfidf_min_docs: int = 20
+    """`tfidf_cosine`: frontier answers a segment needs for a vectorizer of its own."""
+    tfidf_max_docs: int = 5000
+    """`tfidf_cosine`: the newest answers per segment it is fitted on."""
 
 
 @dataclass(frozen=True)
@@ -555,7 +563,8 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("server.port", f"must be 0..65535, got {cfg.server.port}")
     _validate_shadow(cfg.shadow)
     from shadow.routers import ROUTER_KINDS  # late: routers import config types
-    from shadow.scorers import OPEN_ENDED, SCORERS, known
+    from shadow.scorers import OPEN_ENDED, known
+    from shadow.scorers import names as scorer_names
 
     names: set[str] = set()
     for i, r in enumerate(cfg.routers):
@@ -568,8 +577,8 @@ def _validate(cfg: Config) -> None:
     for key, scorer in [("scoring.default", cfg.scoring.default),
                         *((f"scoring.by_tag.{k}", v) for k, v in cfg.scoring.by_tag.items())]:
         if not known(scorer):
-            raise ConfigError(key, f"unknown scorer {scorer!r}; known: auto, "
-                                   f"{', '.join(sorted(SCORERS))}, json_match:<paths>")
+            raise ConfigError(key, f"unknown scorer {scorer!r}; known: "
+                                   f"{', '.join(scorer_names())}, json_match:<paths>")
     if cfg.scoring.open_ended not in OPEN_ENDED:
         raise ConfigError("scoring.open_ended", f"must be one of {', '.join(OPEN_ENDED)}, got "
                                                 f"{cfg.scoring.open_ended!r}")

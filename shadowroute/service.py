@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import functools
 import gc
 import logging
@@ -25,6 +26,7 @@ import orjson
 import uvicorn
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
+import sql
 from analytics.store import Store
 from analytics.store_process import StoreProcess
 from consumers.ingest import IngestBatch, Ingestor
@@ -35,6 +37,7 @@ from shadow.client import ModelClient
 from shadow.http import HttpClient, make_http
 from shadow.routers import build_routers
 from shadow.runner import SampleResult, ShadowRunner, results_to_frames
+from shadow.scorers import TFIDF, Scoring, TfidfCosine
 from shadowroute.api import build_app
 from shadowroute.config import Config
 from shadowroute.metrics import Metrics
@@ -177,6 +180,11 @@ class Service:
         self.consumed = 0
         self.rejected = 0
         self.source_done = False
+        sc = cfg.scoring
+        self._score_tag = sc.tag or cfg.sampling.stratify_tag
+        self.scoring = Scoring(sc.open_ended, TfidfCosine(sc.tfidf_min_docs))
+        self._last_fit = -float("inf")
+        self._fitting = asyncio.Lock()  # the scheduler's job and the runner's first need
 
     # -- wiring ---------------------------------------------------------------------------------
     def _on_result(self, res: SampleResult) -> None:
@@ -240,6 +248,38 @@ class Service:
         if lag is not None:
             for (t, p), v in (await lag()).items():
                 self.metrics.lag.labels(t, str(p)).set(v)
+
+    def _fits_scorers(self) -> bool:
+        sc = self.cfg.scoring
+        used = {sc.default, *sc.by_tag.values()}
+        return TFIDF in used or ("auto" in used and sc.open_ended == TFIDF)
+
+    async def _refit_scorers(self) -> None:
+        """Fit `tfidf_cosine`'s vectorizers on the newest stored frontier answers per segment:
+        while none is fitted yet, every `scoring.refit_s`, and whenever the stored answers have
+        doubled since the last fit (the first fits see few)."""
+        async with self._fitting:
+            await self._refit_once()
+
+    async def _refit_once(self) -> None:
+        sc = self.cfg.scoring
+        tfidf = self.scoring.tfidf
+        if tfidf.fitted and time.monotonic() - self._last_fit < sc.refit_s:
+            if tfidf.fitted_docs >= sc.tfidf_max_docs:
+                return
+            if (await self.store.counts())["samples"] < 2 * tfidf.fitted_docs:
+                return
+        _, rows = await asyncio.to_thread(
+            self.store.store.query_table, sql.query("frontier_answers_by_segment"),
+            {"tag": self._score_tag, "per_segment": sc.tfidf_max_docs})
+        corpus: dict[str, list[str]] = {}
+        for segment, answer in rows:
+            corpus.setdefault(segment, []).append(answer)
+        fitted = await asyncio.to_thread(tfidf.fit, corpus)
+        if fitted:
+            self._last_fit = time.monotonic()
+            log.info("tfidf_cosine fitted on %d frontier answers (%d segments of their own)",
+                     fitted[""], len(fitted) - 1)
 
     async def _serve_http(self) -> tuple[_QuietServer, asyncio.Task[None]]:
         app = build_app(self.store.store, self.cfg, self.metrics, self.status)
@@ -315,8 +355,8 @@ class Service:
         self.runner = ShadowRunner(self.store, build_routers(self.cfg.routers), models,
                                    concurrency=sh.concurrency, on_result=self._on_result,
                                    replay_tools=sh.replay_tools, max_queue=sh.max_queue,
-                                   on_shed=self._on_shed,
-                                   open_ended=self.cfg.scoring.open_ended)
+                                   on_shed=self._on_shed, scoring=self.scoring,
+                                   score_tag=self._score_tag, fit_scorers=self._refit_scorers)
         try:
             # First, so a source that is not there (no Kafka) leaves nothing running behind.
             await self.source.start()
@@ -331,6 +371,10 @@ class Service:
         scheduler = AsyncIOScheduler()
         scheduler.add_job(self._refresh_gauges, "interval", seconds=5, max_instances=1,
                           coalesce=True)
+        if self._fits_scorers():
+            # First at once, then every 5 s: mostly a no-op once fitted (see _refit_scorers).
+            scheduler.add_job(self._refit_scorers, "interval", seconds=5, max_instances=1,
+                              coalesce=True, next_run_time=datetime.datetime.now())
         scheduler.start()
         runner_task = asyncio.create_task(self.runner.run())
         ingest_task = asyncio.create_task(self._ingest_loop())

@@ -109,3 +109,11 @@ FROM (
 
 -- name: insert_budget_lease
 INSERT INTO budget_leases (run_id, nano) VALUES ($run_id, $nano);
+
+-- name: frontier_answers_by_segment
+-- The newest frontier answers per value of the scoring tag: what `tfidf_cosine` is fitted on.
+SELECT coalesce(tags->>$tag, '') AS segment, response_text
+FROM samples
+WHERE response_text IS NOT NULL AND response_text <> ''
+QUALIFY row_number() OVER (PARTITION BY coalesce(tags->>$tag, '') ORDER BY created_at DESC)
+        <= $per_segment;

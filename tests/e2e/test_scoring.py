@@ -105,3 +105,33 @@ def test_auto_and_per_tag_scorers_through_the_service(broker: Broker, topic: str
                                       "json_match: the frontier answer is not JSON")}
     assert "notjson" not in outcomes and outcomes["json"] == n_each
     assert all_cheap[0] == 6 * n_each
+
+
+def test_tfidf_cosine_is_fitted_from_stored_answers_before_its_first_score(
+        broker: Broker, topic: str, db_path: Path, tmp_path: Path) -> None:
+    answers = [f"Your refund for order {i} will arrive in {i % 7 + 2} days." for i in range(30)]
+    values = [orjson.dumps({
+        "request_id": f"support-{i}", "ts": 1764244800 + i,
+        "request": {"model": "gpt-4o", "messages": [{"role": "user", "content": f"[q] {i}"}]},
+        "response": {"choices": [{"message": {"role": "assistant", "content": a},
+                                  "finish_reason": "stop"}],
+                     "usage": {"prompt_tokens": 20, "completion_tokens": 10}},
+        "cost_usd": 0.001, "tags": {"feature": "support"}}) for i, a in enumerate(answers)]
+    asyncio.run(produce(broker.bootstrap, topic, values))
+    with ModelServer(ModelBehaviour(answer=lambda p: "Your refund will arrive soon.")) as ms:
+        path = write_config(tmp_path / "c.toml", bootstrap=broker.bootstrap, topic=topic,
+                            group="g-tfidf", db=db_path, model_url=ms.url, default_rate=1.0,
+                            math_rate=1.0)
+        path.write_text(path.read_text().replace('default = "exact_match"',
+                                                 'default = "tfidf_cosine"'))
+        asyncio.run(run_until_consumed(load_config(path, env={}), len(values)))
+    import duckdb
+    con = duckdb.connect(str(db_path), read_only=True)
+    try:
+        rows = con.execute("SELECT scorer, scorer_used, value, error FROM scores").fetchall()
+    finally:
+        con.close()
+    assert len(rows) == 30
+    # Not one sample was scored before the vectorizer was fitted: every pair has a value.
+    assert all(r[:2] == ("tfidf_cosine", "tfidf_cosine") and r[3] is None for r in rows), rows
+    assert all(0.2 < r[2] < 1.0 for r in rows), rows  # shares refund/arrive, not the rest

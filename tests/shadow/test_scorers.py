@@ -9,6 +9,8 @@ from hypothesis import strategies as st
 from shadow.scorers import (
     SCORERS,
     ScoreFailed,
+    Scoring,
+    TfidfCosine,
     code_match,
     exact_match,
     final_number,
@@ -290,3 +292,40 @@ def test_final_number_reads_back_integers(n: int, template: str) -> None:
     assert final_number(template.format(n)) == n
     assert final_number(template.format(f"{n:,}")) == n
     assert final_number_match(template.format(f"{n:,}"), str(n)) == 1.0
+
+
+# -- tfidf_cosine ------------------------------------------------------------------------------
+
+# "your", "will" and "in" are in every answer of both segments; "refund" and "arrive" only in
+# the support answers.
+SUPPORT = [f"Your refund for order {i} will arrive in {i % 7 + 2} days." for i in range(25)]
+RECIPES = [f"Your bread {i} will be golden in {i % 5 + 20} minutes." for i in range(25)]
+
+
+def test_tfidf_cosine_needs_a_fit_and_records_why_before() -> None:
+    sc = Scoring("tfidf_cosine")
+    used, value, failure = sc.score("tfidf_cosine", "a refund", "the refund")
+    assert (used, value) == ("tfidf_cosine", None) and "no vectorizer fitted yet" in (failure or "")
+    assert sc.wants_fit("tfidf_cosine", "x") and sc.wants_fit("auto", "a long open answer here x")
+    assert not sc.wants_fit("auto", "42") and not sc.wants_fit("token_f1", "x")
+    sc.tfidf.fit({"support": SUPPORT})
+    assert not sc.wants_fit("tfidf_cosine", "x")
+    assert sc.score("tfidf_cosine", SUPPORT[0], SUPPORT[0])[1] == pytest.approx(1.0)
+    with pytest.raises(ScoreFailed, match="no term the vectorizer knows"):
+        sc.tfidf("anything", "zzz qqq")
+
+
+def test_tfidf_cosine_weighs_rare_words_and_fits_per_segment() -> None:
+    t = TfidfCosine(min_docs=20)
+    fitted = t.fit({"support": SUPPORT, "recipes": RECIPES, "tiny": ["one answer"]})
+    assert fitted == {"": 51, "support": 25, "recipes": 25}  # "tiny" uses the one fitted on all
+    ref = "Your refund will arrive."
+    # Sharing the topical words beats sharing the common ones.
+    assert t("refund arrive", ref) > t("Your will.", ref)
+    # In the support segment "refund" is in every answer, so it says little there; over all
+    # answers (half are recipes) it is a rare word and says more.
+    assert t("refund", ref, "support") < t("refund", ref, None)
+    assert t("refund", ref, "tiny") == t("refund", ref, None)
+    # Disjoint answers score 0, and values stay in [0, 1].
+    assert t("golden bread minutes", ref) == 0.0
+    assert 0.0 <= t("refund bread arrive golden", ref) <= 1.0

@@ -15,7 +15,7 @@ from shadowroute.config import Config, ModelConfig, Price, RouterConfig, load_co
 from shadowroute.errors import ConfigError, ShadowrouteError
 
 ROOT = Path(__file__).resolve().parents[2]
-KNOWN_SCORERS = "auto, " + ", ".join(sorted(SCORERS)) + ", json_match:<paths>"
+KNOWN_SCORERS = ", ".join(sorted([*SCORERS, "auto", "tfidf_cosine"])) + ", json_match:<paths>"
 
 GOOD = """
 [kafka]
