@@ -9,10 +9,12 @@ is (see `shadowroute.client`). Batches are handed to DuckDB as Arrow tables, nev
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +26,6 @@ import sql
 from consumers.ingest import IngestBatch
 from shadowroute.errors import StoreError, StoreLockedError
 
-READ_ONLY_STATEMENTS = {"SELECT", "EXPLAIN", "PRAGMA", "SET"}
 FETCH_CHUNK = 128  # rows per fetch of pending samples; see `pending_samples`
 
 
@@ -44,6 +45,27 @@ def open_connection(path: str | Path, *, read_only: bool) -> duckdb.DuckDBPyConn
         raise StoreError(f"cannot open {path}: {str(e).splitlines()[0]}") from None
 
 
+def lock_down(con: duckdb.DuckDBPyConnection) -> None:
+    """Close the database instance of `con` to the outside, for good: no file, extension or
+    network access from SQL, and no setting can change any more (not even by us). Both settings
+    are global to the instance: the service's own statements need neither, and once locked no
+    person's `SET memory_limit`/`PRAGMA profiling_output` can reach the service's connections."""
+    locked = con.execute("SELECT current_setting('lock_configuration')").fetchall()[0][0]
+    if not locked:  # else locked already: the instance is shared by the connections of a file
+        con.execute("SET enable_external_access = false")
+        con.execute("SET lock_configuration = true")
+
+
+@dataclass(frozen=True)
+class UserResult:
+    """What a person's query returned: at most `max_rows` rows, `truncated` if there were more."""
+
+    columns: list[str]
+    types: list[str]
+    rows: list[tuple[Any, ...]]
+    truncated: bool
+
+
 class Store:
     """Owns the read-write connection of the service (or of a one-shot command)."""
 
@@ -51,17 +73,36 @@ class Store:
         self.path = Path(path)
         self.read_only = read_only
         if not read_only:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise StoreError(f"cannot create the directory {self.path.parent} of the DuckDB "
+                                 f"file: {e.strerror or e}") from None
         elif not self.path.exists():
             raise StoreError(f"{self.path} does not exist (has the service run yet?)")
         self.con = open_connection(self.path, read_only=read_only)
+        if not read_only:
+            # Prompts, answers and errors live here: the owner's only, also for a file created
+            # under a looser umask by an older version. (New files: see the CLI's umask.)
+            with contextlib.suppress(OSError):
+                self.path.chmod(0o600)
         self._lock = threading.Lock()
+        self._user_cursors: set[duckdb.DuckDBPyConnection] = set()
+        self._user_lock = threading.Lock()
+        self._closing = False
         if not read_only:
             self.migrate()
 
     def close(self) -> None:
+        self.interrupt_user_queries()  # a person's runaway query must not hold up the close
         with self._lock:
             self.con.close()
+
+    def interrupt_user_queries(self) -> None:
+        with self._user_lock:
+            self._closing = True
+            for cur in self._user_cursors:
+                _interrupt(cur)
 
     def prepare_writer(self, threads: int = 0) -> None:
         """Ready the service's writer connection before it serves: cap DuckDB's threads (0: one
@@ -73,6 +114,7 @@ class Store:
             self.con.execute(f"SET threads = {int(n)}")  # SET takes no bound parameter
             self.con.register("_shadowroute_warm_up", pa.table({"x": pa.array([], pa.int64())}))
             self.con.unregister("_shadowroute_warm_up")
+            lock_down(self.con)
 
     def migrate(self) -> None:
         with self._lock:
@@ -204,15 +246,13 @@ class Store:
         with self._lock:
             return self.con.execute(query, params).fetchall()
 
-    def query_table(self, query: str, params: Mapping[str, Any] | Sequence[Any] | None = None,
-                    *, read_only_check: bool = False) -> tuple[list[str], list[tuple[Any, ...]]]:
-        """Run a query and return (column names, rows). With `read_only_check`, refuse anything
-        but SELECT-like statements (the service's /v1/sql shares the writer's connection)."""
+    def query_table(self, query: str, params: Mapping[str, Any] | Sequence[Any] | None = None
+                    ) -> tuple[list[str], list[tuple[Any, ...]]]:
+        """Run one of our own queries and return (column names, rows). Never for a person's
+        SQL: that is `user_query`."""
         # A cursor is its own connection to the same database: reads do not wait for writes.
         cur = self.con.cursor()
         try:
-            if read_only_check:
-                check_read_only(cur, query)
             try:
                 res = cur.execute(query, params)
             except duckdb.Error as e:
@@ -223,19 +263,80 @@ class Store:
         finally:
             cur.close()
 
+    def user_query(self, query: str, *, max_rows: int, timeout_s: float) -> UserResult:
+        """Run a person's SQL (`shadowroute sql`, `/v1/sql`) so that it can neither write nor
+        reach beyond the file, whatever it says: DuckDB itself refuses both. The query runs in
+        a READ ONLY transaction on its own cursor (writes hidden in CTEs, `EXPLAIN ANALYZE` or
+        `nextval` fail in the engine), on an instance locked by `lock_down` (no file access, no
+        settings); it must be a single SELECT (checked with DuckDB's parser as well, never
+        instead). It is interrupted after `timeout_s`, and at most `max_rows` rows are read."""
+        # A cursor of its own from the start: the writer's connection refuses a second caller.
+        cur = self.con.cursor()
+        try:
+            lock_down(cur)  # the instance's settings: the cursor's are the writer's
+            check_single_select(cur, query)
+        except duckdb.Error as e:
+            cur.close()
+            raise StoreError(str(e).splitlines()[0]) from None
+        except BaseException:
+            cur.close()
+            raise
+        with self._user_lock:
+            if self._closing:
+                cur.close()
+                raise StoreError("the store is closing")
+            self._user_cursors.add(cur)
+        timer = threading.Timer(timeout_s, _interrupt, (cur,))
+        timer.daemon = True
+        timer.start()
+        try:
+            cur.execute("BEGIN TRANSACTION READ ONLY")
+            try:
+                rel = cur.sql(query)
+                if rel is None:  # not a query after all (the parser check should have said)
+                    raise StoreError("only a single SELECT statement is allowed here")
+                # LIMIT on the relation: DuckDB stops producing rows at the cap.
+                rows = rel.limit(max_rows + 1).fetchall()
+                return UserResult(list(rel.columns), [str(t) for t in rel.types],
+                                  rows[:max_rows], len(rows) > max_rows)
+            finally:
+                cur.execute("ROLLBACK")
+        except duckdb.InterruptException:
+            if self._closing:
+                raise StoreError("the query was interrupted: the service is stopping") from None
+            raise StoreError(f"the query was interrupted after {timeout_s:g} s "
+                             "(server.sql_timeout_s)") from None
+        except duckdb.Error as e:
+            raise StoreError(str(e).splitlines()[0]) from None
+        finally:
+            timer.cancel()
+            with self._user_lock:
+                self._user_cursors.discard(cur)
+            cur.close()
+
     def counts(self) -> dict[str, Any]:
         cols, rows = self.query_table(sql.query("counts"))
         return dict(zip(cols, rows[0], strict=True))
 
 
-def check_read_only(con: duckdb.DuckDBPyConnection, query: str) -> None:
+def _interrupt(cur: duckdb.DuckDBPyConnection) -> None:
+    try:
+        cur.interrupt()
+    except duckdb.Error:
+        pass  # finished and closed meanwhile
+
+
+def check_single_select(con: duckdb.DuckDBPyConnection, query: str) -> None:
+    """One SELECT statement, as DuckDB's own parser reads `query` (a second line of defence:
+    the engine refuses writes and file access whatever this says)."""
     try:
         stmts = con.extract_statements(query)
     except duckdb.Error as e:
         raise StoreError(str(e).splitlines()[0]) from None
     if not stmts:
         raise StoreError("empty query")
-    for st in stmts:
-        kind = str(st.type).rsplit(".", 1)[-1]
-        if kind not in READ_ONLY_STATEMENTS:
-            raise StoreError(f"only read-only statements are allowed here, got {kind}")
+    if len(stmts) > 1:
+        raise StoreError(f"one statement per query, got {len(stmts)}")
+    kind = str(stmts[0].type).rsplit(".", 1)[-1]
+    if kind != "SELECT":
+        raise StoreError(f"only a single read-only SELECT statement is allowed here, got {kind}")

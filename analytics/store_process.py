@@ -8,7 +8,7 @@ in flight waits it out (the shadow stage measured ~0.9 ms of overhead per call w
 but the `Store` lives in a child process that owns the DuckDB file; the event loop only pickles
 requests onto a socket and reads the answers.
 
-Three socket pairs join the processes:
+Four socket pairs join the processes:
 
 - the *async* channel carries the stages' calls (`write_ingest`, `pending`, `write`, `shed`,
   ...) from the event loop; the child runs them one at a time, in the order sent, and answers
@@ -17,7 +17,9 @@ Three socket pairs join the processes:
   partitions are assigned, on the event loop), counts, `close`;
 - the *queries* channel carries the HTTP API's `/v1/sql` and `/v1/verdict` queries, which run on
   a cursor in the child beside the writes. A channel of their own, so that a person's long query
-  never holds up the positions the consumer waits for.
+  never holds up the positions the consumer waits for;
+- the *user* channel carries a person's SQL (`/v1/sql`), run read-only, bounded in time and rows
+  (`Store.user_query`): a channel of its own so that such a query never holds up `/v1/verdict`.
 
 The child exits when told to close or when the parent goes away (its sockets reach EOF), and
 closes the DuckDB file either way, so a crashed service never leaves the file locked.
@@ -124,15 +126,19 @@ class _Served:
     def fetch(self, query: str, params: Any = None) -> list[tuple[Any, ...]]:
         return self.store.fetch(query, params)
 
-    def query_table(self, query: str, params: Any = None, read_only_check: bool = False
-                    ) -> tuple[list[str], list[tuple[Any, ...]]]:
-        return self.store.query_table(query, params, read_only_check=read_only_check)
+    def query_table(self, query: str, params: Any = None) -> tuple[list[str], list[tuple[Any, ...]]]:
+        return self.store.query_table(query, params)
+
+    def user_query(self, query: str, max_rows: int, timeout_s: float) -> Any:
+        return self.store.user_query(query, max_rows=max_rows, timeout_s=timeout_s)
 
 
 ASYNC_CALLS = frozenset({"write_ingest", "pending", "write", "shed", "recent_shadow_spend",
                          "lease_budget", "counts"})
 CONTROL_CALLS = frozenset({"stored_offsets", "fetch", "counts"})
 QUERY_CALLS = frozenset({"query_table"})
+USER_CALLS = frozenset({"user_query"})
+USER_REPLY_GRACE_S = 10.0  # beyond a user query's own timeout, before the channel is given up
 _CLOSE = ("close", ())
 _CLOSE_CONTROL = ("close from the control channel", ())  # the child's own marker
 
@@ -147,16 +153,19 @@ def _answer(served: _Served, names: frozenset[str], request: Any) -> tuple[str, 
         return "err", _portable(e)
 
 
-def serve(path: str, threads: int, async_fd: int, control_fd: int, queries_fd: int) -> int:
+def serve(path: str, threads: int, async_fd: int, control_fd: int, queries_fd: int,
+          user_fd: int) -> int:
     """The child's main: open the store, answer both channels until closed or orphaned."""
     # Ctrl-C reaches the whole process group and systemd signals every process of the unit:
     # the child outlives such signals so the service can write its last results and close it.
     # It ends when told to, or when the service is gone.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    os.umask(0o077)  # the DuckDB file and its WAL: the owner's only
     a = socket.socket(fileno=async_fd)
     b = socket.socket(fileno=control_fd)
     c = socket.socket(fileno=queries_fd)
+    d = socket.socket(fileno=user_fd)
     try:
         served = _Served(path, threads)
     except Exception as e:
@@ -186,7 +195,12 @@ def serve(path: str, threads: int, async_fd: int, control_fd: int, queries_fd: i
         while (req := _recv(c)) is not None:
             _send(c, _answer(served, QUERY_CALLS, req))
 
+    def serve_user() -> None:
+        while (req := _recv(d)) is not None:
+            _send(d, _answer(served, USER_CALLS, req))
+
     threading.Thread(target=read_async, daemon=True, name="store-async").start()
+    threading.Thread(target=serve_user, daemon=True, name="store-user-sql").start()
     threading.Thread(target=serve_control, daemon=True, name="store-control").start()
     threading.Thread(target=serve_queries, daemon=True, name="store-queries").start()
     closer = None
@@ -220,6 +234,8 @@ class StoreProcess:
         a_parent, a_child = socket.socketpair()
         b_parent, b_child = socket.socketpair()
         c_parent, c_child = socket.socketpair()
+        d_parent, d_child = socket.socketpair()
+        children = (a_child, b_child, c_child, d_child)
         env = dict(os.environ)
         # The child imports this package, installed or not (benchmarks run from the checkout).
         env["PYTHONPATH"] = os.pathsep.join(
@@ -229,17 +245,20 @@ class StoreProcess:
                 # `-c`, not `-m analytics.store_process`: the package imports this module, and
                 # runpy warns on stderr when it runs a module that is already imported.
                 [sys.executable, "-c", _CHILD_MAIN, str(self.path), str(threads),
-                 *(str(x.fileno()) for x in (a_child, b_child, c_child))],
-                pass_fds=tuple(x.fileno() for x in (a_child, b_child, c_child)), env=env,
+                 *(str(x.fileno()) for x in children)],
+                pass_fds=tuple(x.fileno() for x in children), env=env,
                 stdin=subprocess.DEVNULL)
         finally:
-            for x in (a_child, b_child, c_child):
+            for x in children:
                 x.close()
         self._async_sock = a_parent
         self._sync_sock = b_parent  # control
         self._sync_lock = threading.Lock()
         self._queries_sock = c_parent
         self._queries_lock = threading.Lock()
+        self._user_sock = d_parent
+        self._user_lock = threading.Lock()
+        self._user_broken: str | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None
         self._waiting: deque[asyncio.Future[Any]] = deque()
@@ -271,6 +290,32 @@ class StoreProcess:
             try:
                 _send(sock, (name, args))
                 reply = _recv(sock)
+            except OSError as e:
+                raise self._gone(str(e)) from None
+        if reply is None:
+            raise self._gone("connection closed")
+        kind, value = reply
+        if kind == "err":
+            raise value
+        return value
+
+    def _call_user(self, query: str, max_rows: int, timeout_s: float) -> Any:
+        """A person's query on the user channel. The child interrupts it after `timeout_s`; if no
+        answer comes even then, the channel is given up (a late answer would be read as the
+        next query's) and later queries fail until the service restarts."""
+        with self._user_lock:
+            if self._closed:
+                raise StoreError(f"the store for {self.path} is closed")
+            if self._user_broken:
+                raise StoreError(self._user_broken)
+            try:
+                self._user_sock.settimeout(timeout_s + USER_REPLY_GRACE_S)
+                _send(self._user_sock, ("user_query", (query, max_rows, timeout_s)))
+                reply = _recv(self._user_sock)
+            except TimeoutError:
+                self._user_broken = (f"the store process for {self.path} did not finish a query "
+                                     "it was told to interrupt; restart the service")
+                raise StoreError(self._user_broken) from None
             except OSError as e:
                 raise self._gone(str(e)) from None
         if reply is None:
@@ -411,6 +456,7 @@ class StoreProcess:
         self._async_sock.close()
         self._sync_sock.close()
         self._queries_sock.close()
+        self._user_sock.close()
         try:
             return self.proc.wait(CLOSE_TIMEOUT_S)
         except subprocess.TimeoutExpired:
@@ -431,18 +477,21 @@ class _SyncReads:
               ) -> list[tuple[Any, ...]]:
         return self._owner._call_sync("fetch", query, params)  # type: ignore[no-any-return]
 
-    def query_table(self, query: str, params: Mapping[str, Any] | Sequence[Any] | None = None,
-                    *, read_only_check: bool = False) -> tuple[list[str], list[tuple[Any, ...]]]:
+    def query_table(self, query: str, params: Mapping[str, Any] | Sequence[Any] | None = None
+                    ) -> tuple[list[str], list[tuple[Any, ...]]]:
         return self._owner._call_sync(  # type: ignore[no-any-return]
-            "query_table", query, params, read_only_check)
+            "query_table", query, params)
 
     def counts(self) -> dict[str, Any]:
         return self._owner._call_sync("counts")  # type: ignore[no-any-return]
 
+    def user_query(self, query: str, *, max_rows: int, timeout_s: float) -> Any:
+        return self._owner._call_user(query, max_rows, timeout_s)
+
 
 def child_main(argv: Sequence[str]) -> int:
-    """The child's entry: PATH THREADS ASYNC_FD CONTROL_FD QUERIES_FD."""
-    return serve(argv[0], *(int(x) for x in argv[1:5]))
+    """The child's entry: PATH THREADS ASYNC_FD CONTROL_FD QUERIES_FD USER_FD."""
+    return serve(argv[0], *(int(x) for x in argv[1:6]))
 
 
 _CHILD_MAIN = "import sys; from analytics.store_process import child_main; sys.exit(child_main(sys.argv[1:]))"

@@ -8,7 +8,8 @@ service's own connection: the data is as fresh as the last committed batch.
 
 from __future__ import annotations
 
-from dataclasses import asdict
+import os
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ import orjson
 
 from analytics.gate import GateRequest, evaluate
 from analytics.store import Store
+from shadowroute.config import ServerConfig
 from shadowroute.errors import ServiceUnreachable, StoreError, StoreLockedError
 from shadowroute.service import service_file
 
@@ -31,39 +33,66 @@ def _service_url(db: Path) -> str:
             f"{f}; stop the other process or point --db at a copy") from None
 
 
-def _post(url: str, path: str, **kw: Any) -> Any:
+def client_token(server: ServerConfig) -> str | None:
+    """The API token the running service expects, from the variable `server.token_env` names."""
+    return os.environ.get(server.token_env) or None if server.token_env else None
+
+
+def _post(url: str, path: str, token: str | None, timeout: float = 60.0, **kw: Any) -> Any:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        resp = httpx.request("POST" if "json" in kw else "GET", url + path, timeout=60.0, **kw)
+        resp = httpx.request("POST" if "json" in kw else "GET", url + path, timeout=timeout,
+                             headers=headers, **kw)
     except httpx.HTTPError as e:
         raise ServiceUnreachable(f"the running service at {url} did not answer: {e}") from None
-    data = orjson.loads(resp.content)
-    if resp.status_code != 200:
-        raise StoreError(data.get("error", resp.text) if isinstance(data, dict) else resp.text)
+    try:
+        data = orjson.loads(resp.content)
+    except orjson.JSONDecodeError:
+        data = None
+    if resp.status_code != 200 or not isinstance(data, dict):
+        error = data.get("error") if isinstance(data, dict) else None
+        hint = " (set the variable server.token_env names)" if resp.status_code == 401 else ""
+        raise StoreError(f"the service answered {resp.status_code}: "
+                         f"{error or resp.text[:200]}{hint}")
     return data
 
 
-def run_sql(db: Path, query: str) -> tuple[list[str], list[Any], str]:
-    """(columns, rows, where the answer came from)."""
+@dataclass(frozen=True)
+class SqlAnswer:
+    columns: list[str]
+    rows: list[tuple[Any, ...]]
+    truncated: bool
+    source: str
+
+
+def run_sql(db: Path, query: str, server: ServerConfig | None = None) -> SqlAnswer:
+    """A person's query, read-only and bounded as `server` says (see `Store.user_query`), on
+    the file or through the running service."""
+    server = server or ServerConfig()
     try:
         store = Store(db, read_only=True)
     except StoreLockedError:
         url = _service_url(db)
-        data = _post(url, "/v1/sql", json={"sql": query})
-        return data["columns"], [tuple(r) for r in data["rows"]], f"service {url}"
+        data = _post(url, "/v1/sql", client_token(server), timeout=server.sql_timeout_s + 30,
+                     json={"sql": query})
+        return SqlAnswer(data["columns"], [tuple(r) for r in data["rows"]],
+                         bool(data.get("truncated")), f"service {url}")
     try:
-        cols, rows = store.query_table(query)
-        return cols, rows, f"file {db}"
+        res = store.user_query(query, max_rows=server.sql_max_rows,
+                               timeout_s=server.sql_timeout_s)
+        return SqlAnswer(res.columns, res.rows, res.truncated, f"file {db}")
     finally:
         store.close()
 
 
-def verdict(db: Path, req: GateRequest) -> dict[str, Any]:
+def verdict(db: Path, req: GateRequest, server: ServerConfig | None = None) -> dict[str, Any]:
     try:
         store = Store(db, read_only=True)
     except StoreLockedError:
         url = _service_url(db)
         params = {k: v for k, v in asdict(req).items() if v is not None}
-        return _post(url, "/v1/verdict", params=params)  # type: ignore[no-any-return]
+        return _post(url, "/v1/verdict",  # type: ignore[no-any-return]
+                     client_token(server or ServerConfig()), params=params)
     try:
         return evaluate(store.query_table, req)
     finally:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -55,6 +56,9 @@ def main(log_level: str) -> None:
     models in shadow, scores the answers against the frontier answers, and turns it into
     savings estimates (SQL) and a rollout gate.
     """
+    # Whatever a command creates (the DuckDB file, its WAL, service.json, exports) is the
+    # owner's only: it holds prompts, answers and the state of the service.
+    os.umask(0o077)
     logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     quiet = max(logging.WARNING, logging.getLevelName(log_level.upper()))
@@ -71,18 +75,20 @@ def run(config: str | None) -> None:
     the cheap models, and serves /healthz, /metrics, /v1/verdict and /v1/sql on server.host.
     """
     cfg = _load(config)
+    from shadowroute.config import api_token
     from shadowroute.service import Service, run_loop
 
+    try:
+        api_token(cfg.server)  # refuse a non-loopback address without a token, before anything
+    except ShadowrouteError as e:
+        fail(f"config error: {e}")
     try:
         run_loop(Service(cfg).run())
     except ShadowrouteError as e:
         fail(str(e), 1)
     except OSError as e:
-        fail(f"{e} (is server.port {cfg.server.port} already in use?)", 1)
-
-
-def _db(db: str | None, config: str | None) -> Path:
-    return Path(db) if db else Path(_load(config).storage.db_path)
+        where = f" ({e.filename})" if e.filename else ""
+        fail(f"{e.strerror or e}{where}", 1)
 
 
 def _cell(v: Any) -> str:
@@ -90,6 +96,12 @@ def _cell(v: Any) -> str:
         return ""
     if isinstance(v, float):
         return f"{v:.6g}"
+    if isinstance(v, (bytes, bytearray, memoryview)):
+        return bytes(v).hex()
+    if isinstance(v, (dict, list, tuple)):
+        from shadowroute.api import dumps
+
+        return dumps(v).decode()
     return str(v)
 
 
@@ -109,11 +121,16 @@ def sql_cmd(query: str, db: str | None, config: str | None, fmt: str) -> None:
     """
     from shadowroute.access import run_sql
 
-    path = _db(db, config)
+    cfg = _load(config)
+    path = Path(db) if db else Path(cfg.storage.db_path)
     try:
-        cols, rows, source = run_sql(path, query)
+        ans = run_sql(path, query, cfg.server)
     except ShadowrouteError as e:
         fail(str(e), 1)
+    cols, rows, source = ans.columns, ans.rows, ans.source
+    if ans.truncated:
+        click.echo(f"shadowroute: only the first {len(rows)} rows (server.sql_max_rows)",
+                   err=True)
     if fmt == "json":
         from shadowroute.api import dumps
 
@@ -170,7 +187,7 @@ def gate(router: str, threshold: float, model: str, min_quality: float | None,
         confidence=cfg.gate.confidence if confidence is None else confidence,
         min_savings=min_savings)
     try:
-        out = verdict(path, req)
+        out = verdict(path, req, cfg.server)
     except ShadowrouteError as e:
         # Exit 2 would read as "inconclusive"; a broken gate call is a failure of the check.
         fail(str(e), 1)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import ipaddress
 import math
 import os
 import tomllib
@@ -308,6 +309,49 @@ class ServerConfig:
     """Address of /healthz, /metrics, /v1/verdict and /v1/sql. Loopback unless you mean it."""
     port: int = 8787
     """Port of the local HTTP API (0: pick a free one)."""
+    host_names: tuple[str, ...] = ()
+    """Host names (and addresses) the API answers to besides 127.0.0.1, localhost, [::1] and the
+    bind address: any other Host header is refused (a DNS-rebinding guard). E.g. the name a
+    reverse proxy or a Kubernetes Service is reached by."""
+    token_env: str = ""
+    """Name of the environment variable holding the API's bearer token (never the token
+    itself). Required when `host` is not a loopback address; optional on loopback."""
+    sql_timeout_s: float = 30.0
+    """A query on /v1/sql is interrupted after this long."""
+    sql_max_rows: int = 10_000
+    """At most this many rows of a /v1/sql answer (it says `truncated` when there were more)."""
+    max_body_bytes: int = 1_048_576
+    """Largest request body the API reads."""
+
+
+MIN_TOKEN_CHARS = 16
+
+
+def is_loopback(host: str) -> bool:
+    if host.strip("[]").lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve to anything
+
+
+def api_token(server: ServerConfig) -> str | None:
+    """The API's bearer token from the variable `server.token_env` names (None: no token).
+    ConfigError when a token is needed (a non-loopback `host`) or named but missing or short."""
+    if not server.token_env:
+        if is_loopback(server.host):
+            return None
+        raise ConfigError("server.token_env",
+                          f"server.host {server.host!r} is not loopback: name the environment "
+                          "variable holding the API token (e.g. token_env = \"SHADOWROUTE_API_TOKEN\")")
+    token = os.environ.get(server.token_env, "")
+    if len(token) < MIN_TOKEN_CHARS:
+        raise ConfigError("server.token_env",
+                          f"environment variable {server.token_env} must hold the API token "
+                          f"(at least {MIN_TOKEN_CHARS} characters), "
+                          f"{'got a shorter one' if token else 'it is not set'}")
+    return token
 
 
 @dataclass(frozen=True)
@@ -561,6 +605,9 @@ def _validate(cfg: Config) -> None:
     positive("shadow.concurrency", cfg.shadow.concurrency)
     if not 0 <= cfg.server.port <= 65535:
         raise ConfigError("server.port", f"must be 0..65535, got {cfg.server.port}")
+    positive("server.sql_timeout_s", cfg.server.sql_timeout_s)
+    positive("server.sql_max_rows", cfg.server.sql_max_rows)
+    positive("server.max_body_bytes", cfg.server.max_body_bytes)
     _validate_shadow(cfg.shadow)
     from shadow.routers import ROUTER_KINDS  # late: routers import config types
     from shadow.scorers import OPEN_ENDED, known

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import errno
 import functools
 import gc
 import logging
@@ -39,7 +40,8 @@ from shadow.routers import build_routers
 from shadow.runner import SampleResult, ShadowRunner, results_to_frames
 from shadow.scorers import TFIDF, Scoring, TfidfCosine
 from shadowroute.api import build_app
-from shadowroute.config import Config
+from shadowroute.config import Config, api_token
+from shadowroute.errors import ConfigError
 from shadowroute.metrics import Metrics
 
 log = logging.getLogger("shadowroute.service")
@@ -146,6 +148,16 @@ def run_loop(main: Coroutine[Any, Any, T]) -> T:
     return uvloop.run(main)
 
 
+def write_private(path: Path, data: bytes) -> None:
+    """Write `path` readable by its owner only (0600), whatever the umask."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # an older file keeps its mode through O_CREAT
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+
+
 def service_file(db_path: str | os.PathLike[str]) -> Path:
     """Where the running service announces its HTTP address, beside the DuckDB file."""
     return Path(f"{db_path}.service.json")
@@ -158,6 +170,7 @@ class Service:
         """`source` defaults to the Kafka consumer group of `cfg.kafka`; `source_factory` builds
         one from the store's stored positions (the file source of `replay`)."""
         self.cfg = cfg
+        self.token = api_token(cfg.server)  # first: never serve a non-loopback port without one
         self.metrics = Metrics()
         self.store = open_store(cfg.storage.db_path, cfg.storage.writer, cfg.storage.threads)
         self.ingestor = Ingestor(cfg)
@@ -282,19 +295,30 @@ class Service:
                      fitted[""], len(fitted) - 1)
 
     async def _serve_http(self) -> tuple[_QuietServer, asyncio.Task[None]]:
-        app = build_app(self.store.store, self.cfg, self.metrics, self.status)
         sock = socket.socket(socket.AF_INET6 if ":" in self.cfg.server.host else socket.AF_INET)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self.cfg.server.host, self.cfg.server.port))
+        try:
+            sock.bind((self.cfg.server.host, self.cfg.server.port))
+        except OSError as e:
+            sock.close()
+            hint = " (another process listens there)" if e.errno == errno.EADDRINUSE else ""
+            raise ConfigError("server.port", f"cannot listen on {self.cfg.server.host}:"
+                              f"{self.cfg.server.port}: {e.strerror or e}{hint}") from None
         host, port = sock.getsockname()[:2]
+        app = build_app(self.store.store, self.cfg, self.metrics, self.status, port=port,
+                        token=self.token)
+        # A short grace at shutdown: a person's query is interrupted by the store at close,
+        # and no client is worth holding SIGTERM up for.
         server = _QuietServer(uvicorn.Config(app, log_level="warning", lifespan="off",
-                                             access_log=False))
+                                             access_log=False, timeout_graceful_shutdown=2))
         task = asyncio.create_task(server.serve(sockets=[sock]))
         while not server.started and not task.done():
             await asyncio.sleep(0.01)
+        if host in ("0.0.0.0", "::"):  # a wildcard bind: commands on this host use loopback
+            host = "127.0.0.1" if host == "0.0.0.0" else "::1"
         shown = f"[{host}]" if ":" in host else host
         self.url = f"http://{shown}:{port}"
-        service_file(self.cfg.storage.db_path).write_bytes(orjson.dumps(
+        write_private(service_file(self.cfg.storage.db_path), orjson.dumps(
             {"url": self.url, "pid": os.getpid(), "started_at": self.started_at}))
         log.info("HTTP API on %s (/healthz /metrics /v1/verdict /v1/sql)", self.url)
         return server, task

@@ -118,8 +118,8 @@ def test_aclose_answers_the_calls_sent_before_it(tmp_path: Path) -> None:
 def test_errors_come_back_as_errors_and_the_store_goes_on(tmp_path: Path) -> None:
     st = StoreProcess(filled(tmp_path, 3))
     try:
-        with pytest.raises(StoreError, match="only read-only statements"):
-            st.store.query_table("DELETE FROM samples", read_only_check=True)
+        with pytest.raises(StoreError, match="read-only SELECT"):
+            st.store.user_query("DELETE FROM samples", max_rows=10, timeout_s=10)
         with pytest.raises(StoreError, match="no_such_table"):
             st.store.query_table("SELECT * FROM no_such_table")
 
