@@ -281,11 +281,8 @@ class ModelClient:
 
     def _redact(self, text: str) -> str:
         # Some providers echo the key they were given in their error text.
-        for d in self.group.deployments:
-            key = secret_from_env(d.spec.api_key_env)
-            if key:
-                text = text.replace(key, "***")
-        return text
+        keys = [k for d in self.group.deployments if (k := secret_from_env(d.spec.api_key_env))]
+        return redact(text, keys)
 
     async def _attempt(self, lease: Lease, body: bytes, bound: int, cap: int, start: float,
                        attempts: int) -> _Attempt:
@@ -355,6 +352,59 @@ def _retry_after(v: str | None) -> float | None:
     except (TypeError, ValueError):
         return None
     return max(0.0, when.timestamp() - time.time())
+
+
+MIN_SECRET_PREFIX = 8  # a key's first 8 characters are redacted too; fewer say nothing
+
+
+def _encodings(c: str) -> list[str]:
+    """How one character of a key may be written back: as is, JSON-escaped (`\\/`, `\\"`,
+    `\\uXXXX`), URL-encoded (`%XX` per UTF-8 byte; `+` for a space)."""
+    out = [c, "\\" + c, f"\\u{ord(c):04x}", "".join(f"%{b:02x}" for b in c.encode())]
+    if c == " ":
+        out.append("+")
+    return out
+
+
+def _key_run(text: str, low: str, start: int, key: str) -> tuple[int, int]:
+    """(how many characters of `key`, from its first, are written at `text[start:]` in any of
+    their forms, where that run ends). `low`: `text.lower()`, for %XX and \\uXXXX in either
+    case of hex digit."""
+    i, n = start, 0
+    while n < len(key):
+        for enc in _encodings(key[n]):
+            hay = low if len(enc) > 2 else text  # escapes compare without case
+            if hay.startswith(enc if hay is text else enc.lower(), i):
+                i += len(enc)
+                break
+        else:
+            break
+        n += 1
+    return n, i
+
+
+def redact(text: str, keys: Sequence[str]) -> str:
+    """`text` with every key replaced by `***`, whichever way it is written back (as is,
+    JSON-escaped, URL-encoded, or any mix: see `_encodings`), and with every run of at least
+    `MIN_SECRET_PREFIX` of a key's first characters (a key cut short by a provider's or our own
+    truncation). A key shorter than that is redacted whole only."""
+    keys = [k for k in keys if k]
+    if not keys:
+        return text
+    low = text.lower()
+    out, i, p = [], 0, 0
+    while p < len(text):
+        end = -1
+        for key in keys:
+            n, e = _key_run(text, low, p, key)
+            if n >= min(MIN_SECRET_PREFIX, len(key)) and e > end:
+                end = e
+        if end > p:
+            out += [text[i:p], "***"]
+            i = p = end
+        else:
+            p += 1
+    return "".join(out) + text[i:]
 
 
 def _short(text: str) -> str:

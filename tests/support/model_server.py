@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import threading
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -54,6 +55,9 @@ class ModelBehaviour:
     """Keep every request body and its headers (off for the benchmark)."""
     echo_auth: bool = False
     """Error bodies repeat the Authorization header, as some providers do."""
+    echo_key_forms: bool = False
+    """Error bodies repeat the key JSON-escaped with `\\/`, URL-encoded and cut to 24
+    characters, as some gateways do (raw in the body, not re-escaped)."""
 
     def next_step(self) -> Step:
         if self.script:
@@ -150,6 +154,12 @@ class _App:
             msg = f"injected {code}"
             if b.echo_auth:
                 msg += f" for {headers.get('authorization')}"
+            if b.echo_key_forms:
+                key = (headers.get("authorization") or "").removeprefix("Bearer ")
+                escaped, quoted = key.replace("/", "\\/"), urllib.parse.quote(key, safe="")
+                text = (f'{{"error": {{"message": "bad key {escaped}", "param": "{quoted}", '
+                        f'"hint": "{key[:24]}..."}}}}')
+                return _response(code, text.encode(), extra)
             return _response(code, orjson.dumps({"error": {"message": msg}}), extra)
         if step == "malformed":
             return _response(200, b'{"choices": [')
