@@ -149,6 +149,14 @@ def test_service_command_is_a_real_cli_invocation(service: dict[str, Any],
     command = service["command"]
     assert isinstance(command, list) and all(isinstance(a, str) for a in command)
     assert command == ["run", "--config", "/etc/shadowroute/shadowroute.toml"]
+    # Listening on 0.0.0.0 needs the API token, passed through from the host by name.
+    _, passed = environment(service)
+    assert "SHADOWROUTE_API_TOKEN" in passed
+    monkeypatch.delenv("SHADOWROUTE_API_TOKEN", raising=False)
+    result, started = run_cli_as_container(command, service, monkeypatch)
+    assert result.exit_code == 2 and "SHADOWROUTE_API_TOKEN" in result.output, result.output
+    assert not started
+    monkeypatch.setenv("SHADOWROUTE_API_TOKEN", "t" * 32)
 
     result, started = run_cli_as_container(command, service, monkeypatch)
 
