@@ -263,13 +263,15 @@ class Store:
         finally:
             cur.close()
 
-    def user_query(self, query: str, *, max_rows: int, timeout_s: float) -> UserResult:
+    def user_query(self, query: str, *, max_rows: int, timeout_s: float,
+                   max_bytes: int = 16 << 20) -> UserResult:
         """Run a person's SQL (`shadowroute sql`, `/v1/sql`) so that it can neither write nor
         reach beyond the file, whatever it says: DuckDB itself refuses both. The query runs in
         a READ ONLY transaction on its own cursor (writes hidden in CTEs, `EXPLAIN ANALYZE` or
         `nextval` fail in the engine), on an instance locked by `lock_down` (no file access, no
         settings); it must be a single SELECT (checked with DuckDB's parser as well, never
-        instead). It is interrupted after `timeout_s`, and at most `max_rows` rows are read."""
+        instead). It is interrupted after `timeout_s`; at most `max_rows` rows and about
+        `max_bytes` of values are returned (`truncated` says there was more)."""
         # A cursor of its own from the start: the writer's connection refuses a second caller.
         cur = self.con.cursor()
         try:
@@ -295,10 +297,18 @@ class Store:
                 rel = cur.sql(query)
                 if rel is None:  # not a query after all (the parser check should have said)
                     raise StoreError("only a single SELECT statement is allowed here")
-                # LIMIT on the relation: DuckDB stops producing rows at the cap.
-                rows = rel.limit(max_rows + 1).fetchall()
-                return UserResult(list(rel.columns), [str(t) for t in rel.types],
-                                  rows[:max_rows], len(rows) > max_rows)
+                # LIMIT on the relation: DuckDB stops producing rows at the cap. Rows become
+                # Python objects a batch at a time, up to `max_bytes` of their values.
+                rows: list[tuple[Any, ...]] = []
+                size, truncated = 0, False
+                for row in rel.limit(max_rows + 1).iter_rows(batch_size=FETCH_CHUNK):
+                    size += _approx_bytes(row)
+                    if len(rows) == max_rows or size > max_bytes:
+                        truncated = True
+                        break
+                    rows.append(row)
+                return UserResult(list(rel.columns), [str(t) for t in rel.types], rows,
+                                  truncated)
             finally:
                 cur.execute("ROLLBACK")
         except duckdb.InterruptException:
@@ -317,6 +327,17 @@ class Store:
     def counts(self) -> dict[str, Any]:
         cols, rows = self.query_table(sql.query("counts"))
         return dict(zip(cols, rows[0], strict=True))
+
+
+def _approx_bytes(v: Any) -> int:
+    """About how much `v` weighs as text: strings and blobs by length, containers summed."""
+    if isinstance(v, (str, bytes, bytearray)):
+        return len(v) + 2
+    if isinstance(v, (list, tuple)):
+        return sum(_approx_bytes(x) for x in v) + 2
+    if isinstance(v, dict):
+        return sum(_approx_bytes(k) + _approx_bytes(x) for k, x in v.items()) + 2
+    return 8
 
 
 def _interrupt(cur: duckdb.DuckDBPyConnection) -> None:

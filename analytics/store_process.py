@@ -129,8 +129,9 @@ class _Served:
     def query_table(self, query: str, params: Any = None) -> tuple[list[str], list[tuple[Any, ...]]]:
         return self.store.query_table(query, params)
 
-    def user_query(self, query: str, max_rows: int, timeout_s: float) -> Any:
-        return self.store.user_query(query, max_rows=max_rows, timeout_s=timeout_s)
+    def user_query(self, query: str, max_rows: int, timeout_s: float, max_bytes: int) -> Any:
+        return self.store.user_query(query, max_rows=max_rows, timeout_s=timeout_s,
+                                     max_bytes=max_bytes)
 
 
 ASYNC_CALLS = frozenset({"write_ingest", "pending", "write", "shed", "recent_shadow_spend",
@@ -299,7 +300,7 @@ class StoreProcess:
             raise value
         return value
 
-    def _call_user(self, query: str, max_rows: int, timeout_s: float) -> Any:
+    def _call_user(self, query: str, max_rows: int, timeout_s: float, max_bytes: int) -> Any:
         """A person's query on the user channel. The child interrupts it after `timeout_s`; if no
         answer comes even then, the channel is given up (a late answer would be read as the
         next query's) and later queries fail until the service restarts."""
@@ -310,7 +311,7 @@ class StoreProcess:
                 raise StoreError(self._user_broken)
             try:
                 self._user_sock.settimeout(timeout_s + USER_REPLY_GRACE_S)
-                _send(self._user_sock, ("user_query", (query, max_rows, timeout_s)))
+                _send(self._user_sock, ("user_query", (query, max_rows, timeout_s, max_bytes)))
                 reply = _recv(self._user_sock)
             except TimeoutError:
                 self._user_broken = (f"the store process for {self.path} did not finish a query "
@@ -485,8 +486,9 @@ class _SyncReads:
     def counts(self) -> dict[str, Any]:
         return self._owner._call_sync("counts")  # type: ignore[no-any-return]
 
-    def user_query(self, query: str, *, max_rows: int, timeout_s: float) -> Any:
-        return self._owner._call_user(query, max_rows, timeout_s)
+    def user_query(self, query: str, *, max_rows: int, timeout_s: float,
+                   max_bytes: int = 16 << 20) -> Any:
+        return self._owner._call_user(query, max_rows, timeout_s, max_bytes)
 
 
 def child_main(argv: Sequence[str]) -> int:

@@ -79,7 +79,7 @@ def run_sql(db: Path, query: str, server: ServerConfig | None = None) -> SqlAnsw
                          bool(data.get("truncated")), f"service {url}")
     try:
         res = store.user_query(query, max_rows=server.sql_max_rows,
-                               timeout_s=server.sql_timeout_s)
+                               timeout_s=server.sql_timeout_s, max_bytes=server.sql_max_bytes)
         return SqlAnswer(res.columns, res.rows, res.truncated, f"file {db}")
     finally:
         store.close()

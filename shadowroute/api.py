@@ -184,7 +184,8 @@ class Queries(Protocol):
     def query_table(self, query: str, params: Any = None
                     ) -> tuple[list[str], list[tuple[Any, ...]]]: ...
 
-    def user_query(self, query: str, *, max_rows: int, timeout_s: float) -> UserResult: ...
+    def user_query(self, query: str, *, max_rows: int, timeout_s: float,
+                   max_bytes: int = ...) -> UserResult: ...
 
 
 def user_answer(res: UserResult) -> dict[str, Any]:
@@ -243,7 +244,8 @@ def build_app(store: Queries, cfg: Config, metrics: Metrics,
             try:
                 out = await asyncio.get_running_loop().run_in_executor(
                     sql_pool, lambda: user_answer(store.user_query(
-                        query, max_rows=server.sql_max_rows, timeout_s=server.sql_timeout_s)))
+                        query, max_rows=server.sql_max_rows, timeout_s=server.sql_timeout_s,
+                        max_bytes=server.sql_max_bytes)))
             except StoreError as e:
                 return ORJSON({"error": str(e)}, status_code=400)
         try:

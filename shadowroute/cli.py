@@ -129,8 +129,8 @@ def sql_cmd(query: str, db: str | None, config: str | None, fmt: str) -> None:
         fail(str(e), 1)
     cols, rows, source = ans.columns, ans.rows, ans.source
     if ans.truncated:
-        click.echo(f"shadowroute: only the first {len(rows)} rows (server.sql_max_rows)",
-                   err=True)
+        click.echo(f"shadowroute: only the first {len(rows)} rows (server.sql_max_rows, "
+                   "server.sql_max_bytes)", err=True)
     if fmt == "json":
         from shadowroute.api import dumps
 

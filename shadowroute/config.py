@@ -320,6 +320,8 @@ class ServerConfig:
     """A query on /v1/sql is interrupted after this long."""
     sql_max_rows: int = 10_000
     """At most this many rows of a /v1/sql answer (it says `truncated` when there were more)."""
+    sql_max_bytes: int = 16 << 20
+    """About this many bytes of values at most in a /v1/sql answer (then `truncated` too)."""
     max_body_bytes: int = 1_048_576
     """Largest request body the API reads."""
 
@@ -607,6 +609,7 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("server.port", f"must be 0..65535, got {cfg.server.port}")
     positive("server.sql_timeout_s", cfg.server.sql_timeout_s)
     positive("server.sql_max_rows", cfg.server.sql_max_rows)
+    positive("server.sql_max_bytes", cfg.server.sql_max_bytes)
     positive("server.max_body_bytes", cfg.server.max_body_bytes)
     _validate_shadow(cfg.shadow)
     from shadow.routers import ROUTER_KINDS  # late: routers import config types

@@ -94,7 +94,8 @@ def live(broker: Broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[L
         cfg = write_config(d / "c.toml", bootstrap=broker.bootstrap, topic=topic,
                            group="g-attacks", db=db, model_url=ms.url, default_rate=0.3,
                            extra=f'token_env = "{TOKEN_ENV}"\nsql_timeout_s = 3\n'
-                                 "sql_max_rows = 100\nmax_body_bytes = 65536\n")
+                                 "sql_max_rows = 100\nsql_max_bytes = 65536\n"
+                                 "max_body_bytes = 65536\n")
         svc = ServiceProcess(cfg, db, d / "service.log",
                              env={TOKEN_ENV: TOKEN, SECRET_ENV: SECRET})
         live = Live(svc, cfg, d, canary)
@@ -227,6 +228,8 @@ def test_caps_on_rows_and_bodies(live: Live) -> None:
     body = r.json()
     assert body["truncated"] is True and len(body["rows"]) == 100
     assert body["rows"][:2] == [[0], [1]]
+    r = live.post("SELECT repeat('x', 10000) AS s FROM range(50)")
+    assert r.json()["truncated"] is True and 1 <= len(r.json()["rows"]) <= 7, r.text[:200]
     r = live.post("SELECT 1 AS one")
     assert r.json()["truncated"] is False and r.json()["rows"] == [[1]]
     big = "SELECT 1 -- " + "x" * 300_000
