@@ -27,6 +27,7 @@ from consumers.ingest import IngestBatch
 from shadowroute.errors import StoreError, StoreLockedError
 
 FETCH_CHUNK = 128  # rows per fetch of pending samples; see `pending_samples`
+USER_CLOSE_WAIT_S = 10.0  # longest a close waits for interrupted user queries to end
 
 
 def open_connection(path: str | Path, *, read_only: bool) -> duckdb.DuckDBPyConnection:
@@ -88,18 +89,22 @@ class Store:
                 self.path.chmod(0o600)
         self._lock = threading.Lock()
         self._user_cursors: set[duckdb.DuckDBPyConnection] = set()
-        self._user_lock = threading.Lock()
+        self._user_done = threading.Condition()
         self._closing = False
         if not read_only:
             self.migrate()
 
     def close(self) -> None:
-        self.interrupt_user_queries()  # a person's runaway query must not hold up the close
+        # A person's runaway query must not hold up the close: interrupted, it ends within
+        # moments, and DuckDB refuses to close a connection whose cursor is still busy.
+        self.interrupt_user_queries()
+        with self._user_done:
+            self._user_done.wait_for(lambda: not self._user_cursors, USER_CLOSE_WAIT_S)
         with self._lock:
             self.con.close()
 
     def interrupt_user_queries(self) -> None:
-        with self._user_lock:
+        with self._user_done:
             self._closing = True
             for cur in self._user_cursors:
                 _interrupt(cur)
@@ -283,7 +288,7 @@ class Store:
         except BaseException:
             cur.close()
             raise
-        with self._user_lock:
+        with self._user_done:
             if self._closing:
                 cur.close()
                 raise StoreError("the store is closing")
@@ -320,9 +325,10 @@ class Store:
             raise StoreError(str(e).splitlines()[0]) from None
         finally:
             timer.cancel()
-            with self._user_lock:
-                self._user_cursors.discard(cur)
             cur.close()
+            with self._user_done:
+                self._user_cursors.discard(cur)
+                self._user_done.notify_all()
 
     def counts(self) -> dict[str, Any]:
         cols, rows = self.query_table(sql.query("counts"))
