@@ -104,6 +104,7 @@ class Store:
             self.con.close()
 
     def interrupt_user_queries(self) -> None:
+        """Stop people's queries now and refuse new ones (the store is about to close)."""
         with self._user_done:
             self._closing = True
             for cur in self._user_cursors:

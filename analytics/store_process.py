@@ -129,6 +129,9 @@ class _Served:
     def query_table(self, query: str, params: Any = None) -> tuple[list[str], list[tuple[Any, ...]]]:
         return self.store.query_table(query, params)
 
+    def interrupt_user_queries(self) -> None:
+        self.store.interrupt_user_queries()
+
     def user_query(self, query: str, max_rows: int, timeout_s: float, max_bytes: int) -> Any:
         return self.store.user_query(query, max_rows=max_rows, timeout_s=timeout_s,
                                      max_bytes=max_bytes)
@@ -136,7 +139,7 @@ class _Served:
 
 ASYNC_CALLS = frozenset({"write_ingest", "pending", "write", "shed", "recent_shadow_spend",
                          "lease_budget", "counts"})
-CONTROL_CALLS = frozenset({"stored_offsets", "fetch", "counts"})
+CONTROL_CALLS = frozenset({"stored_offsets", "fetch", "counts", "interrupt_user_queries"})
 QUERY_CALLS = frozenset({"query_table"})
 USER_CALLS = frozenset({"user_query"})
 USER_REPLY_GRACE_S = 10.0  # beyond a user query's own timeout, before the channel is given up
@@ -489,6 +492,10 @@ class _SyncReads:
     def user_query(self, query: str, *, max_rows: int, timeout_s: float,
                    max_bytes: int = 16 << 20) -> Any:
         return self._owner._call_user(query, max_rows, timeout_s, max_bytes)
+
+    def interrupt_user_queries(self) -> None:
+        """Stop people's queries now and refuse new ones: the service is stopping."""
+        self._owner._call_sync("interrupt_user_queries")
 
 
 def child_main(argv: Sequence[str]) -> int:

@@ -187,6 +187,8 @@ class Queries(Protocol):
     def user_query(self, query: str, *, max_rows: int, timeout_s: float,
                    max_bytes: int = ...) -> UserResult: ...
 
+    def interrupt_user_queries(self) -> None: ...
+
 
 def user_answer(res: UserResult) -> dict[str, Any]:
     return {"columns": res.columns, "types": res.types, "rows": jsonable(res.rows),

@@ -435,6 +435,8 @@ class Service:
             scheduler.shutdown(wait=False)
             with contextlib.suppress(Exception):
                 await self.source.stop()
+            with contextlib.suppress(Exception):  # a person's query ends now, answered
+                await asyncio.to_thread(self.store.store.interrupt_user_queries)
             server.should_exit = True
             await asyncio.gather(server_task, return_exceptions=True)
             service_file(self.cfg.storage.db_path).unlink(missing_ok=True)

@@ -371,6 +371,8 @@ def test_sigterm_stops_the_service_while_a_query_runs(broker: Broker, topic: str
         took = time.monotonic() - t0
         assert code == 0, svc.log.read_text()[-2000:]
         assert took < 10
+        # The store process closed the file cleanly too (its errors would be in this log).
+        assert "Traceback" not in svc.log.read_text() and "FATAL" not in svc.log.read_text()
         assert not service_file(db).exists()
         for t in threads:
             t.join(10)
