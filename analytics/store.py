@@ -22,6 +22,7 @@ import pyarrow as pa
 
 import sql
 from consumers.ingest import IngestBatch
+from consumers.records import OffsetReset
 from shadowroute.errors import StoreError, StoreLockedError
 
 READ_ONLY_STATEMENTS = {"SELECT", "EXPLAIN", "PRAGMA", "SET"}
@@ -136,6 +137,19 @@ class Store:
             if offsets.height:
                 con.execute(sql.query("upsert_offsets")).fetchall()
         return duplicates
+
+    def record_resets(self, resets: Sequence[OffsetReset]) -> None:
+        """Offset resets and the positions they move to, in one transaction."""
+        with self._tx({}) as con:
+            for r in resets:
+                con.execute(sql.query("insert_offset_reset"), {
+                    "topic": r.topic, "partition": r.partition, "stored": r.stored,
+                    "log_start": r.log_start, "high_water": r.high_water, "kind": r.kind,
+                    "policy": r.policy, "new_offset": r.new_offset, "lost": r.lost}).fetchall()
+                if r.new_offset is not None:
+                    con.execute(sql.query("reset_offset"), {
+                        "topic": r.topic, "partition": r.partition,
+                        "new_offset": r.new_offset}).fetchall()
 
     def stored_offsets(self) -> dict[tuple[str, int], int]:
         rows = self.fetch(sql.query("stored_offsets"))

@@ -101,6 +101,9 @@ class _Served:
     def pending(self, limit: int, exclude: Sequence[str]) -> list[dict[str, Any]]:
         return self.store.pending_samples(limit, exclude)
 
+    def record_resets(self, resets: Sequence[Any]) -> None:
+        self.store.record_resets(resets)
+
     def write(self, results: Sequence[Any]) -> None:
         from shadow.runner import results_to_frames
 
@@ -129,7 +132,7 @@ class _Served:
         return self.store.query_table(query, params, read_only_check=read_only_check)
 
 
-ASYNC_CALLS = frozenset({"write_ingest", "pending", "write", "shed", "recent_shadow_spend",
+ASYNC_CALLS = frozenset({"write_ingest", "record_resets", "pending", "write", "shed", "recent_shadow_spend",
                          "lease_budget", "counts"})
 CONTROL_CALLS = frozenset({"stored_offsets", "fetch", "counts"})
 QUERY_CALLS = frozenset({"query_table"})
@@ -346,6 +349,9 @@ class StoreProcess:
 
     async def pending(self, limit: int, exclude: Collection[str] = ()) -> list[dict[str, Any]]:
         return await self._call("pending", limit, list(exclude))  # type: ignore[no-any-return]
+
+    async def record_resets(self, resets: Sequence[Any]) -> None:
+        await self._call("record_resets", list(resets))
 
     async def write(self, results: Sequence[Any]) -> None:
         await self._call("write", list(results))

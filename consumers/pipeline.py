@@ -7,6 +7,9 @@ behind, the batches waiting for it are merged into one transaction, so the fixed
 transaction (registering frames, commit) is spread over more records exactly when it matters.
 Offsets are committed to the source only after the transaction that holds them. With a
 dead-letter sink, a batch's rejected records are produced to it (whole) before that transaction.
+Offset resets the source found (`take_resets`) are recorded in fetch order with the batches
+around them, never merged across: the reset's new position replaces the stored one only after
+the batches read before it are stored.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from typing import Protocol
 import polars as pl
 
 from consumers.ingest import IngestBatch, Ingestor
-from consumers.records import RawMessage
+from consumers.records import OffsetReset, RawMessage
 
 
 def merge_batches(batches: list[IngestBatch]) -> IngestBatch:
@@ -41,6 +44,10 @@ class BatchSource(Protocol):
 
 class AsyncIngestSink(Protocol):
     async def write_ingest(self, batch: IngestBatch) -> int: ...
+    async def record_resets(self, resets: Sequence[OffsetReset]) -> None: ...
+
+
+_Item = tuple[Awaitable[IngestBatch] | None, list[RawMessage], list[OffsetReset]]
 
 
 DeadLetters = Callable[[Sequence[tuple[RawMessage, str]]], Awaitable[int]]
@@ -68,8 +75,9 @@ class IngestPipeline:
         self.dead_letters = dead_letters
         # Decoded (or being decoded) batches, in fetch order, with their records, waiting for
         # the writer.
-        self.queue: asyncio.Queue[tuple[Awaitable[IngestBatch], list[RawMessage]] | None] = (
-            asyncio.Queue(maxsize=max_waiting))
+        # Resets found by the fetch that returned them come first.
+        self.queue: asyncio.Queue[_Item | None] = asyncio.Queue(maxsize=max_waiting)
+        self._held: _Item | None = None  # taken from the queue, not merged: written next
         self.max_merge_records = max_merge_records
         self.exhausted = False
 
@@ -77,15 +85,19 @@ class IngestPipeline:
         """Until `stop` is set (or a finite source is exhausted); the batch in hand is always
         persisted and committed before returning."""
         writer = asyncio.create_task(self._write_loop())
+        take_resets = getattr(self.source, "take_resets", None)
         try:
             while not stop.is_set() and not writer.done():
                 msgs = await self.source.batch()
+                resets = take_resets() if take_resets is not None else []
                 if not msgs:
+                    if resets:
+                        await self.queue.put((None, [], resets))
                     if getattr(self.source, "exhausted", False):
                         self.exhausted = True
                         break
                     continue
-                await self.queue.put((self._decode(msgs), msgs))
+                await self.queue.put((self._decode(msgs), msgs, resets))
         finally:
             if not writer.done():
                 await self.queue.put(None)
@@ -99,9 +111,19 @@ class IngestPipeline:
 
     async def _write_loop(self) -> None:
         while True:
-            head = await self.queue.get()
-            if head is None:
-                return
+            if self._held is not None:
+                head, self._held = self._held, None
+            else:
+                got = await self.queue.get()
+                if got is None:
+                    return
+                head = got
+            if head[2]:
+                await self.sink.record_resets(head[2])
+                await self.source.commit({(r.topic, r.partition): r.new_offset for r in head[2]
+                                          if r.new_offset is not None})
+            if head[0] is None:
+                continue
             first = await head[0]
             batches, done = [first], False
             dead = rejected_messages(first, head[1]) if self.dead_letters else []
@@ -110,6 +132,9 @@ class IngestPipeline:
                 nxt = self.queue.get_nowait()
                 if nxt is None:
                     done = True
+                    break
+                if nxt[2] or nxt[0] is None:
+                    self._held = nxt  # a reset: the batches before it are written first
                     break
                 b = await nxt[0]
                 batches.append(b)

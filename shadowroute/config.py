@@ -42,7 +42,13 @@ class KafkaConfig:
     group_id: str = "shadowroute"
     """Consumer group; lag is visible to ordinary Kafka tooling under this name."""
     auto_offset_reset: str = "earliest"
-    """Where a partition with no stored offset starts: `earliest` or `latest`."""
+    """Where a partition with no stored offset starts: `earliest` or `latest`; also where a stored
+    offset that retention removed from the log (before its start) goes on (the records lost are
+    counted in `offset_resets`)."""
+    reset_past_end: str = "earliest"
+    """Where a stored offset past the partition's high water goes on (the broker restarted empty
+    or the topic was re-created): `earliest` (the default: every record there is new) or
+    `latest`. Either way the reset is logged, counted and recorded in `offset_resets`."""
     session_timeout_ms: int = 10000
     """Consumer group session timeout (real Kafka requires >= 6000)."""
     max_batch_records: int = 2000
@@ -542,6 +548,9 @@ def _validate(cfg: Config) -> None:
     if cfg.kafka.auto_offset_reset not in ("earliest", "latest"):
         raise ConfigError("kafka.auto_offset_reset",
                           f"must be 'earliest' or 'latest', got {cfg.kafka.auto_offset_reset!r}")
+    if cfg.kafka.reset_past_end not in ("earliest", "latest"):
+        raise ConfigError("kafka.reset_past_end",
+                          f"must be 'earliest' or 'latest', got {cfg.kafka.reset_past_end!r}")
     if not cfg.kafka.topics:
         raise ConfigError("kafka.topics", "must name at least one topic")
     positive("kafka.max_batch_records", cfg.kafka.max_batch_records)

@@ -31,7 +31,7 @@ from analytics.store import Store
 from analytics.store_process import StoreProcess
 from consumers.ingest import IngestBatch, Ingestor
 from consumers.pipeline import DeadLetters, IngestPipeline
-from consumers.records import RawMessage
+from consumers.records import OffsetReset, RawMessage
 from shadow.budget import Budget
 from shadow.client import ModelClient
 from shadow.http import HttpClient, make_http
@@ -72,6 +72,9 @@ class AsyncStore:
 
     async def write_ingest(self, batch: IngestBatch) -> int:
         return await self._run(self.store.write_ingest, batch)  # type: ignore[no-any-return]
+
+    async def record_resets(self, resets: Sequence[OffsetReset]) -> None:
+        await self._run(self.store.record_resets, resets)
 
     async def pending(self, limit: int, exclude: Collection[str] = ()) -> list[dict[str, Any]]:
         return await self._run(  # type: ignore[no-any-return]
@@ -170,7 +173,8 @@ class Service:
         if source is None:
             from consumers.kafka_source import KafkaSource
 
-            source = KafkaSource(cfg.kafka, self.store.store.stored_offsets)
+            source = KafkaSource(cfg.kafka, self.store.store.stored_offsets,
+                                 on_reset=self._on_reset)
         self.source = source
         self.stop_event = asyncio.Event()
         self.http: HttpClient | None = None
@@ -198,6 +202,10 @@ class Service:
                 m.reused.labels(c.model).inc()
             if c.spend_usd:
                 m.spend.labels(c.model).inc(c.spend_usd)
+
+    def _on_reset(self, reset: OffsetReset) -> None:
+        self.metrics.offset_resets.labels(reset.topic, reset.kind).inc()
+        self.metrics.offset_reset_lost.labels(reset.topic).inc(reset.lost)
 
     def _on_shed(self, n: int) -> None:
         self.metrics.shed.inc(n)

@@ -117,3 +117,15 @@ FROM samples
 WHERE response_text IS NOT NULL AND response_text <> ''
 QUALIFY row_number() OVER (PARTITION BY coalesce(tags->>$tag, '') ORDER BY created_at DESC)
         <= $per_segment;
+
+-- name: insert_offset_reset
+-- A reset and the position it moves to, in one transaction (`reset_offset` below): the new
+-- position replaces the stored one, which `upsert_offsets` only ever moves forward.
+INSERT INTO offset_resets (topic, "partition", stored, log_start, high_water, kind, policy,
+                           new_offset, lost)
+VALUES ($topic, $partition, $stored, $log_start, $high_water, $kind, $policy, $new_offset, $lost);
+
+-- name: reset_offset
+INSERT INTO offsets (topic, "partition", next_offset) VALUES ($topic, $partition, $new_offset)
+ON CONFLICT (topic, "partition") DO UPDATE
+SET next_offset = excluded.next_offset, updated_at = now();

@@ -274,3 +274,21 @@ ALTER TABLE scores ADD COLUMN IF NOT EXISTS scorer_used VARCHAR;
 -- Why a scorer could not judge the pair (`value` is NULL then, and the pair is left out of the
 -- estimates rather than counted as quality 0).
 ALTER TABLE scores ADD COLUMN IF NOT EXISTS error VARCHAR;
+
+-- name: schema_60_offset_resets
+-- Broker or topic resets seen by the Kafka source (issue 14): a stored position outside the
+-- partition's [log start, high water] range. `kind` is `past_end` (the broker restarted empty,
+-- the topic was re-created: the records from `new_offset` on are new) or `before_start`
+-- (retention removed records never read: `lost` of them). `policy` is where the source went.
+CREATE TABLE IF NOT EXISTS offset_resets (
+    ts          TIMESTAMP DEFAULT current_timestamp,
+    topic       VARCHAR NOT NULL,
+    "partition" INTEGER NOT NULL,
+    stored      BIGINT NOT NULL,    -- the position the source held
+    log_start   BIGINT,             -- the partition's actual range (NULL: not known)
+    high_water  BIGINT,
+    kind        VARCHAR NOT NULL,
+    policy      VARCHAR NOT NULL,   -- earliest / latest
+    new_offset  BIGINT,             -- where reading goes on (NULL: the broker decides)
+    lost        BIGINT NOT NULL     -- records removed before they were read (before_start)
+);
