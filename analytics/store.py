@@ -113,8 +113,10 @@ class Store:
 
     def _write_ingest(self, batch: IngestBatch, *, ignore_known: bool) -> int:
         offsets = pl.DataFrame(
-            [(t, p, o) for (t, p), o in batch.offsets.items()],
-            schema={"topic": pl.Utf8, "partition": pl.Int32, "next_offset": pl.Int64}, orient="row")
+            [(t, p, o, *batch.marks.get((t, p), (None, None)))
+             for (t, p), o in batch.offsets.items()],
+            schema={"topic": pl.Utf8, "partition": pl.Int32, "next_offset": pl.Int64,
+                    "last_ts_ms": pl.Int64, "last_crc": pl.Int64}, orient="row")
         frames = {name: df for name, df in (
             ("batch_requests", batch.requests), ("batch_samples", batch.samples),
             ("batch_rejected", batch.rejected), ("batch_skipped", batch.skipped),
@@ -154,6 +156,11 @@ class Store:
     def stored_offsets(self) -> dict[tuple[str, int], int]:
         rows = self.fetch(sql.query("stored_offsets"))
         return {(t, p): o for t, p, o in rows}
+
+    def stored_marks(self) -> dict[tuple[str, int], tuple[int, int | None, int]]:
+        """(next offset, timestamp, CRC-32) of the last record read, per partition."""
+        rows = self.fetch(sql.query("stored_marks"))
+        return {(t, p): (o, ts, crc) for t, p, o, ts, crc in rows}
 
     # -- shadow results -------------------------------------------------------------------
     def pending_samples(self, limit: int, exclude: Sequence[str] = ()) -> list[dict[str, Any]]:

@@ -124,6 +124,9 @@ class _Served:
     def stored_offsets(self) -> dict[tuple[str, int], int]:
         return self.store.stored_offsets()
 
+    def stored_marks(self) -> dict[tuple[str, int], tuple[int, int | None, int]]:
+        return self.store.stored_marks()
+
     def fetch(self, query: str, params: Any = None) -> list[tuple[Any, ...]]:
         return self.store.fetch(query, params)
 
@@ -134,7 +137,7 @@ class _Served:
 
 ASYNC_CALLS = frozenset({"write_ingest", "record_resets", "pending", "write", "shed", "recent_shadow_spend",
                          "lease_budget", "counts"})
-CONTROL_CALLS = frozenset({"stored_offsets", "fetch", "counts"})
+CONTROL_CALLS = frozenset({"stored_offsets", "stored_marks", "fetch", "counts"})
 QUERY_CALLS = frozenset({"query_table"})
 _CLOSE = ("close", ())
 _CLOSE_CONTROL = ("close from the control channel", ())  # the child's own marker
@@ -432,6 +435,9 @@ class _SyncReads:
 
     def stored_offsets(self) -> dict[tuple[str, int], int]:
         return self._owner._call_sync("stored_offsets")  # type: ignore[no-any-return]
+
+    def stored_marks(self) -> dict[tuple[str, int], tuple[int, int | None, int]]:
+        return self._owner._call_sync("stored_marks")  # type: ignore[no-any-return]
 
     def fetch(self, query: str, params: Mapping[str, Any] | Sequence[Any] | None = None
               ) -> list[tuple[Any, ...]]:

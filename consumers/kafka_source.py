@@ -14,7 +14,11 @@ broker reports, so this is found right after each assignment and at any time lat
   so aiokafka raises it to us instead of resetting silently, and the log start and high water
   are asked with ListOffsets (`beginning_offsets` / `end_offsets`);
 - Tansu answers a fetch past its end with no error and its (lower) high water, and its
-  `end_offsets()` is wrong, so the high water comes from `highwater()` after the fetch.
+  `end_offsets()` is wrong, so the high water comes from `highwater()` after the fetch;
+- a log reset and refilled past the stored position while the service was away (the position
+  is in range, but of another log) shows in the last record read: its timestamp and CRC-32 are
+  stored with the offset, and on assignment the source reads it again and compares (one record
+  per partition per assignment). Another record there is a reset of kind `replaced`.
 
 A reset is logged once (topic, partition, stored offset, actual range), counted, recorded in
 `offset_resets` with the position it moves to, and handled by policy: `kafka.reset_past_end`
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import zlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -48,20 +53,34 @@ class _SeekToStored(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
         stored = self.source.stored_offsets()
+        marks = self.source.stored_marks() if self.source.stored_marks is not None else {}
+        self.source._verify = {}
         for tp in assigned:
             nxt = stored.get((tp.topic, tp.partition))
             if nxt is not None:
                 assert self.source.consumer is not None
-                self.source.consumer.seek(tp, nxt)
+                mark = marks.get((tp.topic, tp.partition))
+                if mark is not None and mark[0] == nxt and nxt > 0:
+                    # Read the last record again: is it the one stored? (`_verified`)
+                    self.source._verify[tp] = mark
+                    self.source.consumer.seek(tp, nxt - 1)
+                else:
+                    self.source.consumer.seek(tp, nxt)
         log.info("assigned %s", ", ".join(f"{tp.topic}[{tp.partition}]" for tp in assigned))
 
 
 class KafkaSource:
     def __init__(self, cfg: KafkaConfig,
                  stored_offsets: Callable[[], dict[tuple[str, int], int]],
-                 on_reset: Callable[[OffsetReset], None] | None = None) -> None:
+                 on_reset: Callable[[OffsetReset], None] | None = None,
+                 stored_marks: Callable[[], dict[tuple[str, int], tuple[int, int | None, int]]]
+                 | None = None) -> None:
         self.cfg = cfg
         self.stored_offsets = stored_offsets
+        self.stored_marks = stored_marks
+        # Partitions sought to their last stored record, to compare it with what was stored:
+        # (next offset, timestamp, CRC-32 of the value).
+        self._verify: dict[TopicPartition, tuple[int, int | None, int]] = {}
         self.on_reset = on_reset
         # Found by `batch`, taken by the pipeline (`take_resets`), which records each one in
         # order with the batches around it.
@@ -144,11 +163,29 @@ class KafkaSource:
             return []
         out: list[RawMessage] = []
         for tp, recs in got.items():
+            if tp in self._verify:
+                recs = await self._verified(tp, recs)
             for r in recs:
                 out.append(RawMessage(tp.topic, tp.partition, r.offset, r.value, r.key,
                                       tuple(r.headers or ()), r.timestamp))
         await self._check_past_end(got)
         return out
+
+    async def _verified(self, tp: TopicPartition, recs: list[Any]) -> list[Any]:
+        """The records of `tp` to keep, the first fetch after assignment: the one before the
+        stored position is dropped when it is the record stored (timestamp, CRC-32 of its
+        value); when it is another, the log was replaced under the position (the broker or
+        topic was reset and refilled past it) and the partition resets like one past the end."""
+        nxt, ts, crc = self._verify.pop(tp)
+        first = recs[0]
+        if first.offset == nxt - 1:
+            same = first.timestamp == ts and zlib.crc32(first.value or b"") == crc
+            if not same:
+                assert self.consumer is not None
+                await self._reset(tp, nxt, None, self.consumer.highwater(tp), "replaced")
+                return []
+        # Gone (compacted, or a transaction marker): nothing to compare; keep what is new.
+        return [r for r in recs if r.offset >= nxt]
 
     def take_resets(self) -> list[OffsetReset]:
         """Resets found since the last call, in the order found."""
@@ -178,10 +215,13 @@ class KafkaSource:
             except (KafkaError, TimeoutError):
                 continue  # no valid position yet: nothing was fetched from it
             if pos > hw:
-                await self._reset(tp, pos, None, hw, "past_end")
+                stored = self._verify.pop(tp)[0] if tp in self._verify else pos
+                await self._reset(tp, stored, None, hw, "past_end")
 
     async def _out_of_range(self, tp: TopicPartition, offset: int) -> None:
         assert self.consumer is not None
+        if tp in self._verify:
+            offset = self._verify.pop(tp)[0]
         start = end = None
         try:
             start = (await self.consumer.beginning_offsets([tp])).get(tp)
@@ -194,14 +234,14 @@ class KafkaSource:
     async def _reset(self, tp: TopicPartition, stored: int, start: int | None,
                      end: int | None, kind: str) -> None:
         assert self.consumer is not None
-        policy = self.cfg.reset_past_end if kind == "past_end" else self.cfg.auto_offset_reset
+        policy = self.cfg.auto_offset_reset if kind == "before_start" else self.cfg.reset_past_end
         await self._seek_policy(tp, policy)
         new: int | None
         try:
             new = await asyncio.wait_for(self.consumer.position(tp), 10)
         except (KafkaError, TimeoutError):
             new = None
-        if kind == "past_end" and policy == "earliest" and start is None:
+        if kind != "before_start" and policy == "earliest" and start is None:
             start = new
         lost = max(0, start - stored) if kind == "before_start" and start is not None else 0
         reset = OffsetReset(tp.topic, tp.partition, stored, start, end, kind, policy, new, lost)

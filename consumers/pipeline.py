@@ -15,6 +15,7 @@ the batches read before it are stored.
 from __future__ import annotations
 
 import asyncio
+import zlib
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
@@ -24,17 +25,31 @@ from consumers.ingest import IngestBatch, Ingestor
 from consumers.records import OffsetReset, RawMessage
 
 
+def record_marks(msgs: Sequence[RawMessage]) -> dict[tuple[str, int], tuple[int | None, int]]:
+    """(timestamp, CRC-32 of the value) of the last record per partition."""
+    out: dict[tuple[str, int], tuple[int | None, int]] = {}
+    last: dict[tuple[str, int], RawMessage] = {}
+    for m in msgs:
+        last[(m.topic, m.partition)] = m
+    for tp, m in last.items():
+        out[tp] = (m.timestamp_ms, zlib.crc32(m.value or b""))
+    return out
+
+
 def merge_batches(batches: list[IngestBatch]) -> IngestBatch:
     offsets: dict[tuple[str, int], int] = {}
+    marks: dict[tuple[str, int], tuple[int | None, int]] = {}
     for b in batches:
         for tp, o in b.offsets.items():
             offsets[tp] = max(offsets.get(tp, o), o)
+        marks.update(b.marks)  # batches are in fetch order: the last one read wins
     return IngestBatch(
         requests=pl.concat([b.requests for b in batches]),
         samples=pl.concat([b.samples for b in batches]),
         rejected=pl.concat([b.rejected for b in batches]),
         offsets=offsets,
-        skipped=pl.concat([b.skipped for b in batches]))
+        skipped=pl.concat([b.skipped for b in batches]),
+        marks=marks)
 
 
 class BatchSource(Protocol):
@@ -125,6 +140,7 @@ class IngestPipeline:
             if head[0] is None:
                 continue
             first = await head[0]
+            first.marks = record_marks(head[1])
             batches, done = [first], False
             dead = rejected_messages(first, head[1]) if self.dead_letters else []
             size = first.requests.height + first.rejected.height
@@ -137,6 +153,7 @@ class IngestPipeline:
                     self._held = nxt  # a reset: the batches before it are written first
                     break
                 b = await nxt[0]
+                b.marks = record_marks(nxt[1])
                 batches.append(b)
                 if self.dead_letters:
                     dead += rejected_messages(b, nxt[1])

@@ -174,7 +174,8 @@ class Service:
             from consumers.kafka_source import KafkaSource
 
             source = KafkaSource(cfg.kafka, self.store.store.stored_offsets,
-                                 on_reset=self._on_reset)
+                                 on_reset=self._on_reset,
+                                 stored_marks=self.store.store.stored_marks)
         self.source = source
         self.stop_event = asyncio.Event()
         self.http: HttpClient | None = None

@@ -1,11 +1,21 @@
 -- name: stored_offsets
 SELECT topic, "partition", next_offset FROM offsets;
 
+-- name: stored_marks
+-- Per partition: the next offset and the last record read before it (see schema_61).
+SELECT topic, "partition", next_offset, last_ts_ms, last_crc FROM offsets
+WHERE last_crc IS NOT NULL;
+
 -- name: upsert_offsets
-INSERT INTO offsets (topic, "partition", next_offset)
-SELECT topic, "partition", next_offset FROM batch_offsets
+INSERT INTO offsets (topic, "partition", next_offset, last_ts_ms, last_crc)
+SELECT topic, "partition", next_offset, last_ts_ms, last_crc FROM batch_offsets
 ON CONFLICT (topic, "partition") DO UPDATE
-SET next_offset = greatest(offsets.next_offset, excluded.next_offset), updated_at = now();
+SET next_offset = greatest(offsets.next_offset, excluded.next_offset),
+    last_ts_ms = CASE WHEN excluded.next_offset >= offsets.next_offset
+                      THEN excluded.last_ts_ms ELSE offsets.last_ts_ms END,
+    last_crc = CASE WHEN excluded.next_offset >= offsets.next_offset
+                    THEN excluded.last_crc ELSE offsets.last_crc END,
+    updated_at = now();
 
 -- name: insert_requests
 INSERT INTO requests BY NAME SELECT * FROM batch_requests;
@@ -128,4 +138,4 @@ VALUES ($topic, $partition, $stored, $log_start, $high_water, $kind, $policy, $n
 -- name: reset_offset
 INSERT INTO offsets (topic, "partition", next_offset) VALUES ($topic, $partition, $new_offset)
 ON CONFLICT (topic, "partition") DO UPDATE
-SET next_offset = excluded.next_offset, updated_at = now();
+SET next_offset = excluded.next_offset, last_ts_ms = NULL, last_crc = NULL, updated_at = now();

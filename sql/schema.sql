@@ -279,7 +279,10 @@ ALTER TABLE scores ADD COLUMN IF NOT EXISTS error VARCHAR;
 -- Broker or topic resets seen by the Kafka source (issue 14): a stored position outside the
 -- partition's [log start, high water] range. `kind` is `past_end` (the broker restarted empty,
 -- the topic was re-created: the records from `new_offset` on are new) or `before_start`
--- (retention removed records never read: `lost` of them). `policy` is where the source went.
+-- (retention removed records never read: `lost` of them) or `replaced` (the position is inside
+-- the log, but the record before it is not the one read there: the broker or topic was reset
+-- and refilled past the old position while the service was away). `policy` is where the source
+-- went.
 CREATE TABLE IF NOT EXISTS offset_resets (
     ts          TIMESTAMP DEFAULT current_timestamp,
     topic       VARCHAR NOT NULL,
@@ -292,3 +295,12 @@ CREATE TABLE IF NOT EXISTS offset_resets (
     new_offset  BIGINT,             -- where reading goes on (NULL: the broker decides)
     lost        BIGINT NOT NULL     -- records removed before they were read (before_start)
 );
+
+-- name: schema_61_offsets_last_ts
+-- The last record read per partition (timestamp and CRC-32 of its value): on assignment the
+-- Kafka source reads that record again and compares, to see a log replaced under a position
+-- that is still in range.
+ALTER TABLE offsets ADD COLUMN IF NOT EXISTS last_ts_ms BIGINT;
+
+-- name: schema_62_offsets_last_crc
+ALTER TABLE offsets ADD COLUMN IF NOT EXISTS last_crc BIGINT;

@@ -103,3 +103,65 @@ def test_broker_restarted_empty_while_running(tmp_path: Path) -> None:
     counted = sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
                   if line.startswith("shadowroute_offset_resets_total{"))
     assert counted == len(resets)
+
+
+async def _run_until(cfg: object, requests: int, timeout: float = 90) -> None:
+    svc = Service(cfg)  # type: ignore[arg-type]
+    task = asyncio.create_task(svc.run(install_signals=False))
+    deadline = asyncio.get_running_loop().time() + timeout
+    try:
+        while True:
+            if task.done():
+                task.result()
+            c = await svc.store.counts()
+            if c["requests"] >= requests:
+                break
+            assert asyncio.get_running_loop().time() < deadline, c
+            await asyncio.sleep(0.2)
+    finally:
+        svc.stop_event.set()
+        await task
+
+
+def test_log_replaced_past_the_stored_position_while_stopped(tmp_path: Path) -> None:
+    """Inside the range: 400 records read; the service restarts on the same log (no reset,
+    nothing read twice); then, while it is stopped, the broker restarts empty and 1,000 new
+    records (more per partition than were read) are produced. The stored positions are inside
+    the new log, but the records before them are others: a `replaced` reset, all 1,000 read."""
+    port = free_port()
+    db = tmp_path / "r.duckdb"
+    first, _ = make_records(400, seed=3)
+    more, _ = make_records(100, seed=4)
+    new, _ = make_records(1000, seed=5)
+    brokers = [Broker(tmp_path / "b1.log", port=port)]
+    try:
+        with ModelServer(ModelBehaviour(answer=cheap_answer)) as ms:
+            cfg = load_config(write_config(tmp_path / "c.toml", bootstrap=brokers[0].bootstrap,
+                                           topic=TOPIC, group="g-replaced", db=db,
+                                           model_url=ms.url, default_rate=0.0, math_rate=0.0),
+                              env={})
+            asyncio.run(create_topic(brokers[0].bootstrap, TOPIC, partitions=4))
+            asyncio.run(produce(brokers[0].bootstrap, TOPIC, first))
+            asyncio.run(_run_until(cfg, 400))
+            asyncio.run(produce(brokers[0].bootstrap, TOPIC, more))
+            asyncio.run(_run_until(cfg, 500))  # the same log: verified, not reset
+            con = duckdb.connect(str(db), read_only=True)
+            assert con.execute("SELECT count(*) FROM offset_resets").fetchall() == [(0,)]
+            con.close()
+            brokers[0].stop()
+            brokers.append(Broker(tmp_path / "b2.log", port=port))
+            asyncio.run(create_topic(brokers[1].bootstrap, TOPIC, partitions=4))
+            asyncio.run(produce(brokers[1].bootstrap, TOPIC, new))
+            asyncio.run(_run_until(cfg, 1500))
+    finally:
+        for b in brokers:
+            b.stop()
+    con = duckdb.connect(str(db), read_only=True)
+    assert con.execute("SELECT count(*), count(DISTINCT request_id) FROM requests").fetchall() \
+        == [(1500, 1500)]
+    assert con.execute("SELECT count(*) FROM requests WHERE request_id LIKE 'req-5-%'"
+                       ).fetchall() == [(1000,)]
+    resets = con.execute('SELECT kind, policy, new_offset, stored <= high_water '
+                         'FROM offset_resets').fetchall()
+    assert len(resets) == 4 and set(resets) == {("replaced", "earliest", 0, True)}, resets
+    assert con.execute("SELECT sum(next_offset) FROM offsets").fetchall()[0][0] == 1000
