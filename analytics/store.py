@@ -10,6 +10,7 @@ is (see `shadowroute.client`). Batches are handed to DuckDB as Arrow tables, nev
 from __future__ import annotations
 
 import os
+import shutil
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -23,7 +24,7 @@ import pyarrow as pa
 import sql
 from consumers.ingest import IngestBatch
 from consumers.records import OffsetReset
-from shadowroute.errors import StoreError, StoreLockedError
+from shadowroute.errors import StoreError, StoreLockedError, StoreWriteError
 
 READ_ONLY_STATEMENTS = {"SELECT", "EXPLAIN", "PRAGMA", "SET"}
 FETCH_CHUNK = 128  # rows per fetch of pending samples; see `pending_samples`
@@ -92,12 +93,28 @@ class Store:
                 try:
                     yield con
                     con.execute("COMMIT").fetchall()
-                except BaseException:
-                    con.execute("ROLLBACK").fetchall()
+                except BaseException as e:
+                    try:
+                        con.execute("ROLLBACK").fetchall()
+                    except duckdb.Error:
+                        pass  # a failed COMMIT has ended the transaction: its error is the one
+                    if isinstance(e, duckdb.Error) and not isinstance(
+                            e, duckdb.ConstraintException):  # the caller handles constraints
+                        raise self.write_error(e) from None
                     raise
             finally:
                 for name in frames:
                     con.unregister(name)
+
+    def write_error(self, e: BaseException) -> StoreWriteError:
+        """One line: what failed, where, and the free space there."""
+        try:
+            free = f"{shutil.disk_usage(self.path.parent).free / 2**20:.1f} MiB free"
+        except OSError as du:
+            free = f"free space unknown: {du}"
+        first = (str(e).splitlines() or [type(e).__name__])[0]
+        return StoreWriteError(f"writing {self.path} failed: {first} ({free} in "
+                               f"{self.path.parent})")
 
     # -- ingest ---------------------------------------------------------------------------
     def write_ingest(self, batch: IngestBatch) -> int:

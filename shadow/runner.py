@@ -336,15 +336,29 @@ class ShadowRunner:
         # in turns (frames, DuckDB taking it back between steps), and the calls finishing
         # meanwhile wait. Overhead per call at 256 in flight, same runs: ~6-18 ms writing every
         # 1 s, ~2-5 ms every 0.25 s, ~1.5-2.5 ms every ~500 results. At a trickle: once a second.
+        failing_since: float | None = None
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._flush_now.wait(), timeout=self.flush_every_s)
             self._flush_now.clear()
             try:
                 await self.flush()
-            except Exception:  # the store is unwell: keep the results, try again, never stop
-                log.exception("writing %d shadow results failed; retrying", len(self._buffer))
+            except Exception as e:  # the store is unwell: keep the results, try again, never stop
+                # No new (paid) call starts while their results could not be written.
+                self._room.clear()
+                if failing_since is None:  # one line when writes start failing, not one a try
+                    failing_since = time.monotonic()
+                    log.error("writing %d shadow results failed, no new shadow calls until a "
+                              "write goes through: %s", len(self._buffer), e,
+                              exc_info=not getattr(e, "retriable", False))
                 await asyncio.sleep(min(5.0, 4 * self.flush_every_s))
+                continue
+            if failing_since is not None:
+                log.warning("shadow results written again after %.1f s",
+                            time.monotonic() - failing_since)
+                failing_since = None
+                if self._unwritten < self.flush_max:
+                    self._room.set()
 
     async def stop(self) -> None:
         """Cancel in-flight calls (their samples stay pending) and flush finished results."""

@@ -61,6 +61,9 @@ class Metrics:
         self.lag = Gauge("shadowroute_consumer_lag", "Records behind the partition's high water "
                          "(negative: the position is past the high water, a reset)",
                          ["topic", "partition"], registry=r)
+        self.ingest_paused = Gauge("shadowroute_ingest_paused",
+                                   "1 while ingest is paused because its writes fail (disk full); "
+                                   "it retries with backoff and resumes by itself", registry=r)
         self.offset_resets = Counter("shadowroute_offset_resets_total",
                                      "Stored positions found outside the partition's log (kind: "
                                      "past_end, before_start); see the offset_resets table",

@@ -11,10 +11,12 @@ import contextlib
 import datetime
 import functools
 import gc
+import inspect
 import logging
 import os
 import signal
 import socket
+import sys
 import time
 import uuid
 from collections.abc import Callable, Collection, Coroutine, Iterator, Sequence
@@ -338,6 +340,7 @@ class Service:
 
     async def _ingest_loop(self) -> None:
         pipeline = IngestPipeline(self.ingestor, self.store, self.source,
+                                  on_paused=lambda p: self.metrics.ingest_paused.set(int(p)),
                                   on_persisted=self._on_persisted,
                                   dead_letters=self._dead_letters())
         await pipeline.run(self.stop_event)
@@ -410,21 +413,40 @@ class Service:
             self.stop_event.set()
             ingest_task.cancel()
             stop_task.cancel()
-            await self.runner.stop()
-            runner_task.cancel()
-            await asyncio.gather(ingest_task, runner_task, stop_task, return_exceptions=True)
-            try:  # every call is settled now: give back the budget's unused room
-                await self.budget.release()
-            except Exception as e:  # the restart will count it as spent: safe, only stricter
-                log.warning("could not give back the shadow budget's unused lease: %s", e)
-            scheduler.shutdown(wait=False)
-            with contextlib.suppress(Exception):
-                await self.source.stop()
+            runner = self.runner
+            failed: list[BaseException] = []
+
+            async def step(what: str, fn: Callable[[], Any]) -> None:
+                # Each step runs whatever the ones before did: a full disk that fails the last
+                # results must not leave service.json behind, the lease held or Kafka open.
+                try:
+                    res = fn()
+                    if inspect.isawaitable(res):
+                        await res
+                except Exception as e:
+                    failed.append(e)
+                    log.error("stopping: could not %s: %s", what, e)
+
+            async def settle_tasks() -> None:
+                runner_task.cancel()
+                await asyncio.gather(ingest_task, runner_task, stop_task, return_exceptions=True)
+
+            await step("write the last shadow results (their samples stay pending)", runner.stop)
+            await step("end the stages", settle_tasks)
+            # Every call is settled now: give back the budget's unused room (if this fails, the
+            # restart counts it as spent: safe, only stricter).
+            await step("give back the shadow budget's unused lease", self.budget.release)
+            await step("stop the scheduler", lambda: scheduler.shutdown(wait=False))
+            await step("close the Kafka consumer", self.source.stop)
             server.should_exit = True
-            await asyncio.gather(server_task, return_exceptions=True)
-            service_file(self.cfg.storage.db_path).unlink(missing_ok=True)
-            await self.http.aclose()
-            await self.store.aclose()
+            await step("stop the HTTP server",
+                       lambda: asyncio.gather(server_task, return_exceptions=True))
+            await step("remove " + str(service_file(self.cfg.storage.db_path)),
+                       lambda: service_file(self.cfg.storage.db_path).unlink(missing_ok=True))
+            await step("close the HTTP client", self.http.aclose)
+            await step("close the store", self.store.aclose)
             if install_signals:
                 for sig in (signal.SIGINT, signal.SIGTERM):
                     loop.remove_signal_handler(sig)
+            if failed and sys.exc_info()[1] is None:
+                raise failed[0]
