@@ -209,8 +209,9 @@ class Store:
             for name, q in (("batch_router_scores", "insert_router_scores" + suffix),
                             ("batch_shadow_calls", "insert_shadow_calls" + suffix),
                             ("batch_scores", "insert_scores" + suffix),
-                            ("batch_finished", "finish_samples")):
-                if frames[name].height:
+                            ("batch_finished", "finish_samples"),
+                            ("batch_attempts", "insert_shadow_attempts" + suffix)):
+                if name in frames and frames[name].height:
                     con.execute(sql.query(q)).fetchall()
 
     def shed_pending(self, keep: int, reason: str) -> tuple[int, int]:

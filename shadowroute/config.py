@@ -250,6 +250,11 @@ class ShadowConfig:
     the first answer instead of paying again (0: never reuse)."""
     max_queue: int = 10000
     """Most samples waiting for shadow work; beyond it the newest are shed (`skipped_shed`)."""
+    stop_grace_s: float = 8.0
+    """On SIGTERM/SIGINT, how long the shadow calls in flight may take to finish (their results
+    are written); then the rest are cancelled, their samples stay pending for the next start and
+    their attempts are recorded at worst-case cost in `shadow_attempts`. Keep it below the
+    supervisor's kill timeout (Docker: 10 s)."""
     http_client: str = "auto"
     """`builtin` (lean keep-alive HTTP/1.1, ~20x less CPU per call), `httpx` (speaks to HTTP
     proxies), or `auto`: httpx when `HTTPS_PROXY`/`HTTP_PROXY`/`ALL_PROXY` is set, else builtin."""
@@ -554,6 +559,8 @@ def _validate(cfg: Config) -> None:
     if not cfg.kafka.topics:
         raise ConfigError("kafka.topics", "must name at least one topic")
     positive("kafka.max_batch_records", cfg.kafka.max_batch_records)
+    if cfg.shadow.stop_grace_s < 0:
+        raise ConfigError("shadow.stop_grace_s", f"must be 0 or more, got {cfg.shadow.stop_grace_s}")
     positive("kafka.poll_timeout_ms", cfg.kafka.poll_timeout_ms)
     if cfg.kafka.dead_letter_topic in cfg.kafka.topics:
         raise ConfigError("kafka.dead_letter_topic",

@@ -431,7 +431,8 @@ class Service:
                 runner_task.cancel()
                 await asyncio.gather(ingest_task, runner_task, stop_task, return_exceptions=True)
 
-            await step("write the last shadow results (their samples stay pending)", runner.stop)
+            await step("write the last shadow results (their samples stay pending)",
+                       functools.partial(runner.stop, sh.stop_grace_s))
             await step("end the stages", settle_tasks)
             # Every call is settled now: give back the budget's unused room (if this fails, the
             # restart counts it as spent: safe, only stricter).

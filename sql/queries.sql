@@ -57,6 +57,18 @@ INSERT INTO shadow_calls BY NAME SELECT * FROM batch_shadow_calls;
 -- name: insert_shadow_calls_ignore_known
 INSERT OR IGNORE INTO shadow_calls BY NAME SELECT * FROM batch_shadow_calls;
 
+-- name: insert_shadow_attempts
+INSERT INTO shadow_attempts BY NAME SELECT * FROM batch_attempts;
+
+-- name: insert_shadow_attempts_ignore_known
+INSERT OR IGNORE INTO shadow_attempts BY NAME SELECT * FROM batch_attempts;
+
+-- name: paid_twice
+-- Samples whose cheap model was paid more than once (retries, or a call cancelled at a stop
+-- and made again after the restart).
+SELECT sample_id, model, count(*) AS paid_attempts, sum(spend_usd) AS spend_usd
+FROM shadow_attempts WHERE spend_usd > 0 GROUP BY ALL HAVING count(*) > 1;
+
 -- name: insert_scores
 INSERT INTO scores BY NAME SELECT * FROM batch_scores;
 

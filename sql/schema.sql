@@ -304,3 +304,24 @@ ALTER TABLE offsets ADD COLUMN IF NOT EXISTS last_ts_ms BIGINT;
 
 -- name: schema_62_offsets_last_crc
 ALTER TABLE offsets ADD COLUMN IF NOT EXISTS last_crc BIGINT;
+
+-- name: schema_63_shadow_attempts
+-- Every request sent to a cheap model, one row per attempt, over all runs: retries, and
+-- attempts cancelled in flight when the service stopped (`cancelled`, charged their worst
+-- case), whose sample runs again after the restart. What was paid twice:
+--   SELECT sample_id, model, count(*), sum(spend_usd) FROM shadow_attempts
+--   WHERE spend_usd > 0 GROUP BY ALL HAVING count(*) > 1
+-- `shadow_calls.spend_usd` is the final call's spend; this table holds every attempt's.
+CREATE TABLE IF NOT EXISTS shadow_attempts (
+    attempt_id  VARCHAR PRIMARY KEY,
+    sample_id   VARCHAR NOT NULL,
+    model       VARCHAR NOT NULL,
+    attempt     INTEGER NOT NULL,   -- 1, 2, ... within one call
+    deployment  VARCHAR,
+    outcome     VARCHAR NOT NULL,   -- ok / error (not billed) / unknown (sent, no usable answer:
+                                    -- worst case) / cancelled (in flight at a stop: worst case)
+    spend_usd   DOUBLE NOT NULL,    -- what the budget was charged for it
+    latency_ms  DOUBLE,
+    error       VARCHAR,
+    called_at   TIMESTAMP DEFAULT current_timestamp
+);
