@@ -97,6 +97,7 @@ class KafkaSource:
         self._consumer_kwargs = dict(
             bootstrap_servers=cfg.bootstrap_servers,
             group_id=cfg.group_id,
+            group_instance_id=cfg.group_instance_id or None,
             enable_auto_commit=False,
             # "none": an out-of-range position is raised to `batch`, which records it as a reset
             # and applies the policy, instead of aiokafka resetting it silently.

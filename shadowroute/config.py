@@ -50,7 +50,15 @@ class KafkaConfig:
     or the topic was re-created): `earliest` (the default: every record there is new) or
     `latest`. Either way the reset is logged, counted and recorded in `offset_resets`."""
     session_timeout_ms: int = 10000
-    """Consumer group session timeout (real Kafka requires >= 6000)."""
+    """Consumer group session timeout (real Kafka requires >= 6000). After a kill -9 the dead
+    member holds its partitions until this runs out (unless `group_instance_id` is set): a
+    shorter one resumes sooner, a longer one survives longer pauses (GC, a slow disk) without a
+    rebalance."""
+    group_instance_id: str = ""
+    """Static group membership (KIP-345): a restarted service with the same id takes its
+    partitions back without waiting out the dead member's session. One unique id per running
+    instance (two with the same id fence each other). Empty: dynamic membership. See
+    docs/architecture.md for the measured rejoin times."""
     max_batch_records: int = 2000
     """Most records decoded and persisted in one DuckDB transaction."""
     poll_timeout_ms: int = 500

@@ -165,3 +165,24 @@ def test_log_replaced_past_the_stored_position_while_stopped(tmp_path: Path) -> 
                          'FROM offset_resets').fetchall()
     assert len(resets) == 4 and set(resets) == {("replaced", "earliest", 0, True)}, resets
     assert con.execute("SELECT sum(next_offset) FROM offsets").fetchall()[0][0] == 1000
+
+
+def test_static_membership_restart(broker: Broker, topic: str, tmp_path: Path) -> None:
+    """`kafka.group_instance_id`: a restarted service with the same id gets its partitions back
+    (no duplicate, nothing skipped). Its speed is measured in benchmarks/rejoin.py."""
+    db = tmp_path / "s.duckdb"
+    a, _ = make_records(100, seed=41)
+    b, _ = make_records(100, seed=42)
+    with ModelServer(ModelBehaviour(answer=cheap_answer)) as ms:
+        cfg = load_config(write_config(tmp_path / "c.toml", bootstrap=broker.bootstrap,
+                                       topic=topic, group="g-static", db=db, model_url=ms.url,
+                                       default_rate=0.0, math_rate=0.0),
+                          env={"SHADOWROUTE_KAFKA__GROUP_INSTANCE_ID": "svc-a"})
+        assert cfg.kafka.group_instance_id == "svc-a"
+        asyncio.run(produce(broker.bootstrap, topic, a))
+        asyncio.run(_run_until(cfg, 100))
+        asyncio.run(produce(broker.bootstrap, topic, b))
+        asyncio.run(_run_until(cfg, 200))
+    con = duckdb.connect(str(db), read_only=True)
+    assert con.execute("SELECT count(*), count(DISTINCT request_id) FROM requests").fetchall() \
+        == [(200, 200)]
