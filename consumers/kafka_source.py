@@ -246,7 +246,7 @@ class KafkaSource:
             start = new
         lost = max(0, start - stored) if kind == "before_start" and start is not None else 0
         reset = OffsetReset(tp.topic, tp.partition, stored, start, end, kind, policy, new, lost)
-        log.warning("offset reset: %s", reset.describe())
+        log.warning("offset reset: %s", reset.describe(), extra={"news": True})
         self._resets.append(reset)
         if self.on_reset is not None:
             self.on_reset(reset)
