@@ -65,14 +65,17 @@ class Store:
         with self._lock:
             self.con.close()
 
-    def prepare_writer(self, threads: int = 0) -> None:
+    def prepare_writer(self, threads: int = 0, memory_limit: str = "") -> None:
         """Ready the service's writer connection before it serves: cap DuckDB's threads (0: one
-        fewer than the cores, at least one; see `StorageConfig.threads`) and pay now the ~0.2 s
-        of imports inside DuckDB that its first Arrow registration costs, rather than in the
-        middle of the first batch of results."""
+        fewer than the cores, at least one; see `StorageConfig.threads`) and its memory
+        (`StorageConfig.memory_limit`, checked by the config: SET takes no bound parameter), and
+        pay now the ~0.2 s of imports inside DuckDB that its first Arrow registration costs,
+        rather than in the middle of the first batch of results."""
         n = threads or max(1, (os.cpu_count() or 2) - 1)
         with self._lock:
             self.con.execute(f"SET threads = {int(n)}")  # SET takes no bound parameter
+            if memory_limit:
+                self.con.execute(f"SET memory_limit = '{memory_limit}'")
             self.con.register("_shadowroute_warm_up", pa.table({"x": pa.array([], pa.int64())}))
             self.con.unregister("_shadowroute_warm_up")
 

@@ -89,11 +89,11 @@ def _portable(e: BaseException) -> BaseException:
 class _Served:
     """What the child runs for each request name. Only these names are accepted."""
 
-    def __init__(self, path: str, threads: int) -> None:
+    def __init__(self, path: str, threads: int, memory_limit: str = "") -> None:
         from analytics.store import Store
 
         self.store = Store(path)
-        self.store.prepare_writer(threads)
+        self.store.prepare_writer(threads, memory_limit)
 
     def write_ingest(self, batch: Any) -> int:
         return self.store.write_ingest(batch)
@@ -153,7 +153,8 @@ def _answer(served: _Served, names: frozenset[str], request: Any) -> tuple[str, 
         return "err", _portable(e)
 
 
-def serve(path: str, threads: int, async_fd: int, control_fd: int, queries_fd: int) -> int:
+def serve(path: str, threads: int, async_fd: int, control_fd: int, queries_fd: int,
+          memory_limit: str = "") -> int:
     """The child's main: open the store, answer both channels until closed or orphaned."""
     # Ctrl-C reaches the whole process group and systemd signals every process of the unit:
     # the child outlives such signals so the service can write its last results and close it.
@@ -164,7 +165,7 @@ def serve(path: str, threads: int, async_fd: int, control_fd: int, queries_fd: i
     b = socket.socket(fileno=control_fd)
     c = socket.socket(fileno=queries_fd)
     try:
-        served = _Served(path, threads)
+        served = _Served(path, threads, memory_limit)
     except Exception as e:
         _send(b, ("err", _portable(e)))
         return 1
@@ -220,8 +221,10 @@ class StoreProcess:
     `store` offers the blocking reads (`query_table`, `fetch`, `stored_offsets`, `counts`) for
     code that runs outside the event loop, as `AsyncStore.store` does."""
 
-    def __init__(self, path: str | os.PathLike[str], threads: int = 0) -> None:
-        """`threads`: DuckDB's worker threads in the child (0: one fewer than the cores)."""
+    def __init__(self, path: str | os.PathLike[str], threads: int = 0,
+                 memory_limit: str = "") -> None:
+        """`threads`: DuckDB's worker threads in the child (0: one fewer than the cores);
+        `memory_limit`: DuckDB's (`storage.memory_limit`; empty: DuckDB's default)."""
         self.path = Path(path)
         a_parent, a_child = socket.socketpair()
         b_parent, b_child = socket.socketpair()
@@ -235,7 +238,7 @@ class StoreProcess:
                 # `-c`, not `-m analytics.store_process`: the package imports this module, and
                 # runpy warns on stderr when it runs a module that is already imported.
                 [sys.executable, "-c", _CHILD_MAIN, str(self.path), str(threads),
-                 *(str(x.fileno()) for x in (a_child, b_child, c_child))],
+                 *(str(x.fileno()) for x in (a_child, b_child, c_child)), memory_limit],
                 pass_fds=tuple(x.fileno() for x in (a_child, b_child, c_child)), env=env,
                 stdin=subprocess.DEVNULL)
         finally:
@@ -453,8 +456,9 @@ class _SyncReads:
 
 
 def child_main(argv: Sequence[str]) -> int:
-    """The child's entry: PATH THREADS ASYNC_FD CONTROL_FD QUERIES_FD."""
-    return serve(argv[0], *(int(x) for x in argv[1:5]))
+    """The child's entry: PATH THREADS ASYNC_FD CONTROL_FD QUERIES_FD [MEMORY_LIMIT]."""
+    threads, async_fd, control_fd, queries_fd = (int(x) for x in argv[1:5])
+    return serve(argv[0], threads, async_fd, control_fd, queries_fd, (argv[5:6] or [""])[0])
 
 
 _CHILD_MAIN = "import sys; from analytics.store_process import child_main; sys.exit(child_main(sys.argv[1:]))"

@@ -18,6 +18,7 @@ import dataclasses
 import difflib
 import math
 import os
+import re
 import tomllib
 import types
 import typing
@@ -92,6 +93,11 @@ class StorageConfig:
     threads: int = 0
     """DuckDB's worker threads in the service. 0: one fewer than the machine's cores (at least
     one), so a write or a long `/v1/sql` query never takes every core from the event loop."""
+    memory_limit: str = "512MB"
+    """DuckDB's memory limit in the service's store (e.g. `256MB`, `2GB`; empty: DuckDB's
+    default, 80% of RAM). DuckDB keeps the blocks it read or wrote cached up to this limit, so
+    the store process grows towards it under steady load and stays there; larger queries spill
+    to a temporary directory beside the file."""
 
 
 @dataclass(frozen=True)
@@ -107,6 +113,8 @@ class SamplingConfig:
 
 
 MAX_TOKENS_FIELDS = ("max_tokens", "max_completion_tokens")
+# DuckDB size literals; checked, since `SET memory_limit` takes no bound parameter.
+MEMORY_LIMIT = re.compile(r"\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -567,6 +575,9 @@ def _validate(cfg: Config) -> None:
     if not cfg.kafka.topics:
         raise ConfigError("kafka.topics", "must name at least one topic")
     positive("kafka.max_batch_records", cfg.kafka.max_batch_records)
+    if cfg.storage.memory_limit and not MEMORY_LIMIT.fullmatch(cfg.storage.memory_limit):
+        raise ConfigError("storage.memory_limit", "must be a size like '512MB' or '2GB' (or empty "
+                          f"for DuckDB's default), got {cfg.storage.memory_limit!r}")
     if cfg.shadow.stop_grace_s < 0:
         raise ConfigError("shadow.stop_grace_s", f"must be 0 or more, got {cfg.shadow.stop_grace_s}")
     positive("kafka.poll_timeout_ms", cfg.kafka.poll_timeout_ms)

@@ -107,15 +107,15 @@ class AsyncStore:
         self.close()
 
 
-def open_store(path: str | os.PathLike[str], writer: str = "process", threads: int = 0
-               ) -> AsyncStore | StoreProcess:
+def open_store(path: str | os.PathLike[str], writer: str = "process", threads: int = 0,
+               memory_limit: str = "") -> AsyncStore | StoreProcess:
     """The service's store: DuckDB in a child process (`storage.writer = "process"`) or on a
     thread of this one (`"thread"`); the same interface either way. `threads`: DuckDB's
     (`storage.threads`)."""
     if writer == "process":
-        return StoreProcess(path, threads)
+        return StoreProcess(path, threads, memory_limit)
     store = Store(Path(path))
-    store.prepare_writer(threads)
+    store.prepare_writer(threads, memory_limit)
     return AsyncStore(store)
 
 
@@ -164,7 +164,8 @@ class Service:
         one from the store's stored positions (the file source of `replay`)."""
         self.cfg = cfg
         self.metrics = Metrics()
-        self.store = open_store(cfg.storage.db_path, cfg.storage.writer, cfg.storage.threads)
+        self.store = open_store(cfg.storage.db_path, cfg.storage.writer, cfg.storage.threads,
+                                cfg.storage.memory_limit)
         self.ingestor = Ingestor(cfg)
         if source_factory is not None:
             try:
