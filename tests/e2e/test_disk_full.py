@@ -103,7 +103,11 @@ def test_disk_full_pauses_ingest_and_resumes(broker: Broker, topic: str, small_f
             assert _stored(svc) == 300 and not task.done() and _paused(svc) == 1
             filler.unlink()
             await _until(lambda: stored(600), task, "ingest to resume")
-            assert _paused(svc) == 0
+
+            async def resumed() -> bool:
+                return _paused(svc) == 0  # set once the write has returned
+
+            await _until(resumed, task, "the paused gauge to clear")
             # Full again, and stopped while full: the real error, every shutdown step run.
             fill(filler)
             await produce(broker.bootstrap, topic, batches[2])
