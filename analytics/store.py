@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -24,7 +25,8 @@ import pyarrow as pa
 
 import sql
 from consumers.ingest import IngestBatch
-from shadowroute.errors import StoreError, StoreLockedError
+from consumers.records import OffsetReset
+from shadowroute.errors import StoreError, StoreLockedError, StoreWriteError
 
 FETCH_CHUNK = 128  # rows per fetch of pending samples; see `pending_samples`
 USER_CLOSE_WAIT_S = 10.0  # longest a close waits for interrupted user queries to end
@@ -110,14 +112,17 @@ class Store:
             for cur in self._user_cursors:
                 _interrupt(cur)
 
-    def prepare_writer(self, threads: int = 0) -> None:
+    def prepare_writer(self, threads: int = 0, memory_limit: str = "") -> None:
         """Ready the service's writer connection before it serves: cap DuckDB's threads (0: one
-        fewer than the cores, at least one; see `StorageConfig.threads`) and pay now the ~0.2 s
-        of imports inside DuckDB that its first Arrow registration costs, rather than in the
-        middle of the first batch of results."""
+        fewer than the cores, at least one; see `StorageConfig.threads`) and its memory
+        (`StorageConfig.memory_limit`, checked by the config: SET takes no bound parameter), and
+        pay now the ~0.2 s of imports inside DuckDB that its first Arrow registration costs,
+        rather than in the middle of the first batch of results."""
         n = threads or max(1, (os.cpu_count() or 2) - 1)
         with self._lock:
             self.con.execute(f"SET threads = {int(n)}")  # SET takes no bound parameter
+            if memory_limit:
+                self.con.execute(f"SET memory_limit = '{memory_limit}'")
             self.con.register("_shadowroute_warm_up", pa.table({"x": pa.array([], pa.int64())}))
             self.con.unregister("_shadowroute_warm_up")
             lock_down(self.con)
@@ -139,12 +144,28 @@ class Store:
                 try:
                     yield con
                     con.execute("COMMIT").fetchall()
-                except BaseException:
-                    con.execute("ROLLBACK").fetchall()
+                except BaseException as e:
+                    try:
+                        con.execute("ROLLBACK").fetchall()
+                    except duckdb.Error:
+                        pass  # a failed COMMIT has ended the transaction: its error is the one
+                    if isinstance(e, duckdb.Error) and not isinstance(
+                            e, duckdb.ConstraintException):  # the caller handles constraints
+                        raise self.write_error(e) from None
                     raise
             finally:
                 for name in frames:
                     con.unregister(name)
+
+    def write_error(self, e: BaseException) -> StoreWriteError:
+        """One line: what failed, where, and the free space there."""
+        try:
+            free = f"{shutil.disk_usage(self.path.parent).free / 2**20:.1f} MiB free"
+        except OSError as du:
+            free = f"free space unknown: {du}"
+        first = (str(e).splitlines() or [type(e).__name__])[0]
+        return StoreWriteError(f"writing {self.path} failed: {first} ({free} in "
+                               f"{self.path.parent})")
 
     # -- ingest ---------------------------------------------------------------------------
     def write_ingest(self, batch: IngestBatch) -> int:
@@ -160,8 +181,10 @@ class Store:
 
     def _write_ingest(self, batch: IngestBatch, *, ignore_known: bool) -> int:
         offsets = pl.DataFrame(
-            [(t, p, o) for (t, p), o in batch.offsets.items()],
-            schema={"topic": pl.Utf8, "partition": pl.Int32, "next_offset": pl.Int64}, orient="row")
+            [(t, p, o, *batch.marks.get((t, p), (None, None)))
+             for (t, p), o in batch.offsets.items()],
+            schema={"topic": pl.Utf8, "partition": pl.Int32, "next_offset": pl.Int64,
+                    "last_ts_ms": pl.Int64, "last_crc": pl.Int64}, orient="row")
         frames = {name: df for name, df in (
             ("batch_requests", batch.requests), ("batch_samples", batch.samples),
             ("batch_rejected", batch.rejected), ("batch_skipped", batch.skipped),
@@ -185,9 +208,27 @@ class Store:
                 con.execute(sql.query("upsert_offsets")).fetchall()
         return duplicates
 
+    def record_resets(self, resets: Sequence[OffsetReset]) -> None:
+        """Offset resets and the positions they move to, in one transaction."""
+        with self._tx({}) as con:
+            for r in resets:
+                con.execute(sql.query("insert_offset_reset"), {
+                    "topic": r.topic, "partition": r.partition, "stored": r.stored,
+                    "log_start": r.log_start, "high_water": r.high_water, "kind": r.kind,
+                    "policy": r.policy, "new_offset": r.new_offset, "lost": r.lost}).fetchall()
+                if r.new_offset is not None:
+                    con.execute(sql.query("reset_offset"), {
+                        "topic": r.topic, "partition": r.partition,
+                        "new_offset": r.new_offset}).fetchall()
+
     def stored_offsets(self) -> dict[tuple[str, int], int]:
         rows = self.fetch(sql.query("stored_offsets"))
         return {(t, p): o for t, p, o in rows}
+
+    def stored_marks(self) -> dict[tuple[str, int], tuple[int, int | None, int]]:
+        """(next offset, timestamp, CRC-32) of the last record read, per partition."""
+        rows = self.fetch(sql.query("stored_marks"))
+        return {(t, p): (o, ts, crc) for t, p, o, ts, crc in rows}
 
     # -- shadow results -------------------------------------------------------------------
     def pending_samples(self, limit: int, exclude: Sequence[str] = ()) -> list[dict[str, Any]]:
@@ -219,8 +260,9 @@ class Store:
             for name, q in (("batch_router_scores", "insert_router_scores" + suffix),
                             ("batch_shadow_calls", "insert_shadow_calls" + suffix),
                             ("batch_scores", "insert_scores" + suffix),
-                            ("batch_finished", "finish_samples")):
-                if frames[name].height:
+                            ("batch_finished", "finish_samples"),
+                            ("batch_attempts", "insert_shadow_attempts" + suffix)):
+                if name in frames and frames[name].height:
                     con.execute(sql.query(q)).fetchall()
 
     def shed_pending(self, keep: int, reason: str) -> tuple[int, int]:

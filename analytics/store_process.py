@@ -91,17 +91,20 @@ def _portable(e: BaseException) -> BaseException:
 class _Served:
     """What the child runs for each request name. Only these names are accepted."""
 
-    def __init__(self, path: str, threads: int) -> None:
+    def __init__(self, path: str, threads: int, memory_limit: str = "") -> None:
         from analytics.store import Store
 
         self.store = Store(path)
-        self.store.prepare_writer(threads)
+        self.store.prepare_writer(threads, memory_limit)
 
     def write_ingest(self, batch: Any) -> int:
         return self.store.write_ingest(batch)
 
     def pending(self, limit: int, exclude: Sequence[str]) -> list[dict[str, Any]]:
         return self.store.pending_samples(limit, exclude)
+
+    def record_resets(self, resets: Sequence[Any]) -> None:
+        self.store.record_resets(resets)
 
     def write(self, results: Sequence[Any]) -> None:
         from shadow.runner import results_to_frames
@@ -123,6 +126,9 @@ class _Served:
     def stored_offsets(self) -> dict[tuple[str, int], int]:
         return self.store.stored_offsets()
 
+    def stored_marks(self) -> dict[tuple[str, int], tuple[int, int | None, int]]:
+        return self.store.stored_marks()
+
     def fetch(self, query: str, params: Any = None) -> list[tuple[Any, ...]]:
         return self.store.fetch(query, params)
 
@@ -137,9 +143,10 @@ class _Served:
                                      max_bytes=max_bytes)
 
 
-ASYNC_CALLS = frozenset({"write_ingest", "pending", "write", "shed", "recent_shadow_spend",
+ASYNC_CALLS = frozenset({"write_ingest", "record_resets", "pending", "write", "shed", "recent_shadow_spend",
                          "lease_budget", "counts"})
-CONTROL_CALLS = frozenset({"stored_offsets", "fetch", "counts", "interrupt_user_queries"})
+CONTROL_CALLS = frozenset({"stored_offsets", "stored_marks", "fetch", "counts",
+                           "interrupt_user_queries"})
 QUERY_CALLS = frozenset({"query_table"})
 USER_CALLS = frozenset({"user_query"})
 USER_REPLY_GRACE_S = 10.0  # beyond a user query's own timeout, before the channel is given up
@@ -158,7 +165,7 @@ def _answer(served: _Served, names: frozenset[str], request: Any) -> tuple[str, 
 
 
 def serve(path: str, threads: int, async_fd: int, control_fd: int, queries_fd: int,
-          user_fd: int) -> int:
+          user_fd: int, memory_limit: str = "") -> int:
     """The child's main: open the store, answer both channels until closed or orphaned."""
     # Ctrl-C reaches the whole process group and systemd signals every process of the unit:
     # the child outlives such signals so the service can write its last results and close it.
@@ -171,7 +178,7 @@ def serve(path: str, threads: int, async_fd: int, control_fd: int, queries_fd: i
     c = socket.socket(fileno=queries_fd)
     d = socket.socket(fileno=user_fd)
     try:
-        served = _Served(path, threads)
+        served = _Served(path, threads, memory_limit)
     except Exception as e:
         _send(b, ("err", _portable(e)))
         return 1
@@ -232,8 +239,10 @@ class StoreProcess:
     `store` offers the blocking reads (`query_table`, `fetch`, `stored_offsets`, `counts`) for
     code that runs outside the event loop, as `AsyncStore.store` does."""
 
-    def __init__(self, path: str | os.PathLike[str], threads: int = 0) -> None:
-        """`threads`: DuckDB's worker threads in the child (0: one fewer than the cores)."""
+    def __init__(self, path: str | os.PathLike[str], threads: int = 0,
+                 memory_limit: str = "") -> None:
+        """`threads`: DuckDB's worker threads in the child (0: one fewer than the cores);
+        `memory_limit`: DuckDB's (`storage.memory_limit`; empty: DuckDB's default)."""
         self.path = Path(path)
         a_parent, a_child = socket.socketpair()
         b_parent, b_child = socket.socketpair()
@@ -249,7 +258,7 @@ class StoreProcess:
                 # `-c`, not `-m analytics.store_process`: the package imports this module, and
                 # runpy warns on stderr when it runs a module that is already imported.
                 [sys.executable, "-c", _CHILD_MAIN, str(self.path), str(threads),
-                 *(str(x.fileno()) for x in children)],
+                 *(str(x.fileno()) for x in children), memory_limit],
                 pass_fds=tuple(x.fileno() for x in children), env=env,
                 stdin=subprocess.DEVNULL)
         finally:
@@ -396,6 +405,9 @@ class StoreProcess:
     async def pending(self, limit: int, exclude: Collection[str] = ()) -> list[dict[str, Any]]:
         return await self._call("pending", limit, list(exclude))  # type: ignore[no-any-return]
 
+    async def record_resets(self, resets: Sequence[Any]) -> None:
+        await self._call("record_resets", list(resets))
+
     async def write(self, results: Sequence[Any]) -> None:
         await self._call("write", list(results))
 
@@ -477,6 +489,9 @@ class _SyncReads:
     def stored_offsets(self) -> dict[tuple[str, int], int]:
         return self._owner._call_sync("stored_offsets")  # type: ignore[no-any-return]
 
+    def stored_marks(self) -> dict[tuple[str, int], tuple[int, int | None, int]]:
+        return self._owner._call_sync("stored_marks")  # type: ignore[no-any-return]
+
     def fetch(self, query: str, params: Mapping[str, Any] | Sequence[Any] | None = None
               ) -> list[tuple[Any, ...]]:
         return self._owner._call_sync("fetch", query, params)  # type: ignore[no-any-return]
@@ -499,8 +514,10 @@ class _SyncReads:
 
 
 def child_main(argv: Sequence[str]) -> int:
-    """The child's entry: PATH THREADS ASYNC_FD CONTROL_FD QUERIES_FD USER_FD."""
-    return serve(argv[0], *(int(x) for x in argv[1:6]))
+    """The child's entry: PATH THREADS ASYNC_FD CONTROL_FD QUERIES_FD USER_FD [MEMORY_LIMIT]."""
+    threads, async_fd, control_fd, queries_fd, user_fd = (int(x) for x in argv[1:6])
+    return serve(argv[0], threads, async_fd, control_fd, queries_fd, user_fd,
+                 (argv[6:7] or [""])[0])
 
 
 _CHILD_MAIN = "import sys; from analytics.store_process import child_main; sys.exit(child_main(sys.argv[1:]))"

@@ -59,6 +59,9 @@ class IngestBatch:
     offsets: dict[tuple[str, int], int] = field(default_factory=dict)
     # Items inside records that are counted, not stored: non-LLM spans, repeated request ids.
     skipped: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=SKIPPED_SCHEMA))
+    # (topic, partition) -> (timestamp ms, CRC-32 of the value) of the last record read: stored
+    # with the offset, so a log replaced under it is seen (`consumers.kafka_source`).
+    marks: dict[tuple[str, int], tuple[int | None, int]] = field(default_factory=dict)
 
     @property
     def empty(self) -> bool:

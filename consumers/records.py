@@ -67,3 +67,30 @@ class DecodeError(ValueError):
         if len(reason) > self.MAX_CHARS:
             reason = reason[: self.MAX_CHARS - 1] + "…"
         super().__init__(reason)
+
+
+@dataclass(frozen=True, slots=True)
+class OffsetReset:
+    """A stored position found outside its partition's range (a broker or topic reset, or
+    retention), and where reading goes on. Recorded in `offset_resets`."""
+
+    topic: str
+    partition: int
+    stored: int
+    log_start: int | None
+    high_water: int | None
+    kind: str  # past_end | before_start | replaced
+    policy: str  # earliest | latest
+    new_offset: int | None
+    lost: int = 0  # records removed before they were read (before_start)
+
+    def describe(self) -> str:
+        span = f"[{'?' if self.log_start is None else self.log_start}, " \
+               f"{'?' if self.high_water is None else self.high_water})"
+        lost = f", {self.lost} records lost to retention" if self.lost else ""
+        where = {"past_end": "is past the end of the log",
+                 "before_start": "is before the start of the log",
+                 "replaced": "follows another record than the one read there, in the log"}
+        return (f"{self.topic}[{self.partition}]: stored offset {self.stored} {where[self.kind]} "
+                f"{span} (broker or topic reset); reading goes on from {self.policy} "
+                f"(offset {'?' if self.new_offset is None else self.new_offset}){lost}")

@@ -169,11 +169,29 @@ class Budget:
                 if not fut.done():
                     fut.cancel()
 
+    def lease_room(self) -> int:
+        """Nano-dollars this run may lease beyond what it has used: in every capped window,
+        settled spend + outstanding reservations + unused leased room stays within the cap, so
+        the journal never holds more than the cap allows (after a kill, what a run leased
+        beyond what it wrote is charged: never more than the cap could have let it spend)."""
+        now = self.clock()
+        room: int | None = None
+        for w in self.windows.values():
+            if w.cap is None:
+                continue
+            w.expire(now)
+            left = w.cap - w.total - self.reserved
+            room = left if room is None else min(room, left)
+        return max(0, (room or 0) - max(0, self.leased - self.used))
+
     async def _lease(self) -> None:
         async with self._lease_lock:
             while self.used > self.leased:
                 assert self.journal is not None
-                chunk = max(self.used - self.leased, self.lease_nano)
+                need = self.used - self.leased
+                # What the granted reservations need, plus room for the next calls up to a
+                # chunk, never past the cap (a reservation was granted only within it).
+                chunk = need + min(max(0, self.lease_nano - need), self.lease_room())
                 await self.journal(chunk)
                 self.leased += chunk
 
@@ -181,8 +199,10 @@ class Budget:
         try:
             async with self._lease_lock:
                 if self.journal is not None and self.used > self.leased - self.lease_nano // 2:
-                    await self.journal(self.lease_nano)
-                    self.leased += self.lease_nano
+                    chunk = min(self.lease_nano, self.lease_room())
+                    if chunk > 0:
+                        await self.journal(chunk)
+                        self.leased += chunk
         except Exception as e:  # a call that needs the room will try again, or be refused
             log.warning("leasing shadow budget ahead failed: %s", e)
 

@@ -19,8 +19,12 @@ pipeline. One call:
    case: it may have been billed.
 
 `cost_usd` is what the answer costs (the cheap model's cost in the estimates); `spend_usd` is
-what the budget was charged for this call over all its attempts. The API key is read from the
-environment at call time and never appears in results, errors or logs.
+what the budget was charged for this call over all its attempts. Every attempt is itemised
+(`CallResult.attempt_log`, the `shadow_attempts` table), and so is an attempt cancelled in flight
+(a stop past `shadow.stop_grace_s`): it is charged its worst case and kept in `cancelled` for
+the runner to write, so a call paid twice (once cancelled, again after the restart) shows in
+SQL. The API key is read from the environment at call time and never appears in results,
+errors or logs.
 """
 
 from __future__ import annotations
@@ -29,8 +33,9 @@ import asyncio
 import email.utils
 import random
 import time
+import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -47,6 +52,24 @@ HEALTH_STATUS = {401, 403, 404}  # not retried, but they say the deployment is m
 REPLAY_PARAMS = ("temperature", "top_p", "response_format", "stop", "seed",
                  "presence_penalty", "frequency_penalty")
 OUTCOMES = ("ok", "reused", "error", "budget", "unavailable")
+ATTEMPT_OUTCOMES = ("ok", "error", "unknown", "cancelled")
+
+
+@dataclass
+class Attempt:
+    """One request sent (or about to be) to a deployment. `outcome`: ok; error (an answer that
+    was not one: not billed); unknown (sent, then no usable answer: charged its worst case);
+    cancelled (in flight when the service stopped: charged its worst case)."""
+
+    attempt_id: str
+    sample_id: str
+    model: str
+    attempt: int
+    deployment: str
+    outcome: str
+    spend_usd: float
+    latency_ms: float
+    error: str | None = None
 
 
 @dataclass
@@ -65,6 +88,7 @@ class CallResult:
     spend_usd: float = 0.0
     usage_estimated: bool = False
     reused_from: str | None = None
+    attempt_log: list[Attempt] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -148,6 +172,8 @@ class ModelClient:
                                      clock=clock)
         self.reuse: ReuseCache[CallResult] | None = (
             ReuseCache(reuse_window_s, clock=clock) if reuse_window_s > 0 else None)
+        # Attempts cancelled in flight, with their worst-case spend, until the runner writes them.
+        self.cancelled: list[Attempt] = []
         self._static_headers = {
             d.name: {"Content-Type": "application/json", **d.spec.extra_headers}
             for d in self.group.deployments}
@@ -183,8 +209,9 @@ class ModelClient:
         # Serialized once: the body of each deployment is spliced around it.
         base = orjson.dumps({"messages": messages, **replay_params(params)})
         cap = capped_max_tokens(params, self.cfg.max_tokens)
+        sid = sample_id or ""
         if self.reuse is None:
-            return await self._call(base, cap, messages, params, start)
+            return await self._call(base, cap, messages, params, start, sid)
         key = reuse_key(self.cfg.name, base + b"%d" % cap)
         hit = await self.reuse.claim(key)
         if hit is not None:
@@ -194,14 +221,31 @@ class ModelClient:
                               r.deployment, 0.0, r.usage_estimated, first_id)
         res: CallResult | None = None
         try:
-            res = await self._call(base, cap, messages, params, start)
+            res = await self._call(base, cap, messages, params, start, sid)
         finally:
             self.reuse.release(key, sample_id, res if res is not None and res.outcome == "ok"
                                else None)
         return res
 
+    def take_cancelled(self) -> list[Attempt]:
+        out, self.cancelled = self.cancelled, []
+        return out
+
     async def _call(self, base: bytes, group_cap: int, messages: list[dict[str, Any]],
-                    params: dict[str, Any], start: float) -> CallResult:
+                    params: dict[str, Any], start: float, sample_id: str) -> CallResult:
+        tried: list[Attempt] = []
+        try:
+            return await self._attempts(base, group_cap, messages, params, start, sample_id,
+                                        tried)
+        except asyncio.CancelledError:
+            # Stopped (past `shadow.stop_grace_s`) mid-call: what it paid so far is written by
+            # the runner, so a call paid again after the restart is visible.
+            self.cancelled.extend(tried)
+            raise
+
+    async def _attempts(self, base: bytes, group_cap: int, messages: list[dict[str, Any]],
+                        params: dict[str, Any], start: float, sample_id: str,
+                        tried: list[Attempt]) -> CallResult:
         group = self.group
         deadline = self.clock() + self.policy.max_wait_s
         tokens = prompt_token_estimate(base) + group_cap  # what a rate limiter counts up front
@@ -217,7 +261,7 @@ class ModelClient:
             except GroupUnavailable as e:
                 outcome = "unavailable" if attempts == 0 else "error"
                 error = str(e) if last is None else f"{last}; then {e}"
-                return self._failed(outcome, error, attempts, spend, last_dep, start)
+                return self._failed(outcome, error, attempts, spend, last_dep, start, tried)
             d = lease.deployment
             cap = capped_max_tokens(params, d.spec.max_tokens)
             field = d.spec.max_tokens_field
@@ -238,9 +282,21 @@ class ModelClient:
                     if last is not None:
                         error = f"{last}; then {error}"
                     return self._failed("budget" if attempts == 0 else "error", error, attempts,
-                                        spend, d.name, start)
+                                        spend, d.name, start, tried)
             attempts += 1
-            att = await self._attempt(lease, body, bound, cap, start, attempts)
+            sent = time.perf_counter()
+            try:
+                att = await self._attempt(lease, body, bound, cap, start, attempts)
+            except asyncio.CancelledError:
+                # In flight at a stop: it may have been billed. Charged its worst case and kept
+                # for the runner to write: the call runs again after the restart.
+                worst = d.worst_cost(bound, cap)
+                if reservation is not None and self.budget is not None:
+                    self.budget.settle(reservation, worst)
+                tried.append(Attempt(
+                    uuid.uuid4().hex, sample_id, self.cfg.name, attempts, d.name, "cancelled",
+                    worst, (time.perf_counter() - sent) * 1000, "cancelled in flight at a stop"))
+                raise
             charge = 0.0
             if att.result is not None:
                 charge = att.result.cost_usd or 0.0
@@ -249,19 +305,26 @@ class ModelClient:
             if reservation is not None and self.budget is not None:
                 self.budget.settle(reservation, charge)
             spend += charge
+            if att.result is None:
+                att.error = self._redact(att.error)  # before a log line, a row or last_error
+            tried.append(Attempt(uuid.uuid4().hex, sample_id, self.cfg.name, attempts, d.name,
+                               "ok" if att.result is not None else
+                               "unknown" if att.unknown_cost else "error",
+                               charge, (time.perf_counter() - sent) * 1000,
+                               None if att.result is not None else att.error))
             if att.result is not None:
                 group.succeeded(lease, (att.result.input_tokens or 0)
                                 + (att.result.output_tokens or 0))
                 att.result.spend_usd = spend
+                att.result.attempt_log = tried
                 return att.result
-            att.error = self._redact(att.error)  # before it reaches a log line or last_error
             group.failed(lease, att.error, health=att.health, retry_after=att.retry_after)
             last, last_dep = f"{d.name}: {att.error}", d.name
             if not att.retriable:
-                return self._failed("error", last, attempts, spend, d.name, start)
+                return self._failed("error", last, attempts, spend, d.name, start, tried)
             failures += 1
             if failures > self.policy.max_retries:
-                return self._failed("error", last, attempts, spend, d.name, start)
+                return self._failed("error", last, attempts, spend, d.name, start, tried)
             avoid = d
             if not group.ready_other_than(d, tokens):  # no fallback ready: back off
                 delay = self.policy.delay(failures)
@@ -270,14 +333,14 @@ class ModelClient:
                 remaining = deadline - self.clock()
                 if delay > remaining:
                     return self._failed("error", f"{last} (no time left to retry)", attempts,
-                                        spend, d.name, start)
+                                        spend, d.name, start, tried)
                 await asyncio.sleep(delay)
 
     def _failed(self, outcome: str, error: str, attempts: int, spend: float,
-                deployment: str | None, start: float) -> CallResult:
+                deployment: str | None, start: float, log: list[Attempt]) -> CallResult:
         return CallResult(self.cfg.name, None, None, None, None, None,
                           (time.perf_counter() - start) * 1000, self._redact(error), attempts,
-                          outcome, deployment, spend)
+                          outcome, deployment, spend, attempt_log=log)
 
     def _redact(self, text: str) -> str:
         # Some providers echo the key they were given in their error text.

@@ -38,7 +38,7 @@ import orjson
 import polars as pl
 
 from consumers.ingest import frame, prompt_text
-from shadow.client import CallResult, ModelClient
+from shadow.client import Attempt, CallResult, ModelClient
 from shadow.routers import RouteInput, Router
 from shadow.scorers import Scoring
 
@@ -60,6 +60,9 @@ class SampleResult:
     # (model, scorer, value, scorer used, failure): `auto` says which scorer it used; a scorer
     # that could not judge the pair gives no value and its reason.
     scores: list[tuple[str, str, float | None, str, str | None]] = field(default_factory=list)
+    # Attempts not in `calls` (cancelled in flight at a stop); a result whose status is
+    # `pending` carries only these: its sample stays pending and runs again.
+    attempts: list[Attempt] = field(default_factory=list)
 
 
 class ResultSink(Protocol):
@@ -85,6 +88,16 @@ SCORES_SCHEMA: dict[str, Any] = {
     "sample_id": pl.Utf8, "model": pl.Utf8, "scorer": pl.Utf8, "value": pl.Float64,
     "scorer_used": pl.Utf8, "error": pl.Utf8}
 FINISHED_SCHEMA: dict[str, Any] = {"sample_id": pl.Utf8, "status": pl.Utf8, "skip_reason": pl.Utf8}
+ATTEMPTS_SCHEMA: dict[str, Any] = {
+    "attempt_id": pl.Utf8, "sample_id": pl.Utf8, "model": pl.Utf8, "attempt": pl.Int32,
+    "deployment": pl.Utf8, "outcome": pl.Utf8, "spend_usd": pl.Float64, "latency_ms": pl.Float64,
+    "error": pl.Utf8}
+
+
+def _attempt_rows(results: Sequence[SampleResult]) -> list[tuple[Any, ...]]:
+    return [(a.attempt_id, a.sample_id, a.model, a.attempt, a.deployment, a.outcome,
+             a.spend_usd, a.latency_ms, a.error)
+            for r in results for a in (*(a for c in r.calls for a in c.attempt_log), *r.attempts)]
 
 
 def results_to_frames(results: Sequence[SampleResult]) -> dict[str, pl.DataFrame]:
@@ -104,7 +117,9 @@ def results_to_frames(results: Sequence[SampleResult]) -> dict[str, pl.DataFrame
         "batch_scores": frame(
             [(r.sample_id, *sc) for r in results for sc in r.scores], SCORES_SCHEMA),
         "batch_finished": frame(
-            [(r.sample_id, r.status, r.skip_reason) for r in results], FINISHED_SCHEMA),
+            [(r.sample_id, r.status, r.skip_reason) for r in results if r.status != "pending"],
+            FINISHED_SCHEMA),
+        "batch_attempts": frame(_attempt_rows(results), ATTEMPTS_SCHEMA),
     }
 
 
@@ -320,7 +335,7 @@ class ShadowRunner:
             self._writing -= len(batch)
         for r in batch:
             self._inflight.discard(r.sample_id)
-        self.completed += len(batch)
+        self.completed += sum(r.status != "pending" for r in batch)
         if self._unwritten < self.flush_max:
             self._room.set()
         self.wake.set()  # room for more work now that these left the in-flight set
@@ -336,25 +351,58 @@ class ShadowRunner:
         # in turns (frames, DuckDB taking it back between steps), and the calls finishing
         # meanwhile wait. Overhead per call at 256 in flight, same runs: ~6-18 ms writing every
         # 1 s, ~2-5 ms every 0.25 s, ~1.5-2.5 ms every ~500 results. At a trickle: once a second.
+        failing_since: float | None = None
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._flush_now.wait(), timeout=self.flush_every_s)
             self._flush_now.clear()
             try:
                 await self.flush()
-            except Exception:  # the store is unwell: keep the results, try again, never stop
-                log.exception("writing %d shadow results failed; retrying", len(self._buffer))
+            except Exception as e:  # the store is unwell: keep the results, try again, never stop
+                # No new (paid) call starts while their results could not be written.
+                self._room.clear()
+                if failing_since is None:  # one line when writes start failing, not one a try
+                    failing_since = time.monotonic()
+                    log.error("writing %d shadow results failed, no new shadow calls until a "
+                              "write goes through: %s", len(self._buffer), e,
+                              exc_info=not getattr(e, "retriable", False))
                 await asyncio.sleep(min(5.0, 4 * self.flush_every_s))
+                continue
+            if failing_since is not None:
+                log.warning("shadow results written again after %.1f s",
+                            time.monotonic() - failing_since)
+                failing_since = None
+                if self._unwritten < self.flush_max:
+                    self._room.set()
 
-    async def stop(self) -> None:
-        """Cancel in-flight calls (their samples stay pending) and flush finished results."""
+    async def stop(self, grace_s: float = 0.0) -> None:
+        """Start no new samples; let the calls in flight finish for up to `grace_s` seconds
+        (`shadow.stop_grace_s`), then cancel the rest (their samples stay pending; what their
+        attempts may have cost is written to `shadow_attempts`), and write every result."""
         self._stopping = True
         self.wake.set()
         self._work.set()
         self._room.set()
+        if self._tasks and grace_s > 0:
+            if self._inflight:
+                log.info("stopping: %d samples in flight, waiting up to %.1f s for their calls",
+                         len(self._inflight), grace_s)
+            await asyncio.wait(list(self._tasks), timeout=grace_s)
+        cut = len(self._inflight) - len(self._buffer) - self._writing
         for t in list(self._tasks):
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        cancelled = [a for m in self.models for a in m.take_cancelled()]
+        if cancelled:
+            log.warning("stopping: %d samples cut short after %.1f s; %d attempts in flight "
+                        "recorded at their worst-case cost ($%.6f)", max(cut, 0), grace_s,
+                        sum(a.outcome == "cancelled" for a in cancelled),
+                        sum(a.spend_usd for a in cancelled))
+            by_sample: dict[str, list[Attempt]] = {}
+            for a in cancelled:
+                by_sample.setdefault(a.sample_id, []).append(a)
+            self._buffer.extend(SampleResult(sid, "pending", attempts=atts)
+                                for sid, atts in by_sample.items())
         await self.flush()
 
     async def drain(self, idle: Callable[[], Awaitable[bool]]) -> None:

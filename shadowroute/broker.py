@@ -26,8 +26,9 @@ def free_port() -> int:
 
 
 class Broker:
-    def __init__(self, log_path: Path | None = None) -> None:
-        self.port = free_port()
+    def __init__(self, log_path: Path | None = None, port: int | None = None) -> None:
+        """`port`: a fixed one (a broker restarted in place, as clients see it), else a free one."""
+        self.port = port or free_port()
         self.bootstrap = f"127.0.0.1:{self.port}"
         url = f"tcp://127.0.0.1:{self.port}"
         self._log = open(log_path, "wb") if log_path else subprocess.DEVNULL  # noqa: SIM115

@@ -49,7 +49,10 @@ def db_option(f: F) -> F:
 @click.version_option(package_name="shadowroute")
 @click.option("--log-level", default="INFO", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
-def main(log_level: str) -> None:
+@click.option("--log-summary-s", default=30.0, show_default=True, type=click.FloatRange(min=0),
+              help="Kafka client warnings that repeat (a broker down) are logged once, then "
+                   "summarised this often (0: log every one).")
+def main(log_level: str, log_summary_s: float) -> None:
     """shadowroute: what would routing easy LLM requests to cheap models save, and cost?
 
     Tails production LLM logs from Kafka, replays a sample through candidate routers and cheap
@@ -64,6 +67,9 @@ def main(log_level: str) -> None:
     quiet = max(logging.WARNING, logging.getLevelName(log_level.upper()))
     for noisy in ("aiokafka", "httpx", "apscheduler"):  # per-request / per-job lines
         logging.getLogger(noisy).setLevel(quiet)
+    from shadowroute.logs import install
+
+    install(log_summary_s)
 
 
 @main.command()

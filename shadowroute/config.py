@@ -19,6 +19,7 @@ import difflib
 import ipaddress
 import math
 import os
+import re
 import tomllib
 import types
 import typing
@@ -43,9 +44,23 @@ class KafkaConfig:
     group_id: str = "shadowroute"
     """Consumer group; lag is visible to ordinary Kafka tooling under this name."""
     auto_offset_reset: str = "earliest"
-    """Where a partition with no stored offset starts: `earliest` or `latest`."""
+    """Where a partition with no stored offset starts: `earliest` or `latest`; also where a stored
+    offset that retention removed from the log (before its start) goes on (the records lost are
+    counted in `offset_resets`)."""
+    reset_past_end: str = "earliest"
+    """Where a stored offset past the partition's high water goes on (the broker restarted empty
+    or the topic was re-created): `earliest` (the default: every record there is new) or
+    `latest`. Either way the reset is logged, counted and recorded in `offset_resets`."""
     session_timeout_ms: int = 10000
-    """Consumer group session timeout (real Kafka requires >= 6000)."""
+    """Consumer group session timeout (real Kafka requires >= 6000). After a kill -9 the dead
+    member holds its partitions until this runs out (unless `group_instance_id` is set): a
+    shorter one resumes sooner, a longer one survives longer pauses (GC, a slow disk) without a
+    rebalance."""
+    group_instance_id: str = ""
+    """Static group membership (KIP-345): a restarted service with the same id takes its
+    partitions back without waiting out the dead member's session. One unique id per running
+    instance (two with the same id fence each other). Empty: dynamic membership. See
+    docs/architecture.md for the measured rejoin times."""
     max_batch_records: int = 2000
     """Most records decoded and persisted in one DuckDB transaction."""
     poll_timeout_ms: int = 500
@@ -79,6 +94,11 @@ class StorageConfig:
     threads: int = 0
     """DuckDB's worker threads in the service. 0: one fewer than the machine's cores (at least
     one), so a write or a long `/v1/sql` query never takes every core from the event loop."""
+    memory_limit: str = "512MB"
+    """DuckDB's memory limit in the service's store (e.g. `256MB`, `2GB`; empty: DuckDB's
+    default, 80% of RAM). DuckDB keeps the blocks it read or wrote cached up to this limit, so
+    the store process grows towards it under steady load and stays there; larger queries spill
+    to a temporary directory beside the file."""
 
 
 @dataclass(frozen=True)
@@ -94,6 +114,8 @@ class SamplingConfig:
 
 
 MAX_TOKENS_FIELDS = ("max_tokens", "max_completion_tokens")
+# DuckDB size literals; checked, since `SET memory_limit` takes no bound parameter.
+MEMORY_LIMIT = re.compile(r"\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -245,6 +267,11 @@ class ShadowConfig:
     the first answer instead of paying again (0: never reuse)."""
     max_queue: int = 10000
     """Most samples waiting for shadow work; beyond it the newest are shed (`skipped_shed`)."""
+    stop_grace_s: float = 8.0
+    """On SIGTERM/SIGINT, how long the shadow calls in flight may take to finish (their results
+    are written); then the rest are cancelled, their samples stay pending for the next start and
+    their attempts are recorded at worst-case cost in `shadow_attempts`. Keep it below the
+    supervisor's kill timeout (Docker: 10 s)."""
     http_client: str = "auto"
     """`builtin` (lean keep-alive HTTP/1.1, ~20x less CPU per call), `httpx` (speaks to HTTP
     proxies), or `auto`: httpx when `HTTPS_PROXY`/`HTTP_PROXY`/`ALL_PROXY` is set, else builtin."""
@@ -588,9 +615,17 @@ def _validate(cfg: Config) -> None:
     if cfg.kafka.auto_offset_reset not in ("earliest", "latest"):
         raise ConfigError("kafka.auto_offset_reset",
                           f"must be 'earliest' or 'latest', got {cfg.kafka.auto_offset_reset!r}")
+    if cfg.kafka.reset_past_end not in ("earliest", "latest"):
+        raise ConfigError("kafka.reset_past_end",
+                          f"must be 'earliest' or 'latest', got {cfg.kafka.reset_past_end!r}")
     if not cfg.kafka.topics:
         raise ConfigError("kafka.topics", "must name at least one topic")
     positive("kafka.max_batch_records", cfg.kafka.max_batch_records)
+    if cfg.storage.memory_limit and not MEMORY_LIMIT.fullmatch(cfg.storage.memory_limit):
+        raise ConfigError("storage.memory_limit", "must be a size like '512MB' or '2GB' (or empty "
+                          f"for DuckDB's default), got {cfg.storage.memory_limit!r}")
+    if cfg.shadow.stop_grace_s < 0:
+        raise ConfigError("shadow.stop_grace_s", f"must be 0 or more, got {cfg.shadow.stop_grace_s}")
     positive("kafka.poll_timeout_ms", cfg.kafka.poll_timeout_ms)
     if cfg.kafka.dead_letter_topic in cfg.kafka.topics:
         raise ConfigError("kafka.dead_letter_topic",

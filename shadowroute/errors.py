@@ -3,7 +3,8 @@
     ShadowrouteError
     ├── ConfigError            a key or value in the config / environment / CLI is wrong
     ├── StoreError             the DuckDB file cannot be opened or queried
-    │   └── StoreLockedError   another process (the running service) holds the file
+    │   ├── StoreLockedError   another process (the running service) holds the file
+    │   └── StoreWriteError    a write failed (disk full, I/O error): retriable
     ├── ServiceUnreachable     the running service's local HTTP API did not answer
     ├── SourceUnavailable      the log source (Kafka) cannot be reached or subscribed
     └── ModelCallError         a shadow call to a cheap model failed (carries `retriable`)
@@ -33,6 +34,14 @@ class StoreError(ShadowrouteError):
 
 class StoreLockedError(StoreError):
     """The DuckDB file is held for writing by another process (usually the running service)."""
+
+
+class StoreWriteError(StoreError):
+    """A transaction could not be written (no space left, an I/O error); the message is one line:
+    what failed, where, and the free space there. Nothing of it was stored, so it can be retried
+    once the cause is gone."""
+
+    retriable = True
 
 
 class ServiceUnreachable(ShadowrouteError):

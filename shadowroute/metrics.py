@@ -58,8 +58,19 @@ class Metrics:
         self.cooldowns = Gauge("shadowroute_shadow_deployment_cooldowns",
                                "Times a deployment was put on cooldown since start",
                                ["model", "deployment"], registry=r)
-        self.lag = Gauge("shadowroute_consumer_lag", "Records behind the partition's high water",
+        self.lag = Gauge("shadowroute_consumer_lag", "Records behind the partition's high water "
+                         "(negative: the position is past the high water, a reset)",
                          ["topic", "partition"], registry=r)
+        self.ingest_paused = Gauge("shadowroute_ingest_paused",
+                                   "1 while ingest is paused because its writes fail (disk full); "
+                                   "it retries with backoff and resumes by itself", registry=r)
+        self.offset_resets = Counter("shadowroute_offset_resets_total",
+                                     "Stored positions found outside the partition's log (kind: "
+                                     "past_end, before_start); see the offset_resets table",
+                                     ["topic", "kind"], registry=r)
+        self.offset_reset_lost = Counter("shadowroute_offset_reset_lost_records_total",
+                                         "Records removed by retention before they were read",
+                                         ["topic"], registry=r)
         self.dead_letters = Counter("shadowroute_dead_letters_total",
                                     "Rejected records produced to kafka.dead_letter_topic "
                                     "(outcome: sent, failed)", ["outcome"], registry=r)

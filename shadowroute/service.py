@@ -12,10 +12,12 @@ import datetime
 import errno
 import functools
 import gc
+import inspect
 import logging
 import os
 import signal
 import socket
+import sys
 import time
 import uuid
 from collections.abc import Callable, Collection, Coroutine, Iterator, Sequence
@@ -32,7 +34,7 @@ from analytics.store import Store
 from analytics.store_process import StoreProcess
 from consumers.ingest import IngestBatch, Ingestor
 from consumers.pipeline import DeadLetters, IngestPipeline
-from consumers.records import RawMessage
+from consumers.records import OffsetReset, RawMessage
 from shadow.budget import Budget
 from shadow.client import ModelClient
 from shadow.http import HttpClient, make_http
@@ -75,6 +77,9 @@ class AsyncStore:
     async def write_ingest(self, batch: IngestBatch) -> int:
         return await self._run(self.store.write_ingest, batch)  # type: ignore[no-any-return]
 
+    async def record_resets(self, resets: Sequence[OffsetReset]) -> None:
+        await self._run(self.store.record_resets, resets)
+
     async def pending(self, limit: int, exclude: Collection[str] = ()) -> list[dict[str, Any]]:
         return await self._run(  # type: ignore[no-any-return]
             self.store.pending_samples, limit, list(exclude))
@@ -104,15 +109,15 @@ class AsyncStore:
         self.close()
 
 
-def open_store(path: str | os.PathLike[str], writer: str = "process", threads: int = 0
-               ) -> AsyncStore | StoreProcess:
+def open_store(path: str | os.PathLike[str], writer: str = "process", threads: int = 0,
+               memory_limit: str = "") -> AsyncStore | StoreProcess:
     """The service's store: DuckDB in a child process (`storage.writer = "process"`) or on a
     thread of this one (`"thread"`); the same interface either way. `threads`: DuckDB's
     (`storage.threads`)."""
     if writer == "process":
-        return StoreProcess(path, threads)
+        return StoreProcess(path, threads, memory_limit)
     store = Store(Path(path))
-    store.prepare_writer(threads)
+    store.prepare_writer(threads, memory_limit)
     return AsyncStore(store)
 
 
@@ -172,7 +177,8 @@ class Service:
         self.cfg = cfg
         self.token = api_token(cfg.server)  # first: never serve a non-loopback port without one
         self.metrics = Metrics()
-        self.store = open_store(cfg.storage.db_path, cfg.storage.writer, cfg.storage.threads)
+        self.store = open_store(cfg.storage.db_path, cfg.storage.writer, cfg.storage.threads,
+                                cfg.storage.memory_limit)
         self.ingestor = Ingestor(cfg)
         if source_factory is not None:
             try:
@@ -183,7 +189,9 @@ class Service:
         if source is None:
             from consumers.kafka_source import KafkaSource
 
-            source = KafkaSource(cfg.kafka, self.store.store.stored_offsets)
+            source = KafkaSource(cfg.kafka, self.store.store.stored_offsets,
+                                 on_reset=self._on_reset,
+                                 stored_marks=self.store.store.stored_marks)
         self.source = source
         self.stop_event = asyncio.Event()
         self.http: HttpClient | None = None
@@ -211,6 +219,10 @@ class Service:
                 m.reused.labels(c.model).inc()
             if c.spend_usd:
                 m.spend.labels(c.model).inc(c.spend_usd)
+
+    def _on_reset(self, reset: OffsetReset) -> None:
+        self.metrics.offset_resets.labels(reset.topic, reset.kind).inc()
+        self.metrics.offset_reset_lost.labels(reset.topic).inc(reset.lost)
 
     def _on_shed(self, n: int) -> None:
         self.metrics.shed.inc(n)
@@ -353,6 +365,7 @@ class Service:
 
     async def _ingest_loop(self) -> None:
         pipeline = IngestPipeline(self.ingestor, self.store, self.source,
+                                  on_paused=lambda p: self.metrics.ingest_paused.set(int(p)),
                                   on_persisted=self._on_persisted,
                                   dead_letters=self._dead_letters())
         await pipeline.run(self.stop_event)
@@ -425,23 +438,44 @@ class Service:
             self.stop_event.set()
             ingest_task.cancel()
             stop_task.cancel()
-            await self.runner.stop()
-            runner_task.cancel()
-            await asyncio.gather(ingest_task, runner_task, stop_task, return_exceptions=True)
-            try:  # every call is settled now: give back the budget's unused room
-                await self.budget.release()
-            except Exception as e:  # the restart will count it as spent: safe, only stricter
-                log.warning("could not give back the shadow budget's unused lease: %s", e)
-            scheduler.shutdown(wait=False)
-            with contextlib.suppress(Exception):
-                await self.source.stop()
-            with contextlib.suppress(Exception):  # a person's query ends now, answered
-                await asyncio.to_thread(self.store.store.interrupt_user_queries)
+            runner = self.runner
+            failed: list[BaseException] = []
+
+            async def step(what: str, fn: Callable[[], Any]) -> None:
+                # Each step runs whatever the ones before did: a full disk that fails the last
+                # results must not leave service.json behind, the lease held or Kafka open.
+                try:
+                    res = fn()
+                    if inspect.isawaitable(res):
+                        await res
+                except Exception as e:
+                    failed.append(e)
+                    log.error("stopping: could not %s: %s", what, e)
+
+            async def settle_tasks() -> None:
+                runner_task.cancel()
+                await asyncio.gather(ingest_task, runner_task, stop_task, return_exceptions=True)
+
+            await step("write the last shadow results (their samples stay pending)",
+                       functools.partial(runner.stop, sh.stop_grace_s))
+            await step("end the stages", settle_tasks)
+            # Every call is settled now: give back the budget's unused room (if this fails, the
+            # restart counts it as spent: safe, only stricter).
+            await step("give back the shadow budget's unused lease", self.budget.release)
+            await step("stop the scheduler", lambda: scheduler.shutdown(wait=False))
+            await step("close the Kafka consumer", self.source.stop)
+            # A person's query ends now, answered (before the HTTP server's graceful shutdown).
+            await step("interrupt people's queries",
+                       lambda: asyncio.to_thread(self.store.store.interrupt_user_queries))
             server.should_exit = True
-            await asyncio.gather(server_task, return_exceptions=True)
-            service_file(self.cfg.storage.db_path).unlink(missing_ok=True)
-            await self.http.aclose()
-            await self.store.aclose()
+            await step("stop the HTTP server",
+                       lambda: asyncio.gather(server_task, return_exceptions=True))
+            await step("remove " + str(service_file(self.cfg.storage.db_path)),
+                       lambda: service_file(self.cfg.storage.db_path).unlink(missing_ok=True))
+            await step("close the HTTP client", self.http.aclose)
+            await step("close the store", self.store.aclose)
             if install_signals:
                 for sig in (signal.SIGINT, signal.SIGTERM):
                     loop.remove_signal_handler(sig)
+            if failed and sys.exc_info()[1] is None:
+                raise failed[0]

@@ -1,11 +1,21 @@
 -- name: stored_offsets
 SELECT topic, "partition", next_offset FROM offsets;
 
+-- name: stored_marks
+-- Per partition: the next offset and the last record read before it (see schema_61).
+SELECT topic, "partition", next_offset, last_ts_ms, last_crc FROM offsets
+WHERE last_crc IS NOT NULL;
+
 -- name: upsert_offsets
-INSERT INTO offsets (topic, "partition", next_offset)
-SELECT topic, "partition", next_offset FROM batch_offsets
+INSERT INTO offsets (topic, "partition", next_offset, last_ts_ms, last_crc)
+SELECT topic, "partition", next_offset, last_ts_ms, last_crc FROM batch_offsets
 ON CONFLICT (topic, "partition") DO UPDATE
-SET next_offset = greatest(offsets.next_offset, excluded.next_offset), updated_at = now();
+SET next_offset = greatest(offsets.next_offset, excluded.next_offset),
+    last_ts_ms = CASE WHEN excluded.next_offset >= offsets.next_offset
+                      THEN excluded.last_ts_ms ELSE offsets.last_ts_ms END,
+    last_crc = CASE WHEN excluded.next_offset >= offsets.next_offset
+                    THEN excluded.last_crc ELSE offsets.last_crc END,
+    updated_at = now();
 
 -- name: insert_requests
 INSERT INTO requests BY NAME SELECT * FROM batch_requests;
@@ -46,6 +56,18 @@ INSERT INTO shadow_calls BY NAME SELECT * FROM batch_shadow_calls;
 
 -- name: insert_shadow_calls_ignore_known
 INSERT OR IGNORE INTO shadow_calls BY NAME SELECT * FROM batch_shadow_calls;
+
+-- name: insert_shadow_attempts
+INSERT INTO shadow_attempts BY NAME SELECT * FROM batch_attempts;
+
+-- name: insert_shadow_attempts_ignore_known
+INSERT OR IGNORE INTO shadow_attempts BY NAME SELECT * FROM batch_attempts;
+
+-- name: paid_twice
+-- Samples whose cheap model was paid more than once (retries, or a call cancelled at a stop
+-- and made again after the restart).
+SELECT sample_id, model, count(*) AS paid_attempts, sum(spend_usd) AS spend_usd
+FROM shadow_attempts WHERE spend_usd > 0 GROUP BY ALL HAVING count(*) > 1;
 
 -- name: insert_scores
 INSERT INTO scores BY NAME SELECT * FROM batch_scores;
@@ -117,3 +139,15 @@ FROM samples
 WHERE response_text IS NOT NULL AND response_text <> ''
 QUALIFY row_number() OVER (PARTITION BY coalesce(tags->>$tag, '') ORDER BY created_at DESC)
         <= $per_segment;
+
+-- name: insert_offset_reset
+-- A reset and the position it moves to, in one transaction (`reset_offset` below): the new
+-- position replaces the stored one, which `upsert_offsets` only ever moves forward.
+INSERT INTO offset_resets (topic, "partition", stored, log_start, high_water, kind, policy,
+                           new_offset, lost)
+VALUES ($topic, $partition, $stored, $log_start, $high_water, $kind, $policy, $new_offset, $lost);
+
+-- name: reset_offset
+INSERT INTO offsets (topic, "partition", next_offset) VALUES ($topic, $partition, $new_offset)
+ON CONFLICT (topic, "partition") DO UPDATE
+SET next_offset = excluded.next_offset, last_ts_ms = NULL, last_crc = NULL, updated_at = now();

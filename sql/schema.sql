@@ -274,3 +274,54 @@ ALTER TABLE scores ADD COLUMN IF NOT EXISTS scorer_used VARCHAR;
 -- Why a scorer could not judge the pair (`value` is NULL then, and the pair is left out of the
 -- estimates rather than counted as quality 0).
 ALTER TABLE scores ADD COLUMN IF NOT EXISTS error VARCHAR;
+
+-- name: schema_60_offset_resets
+-- Broker or topic resets seen by the Kafka source (issue 14): a stored position outside the
+-- partition's [log start, high water] range. `kind` is `past_end` (the broker restarted empty,
+-- the topic was re-created: the records from `new_offset` on are new) or `before_start`
+-- (retention removed records never read: `lost` of them) or `replaced` (the position is inside
+-- the log, but the record before it is not the one read there: the broker or topic was reset
+-- and refilled past the old position while the service was away). `policy` is where the source
+-- went.
+CREATE TABLE IF NOT EXISTS offset_resets (
+    ts          TIMESTAMP DEFAULT current_timestamp,
+    topic       VARCHAR NOT NULL,
+    "partition" INTEGER NOT NULL,
+    stored      BIGINT NOT NULL,    -- the position the source held
+    log_start   BIGINT,             -- the partition's actual range (NULL: not known)
+    high_water  BIGINT,
+    kind        VARCHAR NOT NULL,
+    policy      VARCHAR NOT NULL,   -- earliest / latest
+    new_offset  BIGINT,             -- where reading goes on (NULL: the broker decides)
+    lost        BIGINT NOT NULL     -- records removed before they were read (before_start)
+);
+
+-- name: schema_61_offsets_last_ts
+-- The last record read per partition (timestamp and CRC-32 of its value): on assignment the
+-- Kafka source reads that record again and compares, to see a log replaced under a position
+-- that is still in range.
+ALTER TABLE offsets ADD COLUMN IF NOT EXISTS last_ts_ms BIGINT;
+
+-- name: schema_62_offsets_last_crc
+ALTER TABLE offsets ADD COLUMN IF NOT EXISTS last_crc BIGINT;
+
+-- name: schema_63_shadow_attempts
+-- Every request sent to a cheap model, one row per attempt, over all runs: retries, and
+-- attempts cancelled in flight when the service stopped (`cancelled`, charged their worst
+-- case), whose sample runs again after the restart. What was paid twice:
+--   SELECT sample_id, model, count(*), sum(spend_usd) FROM shadow_attempts
+--   WHERE spend_usd > 0 GROUP BY ALL HAVING count(*) > 1
+-- `shadow_calls.spend_usd` is the final call's spend; this table holds every attempt's.
+CREATE TABLE IF NOT EXISTS shadow_attempts (
+    attempt_id  VARCHAR PRIMARY KEY,
+    sample_id   VARCHAR NOT NULL,
+    model       VARCHAR NOT NULL,
+    attempt     INTEGER NOT NULL,   -- 1, 2, ... within one call
+    deployment  VARCHAR,
+    outcome     VARCHAR NOT NULL,   -- ok / error (not billed) / unknown (sent, no usable answer:
+                                    -- worst case) / cancelled (in flight at a stop: worst case)
+    spend_usd   DOUBLE NOT NULL,    -- what the budget was charged for it
+    latency_ms  DOUBLE,
+    error       VARCHAR,
+    called_at   TIMESTAMP DEFAULT current_timestamp
+);

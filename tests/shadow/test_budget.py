@@ -224,3 +224,116 @@ def test_no_cap_no_journal() -> None:
         assert await b.reserve(1.0) is not None
 
     asyncio.run(go())
+
+
+# -- property: the journal in a real DuckDB file, across random kills and clean stops ---------
+
+life = st.lists(st.one_of(
+    st.tuples(st.just("reserve"), st.floats(0.001, 0.6)),  # share of the cap
+    st.tuples(st.just("fill"), st.floats(0.0005, 0.02)),   # small calls until the cap stops them
+    st.tuples(st.just("settle"), st.floats(0, 1)),   # share of the reservation billed
+    st.tuples(st.just("flush"), st.just(0.0)),       # settled results written to shadow_calls
+    st.tuples(st.just("kill"), st.just(0.0)),        # kill -9: nothing in memory survives
+    st.tuples(st.just("stop"), st.just(0.0)),        # SIGTERM: settle, flush, release
+), max_size=80)
+
+
+@given(life, st.floats(0.02, 1.0))
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                  HealthCheck.function_scoped_fixture])
+def test_leases_never_exceed_the_cap_across_kills(tmp_path_factory: pytest.TempPathFactory,
+                                                  seq: list[tuple[str, float]], cap: float) -> None:
+    """Within one hour, whatever order calls, flushes, kills and stops come in: what every run
+    leased (net of what clean stops gave back) stays within the cap, and so does what a
+    restarted budget counts as spent; and real spend never exceeds what the journal counts."""
+    from analytics.store import Store
+    from shadow.client import CallResult
+    from shadow.runner import SampleResult, results_to_frames
+
+    store = Store(tmp_path_factory.mktemp("journal") / "b.duckdb")
+    cap_nano = math.floor(cap * NANO)
+    spent_nano = 0  # what the providers billed, over all runs
+
+    def leased_total() -> int:
+        return int(store.fetch("SELECT coalesce(sum(nano), 0) FROM budget_leases")[0][0])
+
+    async def go() -> None:
+        nonlocal spent_nano
+        run = 0
+
+        def start() -> Budget:
+            nonlocal run
+            run += 1
+            rid = f"run-{run}"
+
+            async def journal(nano: int) -> None:
+                store.lease_budget(rid, nano)
+            b = Budget(usd_per_hour=cap, journal=journal)
+            b.seed(store.recent_shadow_spend())
+            assert b.spent_usd("hour") <= cap + 1e-9  # a restart never shows more than the cap
+            return b
+
+        b, open_, unwritten, n = start(), [], [], 0
+
+        def write() -> None:
+            nonlocal unwritten, n
+            res = []
+            for usd in unwritten:
+                n += 1
+                res.append(SampleResult(f"s{n}", "done", calls=[CallResult(
+                    "m", "a", 1, 0, 1, usd, 1.0, None, 1, "ok", "d", usd)]))
+            if res:
+                store.write_results(results_to_frames(res))
+            unwritten = []
+
+        for op, x in seq:
+            if op == "reserve":
+                try:
+                    r = await asyncio.wait_for(b.reserve(x * cap), 0.05)
+                except TimeoutError:
+                    r = None  # waits for reservations in flight: a call that would wait
+                if r is not None:
+                    open_.append(r)
+            elif op == "fill":
+                for _ in range(400):
+                    try:
+                        r = await asyncio.wait_for(b.reserve(x * cap), 0.05)
+                    except TimeoutError:
+                        break
+                    if r is None:
+                        break
+                    b.settle(r, r.usd)  # billed in full, settled at once, not written yet
+                    spent_nano += r.nano
+                    unwritten.append(r.usd)
+                    await asyncio.sleep(0)  # the lease ahead runs
+            elif op == "settle" and open_:
+                r = open_.pop(0)
+                actual = r.usd * x
+                b.settle(r, actual)
+                spent_nano += to_nano(actual)
+                unwritten.append(to_nano(actual) / NANO)
+            elif op == "flush":
+                write()
+            elif op == "kill":
+                # Calls in flight may have been billed in full; nothing unwritten is stored.
+                spent_nano += sum(r.nano for r in open_)
+                b, open_, unwritten = start(), [], []
+            elif op == "stop":
+                for r in open_:
+                    b.settle(r, r.usd)
+                    spent_nano += r.nano
+                    unwritten.append(r.usd)
+                open_ = []
+                write()
+                await b.release()
+                b = start()
+            assert leased_total() <= cap_nano, (leased_total(), cap_nano)
+            assert spent_nano <= cap_nano + len(seq)  # the hard cap (rounding: 1 nano a call)
+        # What the journal (and the results) count covers what was really billed.
+        b = start()
+        assert to_nano(b.spent_usd("hour")) + len(seq) >= spent_nano
+
+    try:
+        asyncio.run(go())
+    finally:
+        store.close()

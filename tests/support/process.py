@@ -25,13 +25,14 @@ def cli(*args: str, timeout: float = 60, env: dict[str, str] | None = None
 
 
 class ServiceProcess:
-    def __init__(self, config: Path, db: Path, log: Path, env: dict[str, str] | None = None
-                 ) -> None:
+    def __init__(self, config: Path, db: Path, log: Path, env: dict[str, str] | None = None,
+                 cli_args: tuple[str, ...] = ()) -> None:
         self.db = db
         self.log = log
         service_file(db).unlink(missing_ok=True)
         self._out = open(log, "ab")  # noqa: SIM115
-        self.proc = subprocess.Popen([*CLI, "--log-level", "INFO", "run", "--config", str(config)],
+        self.proc = subprocess.Popen([*CLI, "--log-level", "INFO", *cli_args, "run", "--config",
+                                      str(config)],
                                      stdout=self._out, stderr=self._out,
                                      env={**os.environ, **(env or {})})
         self.url = self._wait_url()

@@ -1,0 +1,313 @@
+"""Soak: steady ingest + shadow at a fixed rate, kill -9 every few minutes, for a long time.
+
+Starts its own Kafka-protocol broker (Tansu), a local model server (answers after a delay,
+counts every request it receives: each is a call a provider would bill) and the real service
+(`shadowroute run`, a process, with its DuckDB store child). A producer writes generated
+production logs at `--rate` records/s; every `--kill-every-s` the service is killed with SIGKILL
+and started again. Every `--sample-s` it reads the RSS of the service and of its store process
+(and DuckDB's own account of its memory, `duckdb_memory()`, through `/v1/sql`); once a minute
+it prints them. At the end it stops producing, lets the service catch up, stops it with SIGTERM
+and checks, in the DuckDB file:
+
+- lost records (produced, not stored) and duplicated ones (stored twice);
+- paid-but-unrecorded calls: requests the model server received without a row in
+  `shadow_attempts` (a kill -9 loses the attempts whose results were not written yet; the
+  budget's journal still counts their spend);
+- the RSS slope of each process after warm-up (MiB/min, a least-squares fit over the samples of
+  each run of the service, skipping its first `--warmup-s`), the worst one reported.
+
+The last line is JSON.
+
+    python benchmarks/soak.py [--minutes 30] [--rate 100] [--kill-every-s 180]
+                              [--memory-limit 512MB]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from shadowroute.broker import Broker  # noqa: E402
+from shadowroute.service import service_file  # noqa: E402
+from shadowroute.traffic import TrafficGenerator  # noqa: E402
+from tests.support.model_server import ModelBehaviour, ModelServer  # noqa: E402
+
+TOPIC = "soak"
+
+
+def rss_mib(pid: int) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def children(pid: int) -> list[int]:
+    try:
+        return [int(x) for x in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def slope(points: list[tuple[float, float]]) -> float | None:
+    """Least-squares MiB per minute over (seconds, MiB)."""
+    if len(points) < 3:
+        return None
+    xs = [p[0] / 60 for p in points]
+    ys = [p[1] for p in points]
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    den = sum((x - mx) ** 2 for x in xs)
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / den if den else None
+
+
+def config(dir_: Path, bootstrap: str, url: str, args: argparse.Namespace) -> Path:
+    path = dir_ / "soak.toml"
+    path.write_text(f"""
+[kafka]
+bootstrap_servers = "{bootstrap}"
+topics = ["{TOPIC}"]
+group_id = "soak"
+session_timeout_ms = {args.session_timeout_ms}
+group_instance_id = "soak-1"
+
+[storage]
+db_path = "{dir_ / 'soak.duckdb'}"
+memory_limit = "{args.memory_limit}"
+
+[sampling]
+default_rate = {args.sample_rate}
+stratify_tag = "task"
+
+[shadow]
+concurrency = 16
+stop_grace_s = 5
+
+[shadow.budget]
+usd_per_hour = 1000.0
+
+[[shadow.models]]
+name = "cheap"
+base_url = "{url}"
+model = "tiny"
+input_per_mtok = 0.15
+output_per_mtok = 0.6
+timeout_s = 10
+
+[[routers]]
+name = "rules"
+kind = "rules"
+
+[server]
+port = 0
+""")
+    return path
+
+
+class Service:
+    def __init__(self, cfg: Path, db: Path, log: Path) -> None:
+        self.cfg, self.db, self.log = cfg, db, log
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.started = 0.0
+        self.url = ""
+
+    def start(self) -> None:
+        service_file(self.db).unlink(missing_ok=True)
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "shadowroute.cli", "--log-level", "WARNING", "run",
+                 "--config", str(self.cfg)], stdout=out, stderr=out, cwd=ROOT)
+        self.started = time.monotonic()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"service exited {self.proc.returncode}; see {self.log}")
+            try:
+                self.url = orjson.loads(service_file(self.db).read_bytes())["url"]
+                return
+            except (OSError, orjson.JSONDecodeError, KeyError):
+                time.sleep(0.05)
+        raise RuntimeError("the service did not start")
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        store = children(self.proc.pid)
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(30)
+        for pid in store:  # the store child exits on its own when its parent is gone
+            deadline = time.monotonic() + 10
+            while rss_mib(pid) is not None and time.monotonic() < deadline:
+                time.sleep(0.05)
+
+    def terminate(self) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(60)
+
+    def sql(self, query: str) -> list[list[Any]]:
+        r = httpx.post(self.url + "/v1/sql", json={"sql": query}, timeout=30)
+        r.raise_for_status()
+        return r.json()["rows"]  # type: ignore[no-any-return]
+
+
+async def produce(bootstrap: str, rate: float, stop: threading.Event, counter: list[int]) -> None:
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+    await producer.start()
+    try:
+        seed, tick = 0, 0.1
+        per_tick = rate * tick
+        owed = 0.0
+        next_t = time.monotonic()
+        while not stop.is_set():
+            owed += per_tick
+            n = int(owed)
+            owed -= n
+            if n:
+                seed += 1
+                futs = [await producer.send(TOPIC, v, key=str(i).encode())
+                        for i, v in enumerate(TrafficGenerator(seed=seed).encoded(n))]
+                await asyncio.gather(*futs)
+                counter[0] += n
+            next_t += tick
+            await asyncio.sleep(max(0.0, next_t - time.monotonic()))
+    finally:
+        await producer.stop()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--minutes", type=float, default=30.0)
+    ap.add_argument("--rate", type=float, default=100.0, help="records produced per second")
+    ap.add_argument("--sample-rate", type=float, default=0.2, help="sampling.default_rate")
+    ap.add_argument("--kill-every-s", type=float, default=180.0, help="0: never")
+    ap.add_argument("--memory-limit", default="512MB", help="storage.memory_limit")
+    ap.add_argument("--model-delay-s", type=float, default=0.05)
+    ap.add_argument("--sample-s", type=float, default=10.0)
+    ap.add_argument("--warmup-s", type=float, default=60.0)
+    ap.add_argument("--session-timeout-ms", type=int, default=6000)
+    args = ap.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix="shadowroute-soak-"))
+    broker = Broker(tmp / "tansu.log")
+    behaviour = ModelBehaviour(answer=lambda p: "42", delay_s=args.model_delay_s)
+    stop = threading.Event()
+    produced = [0]
+    runs: list[dict[str, list[tuple[float, float]]]] = []
+    kills = 0
+    try:
+        from tests.support.kafka import create_topic
+
+        asyncio.run(create_topic(broker.bootstrap, TOPIC, 4))
+        with ModelServer(behaviour) as ms:
+            cfg = config(tmp, broker.bootstrap, ms.url, args)
+            svc = Service(cfg, tmp / "soak.duckdb", tmp / "service.log")
+            svc.start()
+            runs.append({"service": [], "store": []})
+            producer = threading.Thread(target=lambda: asyncio.run(
+                produce(broker.bootstrap, args.rate, stop, produced)), daemon=True)
+            producer.start()
+            t0 = time.monotonic()
+            end = t0 + args.minutes * 60
+            next_kill = t0 + args.kill_every_s if args.kill_every_s > 0 else float("inf")
+            next_print = t0 + 60
+            print("minute  service_MiB  store_MiB  duckdb_MiB  produced  stored  shadow_calls",
+                  flush=True)
+            while time.monotonic() < end:
+                time.sleep(args.sample_s)
+                now = time.monotonic()
+                assert svc.proc is not None
+                pid = svc.proc.pid
+                age = now - svc.started
+                s_rss = rss_mib(pid)
+                kids = children(pid)
+                c_rss = rss_mib(kids[0]) if kids else None
+                if age >= args.warmup_s and s_rss is not None and c_rss is not None:
+                    runs[-1]["service"].append((now - t0, s_rss))
+                    runs[-1]["store"].append((now - t0, c_rss))
+                if now >= next_print:
+                    next_print += 60
+                    try:
+                        duck = svc.sql("SELECT sum(memory_usage_bytes) / 2^20 FROM duckdb_memory()"
+                                       )[0][0]
+                        stored = svc.sql("SELECT coalesce(sum(next_offset), 0) FROM offsets")[0][0]
+                    except httpx.HTTPError:
+                        duck, stored = None, None
+                    print(f"{(now - t0) / 60:6.1f}  {s_rss or 0:11.1f}  {c_rss or 0:9.1f}  "
+                          f"{duck if duck is not None else float('nan'):10.1f}  "
+                          f"{produced[0]:8d}  {stored if stored is not None else -1:6}  "
+                          f"{len(behaviour.requests):12d}", flush=True)
+                if now >= next_kill and now < end - 30:
+                    next_kill += args.kill_every_s
+                    svc.kill9()
+                    kills += 1
+                    svc.start()
+                    runs.append({"service": [], "store": []})
+            stop.set()
+            producer.join(60)
+            total = produced[0]
+            deadline = time.monotonic() + 300
+            while time.monotonic() < deadline:
+                done = svc.sql("SELECT coalesce(sum(next_offset), 0) FROM offsets")[0][0]
+                pending = svc.sql("SELECT count(*) FROM samples WHERE status = 'pending'")[0][0]
+                if done >= total and pending == 0:
+                    break
+                time.sleep(1)
+            code = svc.terminate()
+            paid = len(behaviour.requests)
+        import duckdb
+
+        con = duckdb.connect(str(tmp / "soak.duckdb"), read_only=True)
+        n, distinct = con.execute("SELECT count(*), count(DISTINCT request_id) FROM requests"
+                                  ).fetchone() or (0, 0)
+        rejected = con.execute("SELECT count(*) FROM rejected").fetchone()[0]  # type: ignore[index]
+        recorded = con.execute("SELECT count(*) FROM shadow_attempts WHERE outcome <> 'error'"
+                               ).fetchone()[0]  # type: ignore[index]
+        twice = con.execute("SELECT count(*) FROM (SELECT sample_id, model FROM shadow_attempts "
+                            "WHERE spend_usd > 0 GROUP BY ALL HAVING count(*) > 1)"
+                            ).fetchone()[0]  # type: ignore[index]
+        pending = con.execute("SELECT count(*) FROM samples WHERE status = 'pending'"
+                              ).fetchone()[0]  # type: ignore[index]
+        con.close()
+        slopes = {name: [s for r in runs if (s := slope(r[name])) is not None]
+                  for name in ("service", "store")}
+        out = {
+            "minutes": args.minutes, "rate": args.rate, "kills": kills, "exit_code": code,
+            "memory_limit": args.memory_limit,
+            "produced": total, "stored": distinct + rejected, "lost": total - distinct - rejected,
+            "duplicated": n - distinct,
+            "paid_calls": paid, "recorded_attempts": recorded,
+            "paid_but_unrecorded": paid - recorded, "paid_twice_samples": twice,
+            "pending_left": pending,
+            "rss_slope_mib_per_min": {k: round(max(v), 3) if v else None
+                                      for k, v in slopes.items()},
+            "rss_slope_per_run": {k: [round(x, 3) for x in v] for k, v in slopes.items()},
+            "dir": str(tmp),
+        }
+        print(json.dumps(out))
+    finally:
+        stop.set()
+        broker.stop()
+
+
+if __name__ == "__main__":
+    main()
