@@ -226,6 +226,8 @@ class Ingestor:
         if r.params.get("tools") and not self.cfg.shadow.replay_tools:
             return "request offered tools (shadow.replay_tools = false)"
         if r.cost_usd is None:
+            if r.cost_unknown:
+                return f"unknown cost: {r.cost_unknown}, and no price for model {r.model!r} in [prices]"
             return f"no cost in the log and no price for model {r.model!r} in [prices]"
         return None
 

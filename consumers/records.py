@@ -47,6 +47,8 @@ class Request:
     tags: dict[str, str] = field(default_factory=dict)
     # Set when the log lacks what a replay needs (no message content, tools, ...).
     not_replayable: str | None = None
+    # Set when the log says it could not price the call (its cost field is then None, not 0).
+    cost_unknown: str | None = None
 
 
 class Decoded(NamedTuple):

@@ -103,6 +103,8 @@ class _Payload(msgspec.Struct, gc=False):
     stream: bool | None = None
     status: str | None = None
     response_cost: Amount | None = None
+    # LiteLLM's note when it could not price the model; its `response_cost` is then 0.
+    response_cost_failure_debug_info: Any = None
     prompt_tokens: Count | None = None
     completion_tokens: Count | None = None
     startTime: float | str | None = None
@@ -305,6 +307,12 @@ def _from_payload(p: _Payload, msg: RawMessage, where: str) -> Decoded:
     start_ms = _time_ms(p.startTime, where + "startTime", msg.timestamp_ms)
     latency = _latency_ms(p, start_ms, where)
 
+    cost = p.response_cost
+    cost_unknown = None
+    if p.response_cost_failure_debug_info not in (None, "", {}) and not cost:
+        # A 0 written because LiteLLM has no price for the model: unknown, never free.
+        cost = None
+        cost_unknown = "LiteLLM could not price the call (response_cost_failure_debug_info)"
     rid = p.id if p.id not in (None, "") else None
     return Decoded([Request(
         request_id=str(rid) if rid is not None else f"{msg.topic}:{msg.partition}:{msg.offset}",
@@ -319,13 +327,14 @@ def _from_payload(p: _Payload, msg: RawMessage, where: str) -> Decoded:
         input_tokens=inp,
         output_tokens=out,
         cached_input_tokens=cached,
-        cost_usd=p.response_cost,
-        cost_source="log" if p.response_cost is not None else None,
+        cost_usd=cost,
+        cost_source="log" if cost is not None else None,
         latency_ms=latency,
         status=status,
         error=error or None,
         tags=_tags(p),
         not_replayable=not_replayable,
+        cost_unknown=cost_unknown,
     )])
 
 

@@ -317,6 +317,36 @@ def test_no_cost_in_the_log_is_priced_from_the_table() -> None:
     assert b.samples.height == 1
 
 
+def unpriced(**changes: Any) -> bytes:
+    """What LiteLLM logs when it cannot price a model: a cost of 0 and the reason why."""
+    return orjson.dumps(payload(response_cost=0.0, response_cost_failure_debug_info={
+        "error_message": "This model isn't mapped yet. model=gpt-4o-2024-08-06",
+        "traceback_str": "...", "model": "gpt-4o-2024-08-06", "custom_llm_provider": "azure"},
+        **changes))
+
+
+def test_an_unpriced_call_takes_the_price_table_not_zero() -> None:
+    cfg = Config(prices={"gpt-4o": Price(input=2.5, output=10.0)},
+                 sampling=SamplingConfig(default_rate=1.0))
+    row = Ingestor(cfg).process(msgs(unpriced())).requests.row(0, named=True)
+    assert row["cost_source"] == "price_table"
+    assert row["cost_usd"] == pytest.approx((52 * 2.5 + 30 * 10.0) / 1e6)
+    assert row["eligible"]
+
+
+def test_an_unpriced_call_without_a_price_is_unknown_cost_not_free() -> None:
+    cfg = Config(sampling=SamplingConfig(default_rate=1.0))
+    b = Ingestor(cfg).process(msgs(unpriced()))
+    row = b.requests.row(0, named=True)
+    assert row["cost_usd"] is None and row["cost_source"] is None
+    assert not row["eligible"] and not row["sampled"] and b.samples.height == 0
+    assert row["ineligible_reason"].startswith("unknown cost")
+    # A real zero (a cache hit, a free model) with no failure info stays a logged zero.
+    row = Ingestor(cfg).process(msgs(orjson.dumps(payload(response_cost=0.0)))).requests.row(
+        0, named=True)
+    assert (row["cost_usd"], row["cost_source"], row["eligible"]) == (0.0, "log", True)
+
+
 # -- reasons ---------------------------------------------------------------------------------
 
 def without(key: str) -> dict[str, Any]:
