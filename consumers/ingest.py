@@ -33,6 +33,7 @@ REQUESTS_SCHEMA: dict[str, Any] = {
     "status": pl.Utf8, "error": pl.Utf8, "tags": pl.Utf8, "prompt_hash": pl.Utf8,
     "prompt_chars": pl.Int64, "stratum": pl.Utf8, "eligible": pl.Boolean,
     "ineligible_reason": pl.Utf8, "sampled": pl.Boolean, "sample_rate": pl.Float64,
+    "served_model": pl.Utf8,
 }
 SAMPLES_SCHEMA: dict[str, Any] = {
     "sample_id": pl.Utf8, "stratum": pl.Utf8, "frontier_model": pl.Utf8, "messages": pl.Utf8,
@@ -192,7 +193,8 @@ class Ingestor:
         row = (r.request_id, r.ts_ms, msg.topic, msg.partition, msg.offset, r.format, r.provider,
                r.model, r.input_tokens, r.output_tokens, r.cached_input_tokens, r.cost_usd,
                r.cost_source, r.latency_ms, r.status, r.error, tags_json, prompt_hash,
-               prompt_chars(r.messages), stratum, reason is None, reason, sampled, rate)
+               prompt_chars(r.messages), stratum, reason is None, reason, sampled, rate,
+               r.served_model)
         sample = None
         if sampled:
             scorer = self.cfg.scoring.by_tag.get(r.tags.get(self.score_tag, ""),

@@ -47,6 +47,9 @@ class Request:
     tags: dict[str, str] = field(default_factory=dict)
     # Set when the log lacks what a replay needs (no message content, tools, ...).
     not_replayable: str | None = None
+    # The dated snapshot that answered (`gpt-4o-2024-08-06`) when the log names it apart from
+    # the requested `model`: strata and prices go by the model asked for, whoever served it.
+    served_model: str | None = None
     # Set when the log says it could not price the call (its cost field is then None, not 0).
     cost_unknown: str | None = None
 

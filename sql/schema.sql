@@ -11,7 +11,7 @@ CREATE TABLE IF NOT EXISTS requests (
     "offset"            BIGINT,
     format              VARCHAR,            -- decoder that read it (openai_chat, ...)
     provider            VARCHAR,
-    model               VARCHAR,            -- frontier model that served it
+    model               VARCHAR,            -- frontier model requested (the snapshot that served it: served_model)
     input_tokens        BIGINT,
     output_tokens       BIGINT,
     cached_input_tokens BIGINT,
@@ -263,3 +263,8 @@ CREATE TABLE IF NOT EXISTS budget_leases (
     ts      TIMESTAMP DEFAULT current_timestamp,
     nano    BIGINT NOT NULL     -- USD x 1e9; negative: unused room given back at a clean stop
 );
+
+-- name: schema_50_requests_served_model
+-- Issue 16: `model` is the requested model (strata, prices); the dated snapshot that served the
+-- call, when the log names it, is kept beside it.
+ALTER TABLE requests ADD COLUMN IF NOT EXISTS served_model VARCHAR;

@@ -13,7 +13,8 @@ Which spans are model calls
     `gen_ai.system`, `gen_ai.provider.name` or `gen_ai.request.model`.
 
 Attributes, current semantic conventions first, older names after
-    model            gen_ai.response.model, else gen_ai.request.model (required)
+    model            gen_ai.request.model, else gen_ai.response.model (one of them required)
+    served model     gen_ai.response.model (the dated snapshot that answered)
     provider         gen_ai.provider.name | gen_ai.system ("unknown" without either)
     tokens           gen_ai.usage.input_tokens | prompt_tokens, output_tokens | completion_tokens,
                      gen_ai.usage.cache_read.input_tokens (counts, range-checked)
@@ -253,8 +254,10 @@ def _is_call(a: Attrs) -> bool:
 def _request(a: Attrs, events: Events, trace_id: str, span_id: str, start_ns: int, end_ns: int,
              code: int, status_message: str, res_tags: Mapping[str, str], fmt: str,
              msg: RawMessage) -> Request:
-    req_model = _opt_str(a, "gen_ai.request.model")
-    model = _opt_str(a, "gen_ai.response.model") or req_model
+    # The requested model names the call: a failure has no response model, and a success's
+    # response model is a dated snapshot; one model must not split into two strata.
+    served = _opt_str(a, "gen_ai.response.model")
+    model = _opt_str(a, "gen_ai.request.model") or served
     if model is None:
         raise DecodeError("missing field gen_ai.request.model")
     provider = _opt_str(a, "gen_ai.provider.name") or _opt_str(a, "gen_ai.system") or "unknown"
@@ -306,6 +309,7 @@ def _request(a: Attrs, events: Events, trace_id: str, span_id: str, start_ns: in
         format=fmt,
         provider=provider,
         model=model,
+        served_model=served,
         messages=messages,
         params=params,
         response_text=text,

@@ -95,8 +95,9 @@ def test_the_price_table_prices_dated_and_prefixed_model_names(served_by: str,
     rec = good(response={"model": served_by, "choices": [{"message": {"content": "4"}}],
                          "usage": {"prompt_tokens": 12, "completion_tokens": 1,
                                    "prompt_tokens_details": {"cached_tokens": 8}}})
+    rec["request"]["model"] = served_by  # a request may name a snapshot itself
     row = process(msgs(orjson.dumps(rec)), cfg).requests.row(0, named=True)
-    assert row["model"] == served_by
+    assert (row["model"], row["served_model"]) == (served_by, served_by)
     if cost is None:
         assert (row["cost_usd"], row["cost_source"], row["eligible"]) == (None, None, False)
         assert "no price for model 'gpt-4o-mini'" in row["ineligible_reason"]

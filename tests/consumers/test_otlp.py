@@ -233,7 +233,7 @@ def test_a_current_semconv_span_becomes_a_request() -> None:
     assert r.ts_ms == START // 1_000_000
     assert r.latency_ms == pytest.approx(812.5)
     assert r.format == "otlp_proto"
-    assert (r.provider, r.model) == ("openai", "gpt-4o-2024-08-06")  # the model that answered
+    assert (r.provider, r.model, r.served_model) == ("openai", "gpt-4o", "gpt-4o-2024-08-06")
     assert r.messages == PROMPT
     assert r.params == {"temperature": 0.2, "top_p": 0.9, "max_tokens": 256, "seed": 42,
                         "stop": ["\n\n"], "tools": False}
@@ -243,6 +243,24 @@ def test_a_current_semconv_span_becomes_a_request() -> None:
     assert (r.status, r.error, r.not_replayable) == ("ok", None, None)
     assert r.tags == {"service": "checkout", "environment": "prod", "team": "growth",
                       "feature": "math", "tenant": "7"}
+
+
+def test_one_model_identity_the_requested_model_with_the_served_snapshot_beside_it() -> None:
+    # A success names the dated snapshot that answered, a failure only the requested model:
+    # both must land in the same stratum, priced as the model asked for.
+    ok = one(export(span(current())))
+    failed = one(export(span(current(gen_ai__response__model=None, gen_ai__output__messages=None,
+                                     gen_ai__usage__input_tokens=None,
+                                     gen_ai__usage__output_tokens=None), code=2,
+                             message="429 Too Many Requests")))
+    assert (ok.model, ok.served_model) == ("gpt-4o", "gpt-4o-2024-08-06")
+    assert (failed.model, failed.served_model) == ("gpt-4o", None)
+    assert one(export(span(current(gen_ai__request__model=None)))).model == "gpt-4o-2024-08-06"
+    batch = Ingestor(load_config(None, env={})).process([
+        RawMessage("otlp_spans", 0, 0, export(span(current())).SerializeToString())])
+    row = batch.requests.row(0, named=True)
+    assert (row["model"], row["served_model"]) == ("gpt-4o", "gpt-4o-2024-08-06")
+    assert row["stratum"].startswith("gpt-4o|")
 
 
 def test_the_json_encoding_names_its_format() -> None:
@@ -381,7 +399,7 @@ def test_events_without_content_are_not_replayable() -> None:
 def test_unusable_content_marks_the_request_not_replayable(changes: dict[str, Any], why: str) -> None:
     r = one(export(span(current(**changes))))
     assert r.not_replayable == why
-    assert r.input_tokens == 20 and r.model == "gpt-4o-2024-08-06"
+    assert r.input_tokens == 20 and r.model == "gpt-4o"
 
 
 # -- skipped spans -------------------------------------------------------------------------------
