@@ -92,6 +92,32 @@ def prompt_chars(messages: Sequence[dict[str, Any]]) -> int:
     return sum(len(message_text(m.get("content"))) for m in messages) + len(messages) - 1
 
 
+INCOMPLETE_PROMPT = "prompt content incomplete"
+
+
+def incomplete_prompt(messages: Sequence[dict[str, Any]]) -> bool:
+    """A message with an empty or dropped part: instrumentations drop what they cannot log
+    (image parts become `parts: []`), and replaying the rest asks another question."""
+    for m in messages:
+        c = m.get("content")
+        if type(c) is str:
+            if c or m.get("tool_calls") or m.get("role") == "tool":
+                continue
+            return True
+        if c is None:
+            # An assistant turn that only called tools; a tool's empty result is a result.
+            if m.get("tool_calls") or m.get("function_call") or m.get("role") == "tool":
+                continue
+            return True
+        if type(c) is list:
+            if not c:
+                return True
+            for p in c:
+                if type(p) is dict and p.get("type", "text") == "text" and not p.get("text"):
+                    return True
+    return False
+
+
 def frame(rows: list[tuple[Any, ...]], schema: dict[str, Any]) -> pl.DataFrame:
     """Rows -> a frame, built column by column (about 3x faster than `orient="row"`)."""
     if not rows:
@@ -223,6 +249,8 @@ class Ingestor:
             return "production call failed: no reference answer"
         if r.not_replayable:
             return r.not_replayable
+        if incomplete_prompt(r.messages):
+            return INCOMPLETE_PROMPT
         if not r.response_text:
             return "no frontier answer text in the log"
         if r.params.get("tools") and not self.cfg.shadow.replay_tools:

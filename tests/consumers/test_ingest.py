@@ -122,6 +122,32 @@ def test_another_formats_marker_nested_in_a_record_does_not_reject_it(
     assert b.requests["request_id"].to_list() == ["r-1"]
 
 
+@pytest.mark.parametrize("messages", [
+    [{"role": "user", "content": ""}],
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": None}],
+    [{"role": "user", "content": [{"type": "text", "text": "What is 2+2?"}]},
+     {"role": "user", "content": []}],
+    [{"role": "user", "content": [{"type": "text", "text": ""}]}],
+])
+def test_a_prompt_with_an_empty_part_is_prompt_content_incomplete(
+        messages: list[dict[str, Any]]) -> None:
+    rec = good()
+    rec["request"]["messages"] = messages
+    b = process(msgs(orjson.dumps(rec)))
+    assert b.rejected.height == 0, b.rejected["reason"].to_list()
+    row = b.requests.row(0, named=True)
+    assert (row["eligible"], row["ineligible_reason"], row["sampled"]) == (
+        False, "prompt content incomplete", False)
+    # An assistant turn that only called tools has no text, and is complete.
+    rec["request"]["messages"] = [
+        {"role": "user", "content": "Weather?"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "c1", "type": "function", "function": {"name": "w", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "sunny"}]
+    tools_ok = dataclasses.replace(CFG, shadow=dataclasses.replace(CFG.shadow, replay_tools=True))
+    assert process(msgs(orjson.dumps(rec)), tools_ok).requests["eligible"].to_list() == [True]
+
+
 def test_ineligible_requests_are_stored_but_not_sampled() -> None:
     no_price = good("r-2")
     no_price["request"]["model"] = "mystery"

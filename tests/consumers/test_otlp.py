@@ -263,6 +263,20 @@ def test_one_model_identity_the_requested_model_with_the_served_snapshot_beside_
     assert row["stratum"].startswith("gpt-4o|")
 
 
+def test_a_prompt_with_an_empty_or_dropped_part_is_not_replayable() -> None:
+    # The instrumentation drops image parts, leaving `parts: []`: replaying the rest would ask
+    # the cheap model another question than production was asked.
+    dropped = orjson.dumps([{"role": "user", "parts": [{"type": "text", "content": "What is in"}]},
+                            {"role": "user", "parts": []}]).decode()
+    empty = orjson.dumps([{"role": "user", "parts": [{"type": "text", "content": ""}]}]).decode()
+    cfg = load_config(None, env={})
+    for attrs in (current(gen_ai__input__messages=dropped), current(gen_ai__input__messages=empty)):
+        row = Ingestor(cfg).process([RawMessage("otlp_spans", 0, 0, export(span(
+            attrs)).SerializeToString())]).requests.row(0, named=True)
+        assert (row["eligible"], row["sampled"]) == (False, False)
+        assert row["ineligible_reason"] == "prompt content incomplete"
+
+
 def test_the_json_encoding_names_its_format() -> None:
     out = decode_json(otlp_json(export(span(current()))), MSG)
     assert out.requests[0].format == "otlp_json"
