@@ -256,6 +256,11 @@ class Ingestor:
         if r.params.get("tools") and not self.cfg.shadow.replay_tools:
             return "request offered tools (shadow.replay_tools = false)"
         if r.cost_usd is None:
+            if (r.input_tokens is None and r.output_tokens is None
+                    and self.price_for(r.model) is not None):
+                # Priced, but nothing to price: a streamed call logs usage only when asked to.
+                return ("no token counts in the log to price the call with [prices] (a streamed "
+                        "call has them only with stream_options.include_usage)")
             if r.cost_unknown:
                 return f"unknown cost: {r.cost_unknown}, and no price for model {r.model!r} in [prices]"
             return f"no cost in the log and no price for model {r.model!r} in [prices]"

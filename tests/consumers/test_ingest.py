@@ -122,6 +122,16 @@ def test_another_formats_marker_nested_in_a_record_does_not_reject_it(
     assert b.requests["request_id"].to_list() == ["r-1"]
 
 
+def test_a_streamed_call_without_usage_is_no_token_counts_not_no_price() -> None:
+    # Streamed responses carry no usage unless `stream_options.include_usage` was set.
+    rec = good(response={"choices": [{"message": {"content": "4"}}]})
+    rec["request"]["stream"] = True
+    row = process(msgs(orjson.dumps(rec))).requests.row(0, named=True)
+    assert (row["cost_usd"], row["eligible"], row["sampled"]) == (None, False, False)
+    assert row["ineligible_reason"].startswith("no token counts")
+    assert "no price" not in row["ineligible_reason"]
+
+
 @pytest.mark.parametrize("messages", [
     [{"role": "user", "content": ""}],
     [{"role": "system", "content": "Be brief."}, {"role": "user", "content": None}],
