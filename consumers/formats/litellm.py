@@ -17,7 +17,8 @@ it: `{"standard_logging_object": {...}, ...}`.
 
 Tags: each of `request_tags` (`"feature:summarize"` and `"team=search"` are key/value, a bare
 `"beta"` is `beta=true`), the scalar values of `metadata.spend_logs_metadata`, the key's team
-(`team`) and alias (`api_key_alias`), `model_group`, `cache_hit` when true, and `end_user` as a
+(`team`: its alias, else its id), team id (`team_id`), user id (`api_key_user_id`) and alias
+(`api_key_alias`), `model_group`, `cache_hit` when true, and `end_user` as a
 hash (raw end-user ids are never stored). Request tags win over metadata.
 
 Calls that are not text generation (embeddings, images, audio, moderation, rerank, files and
@@ -81,6 +82,7 @@ class _Metadata(msgspec.Struct, gc=False):
     user_api_key_alias: Scalar = None
     user_api_key_team_alias: Scalar = None
     user_api_key_team_id: Scalar = None
+    user_api_key_user_id: Scalar = None
     spend_logs_metadata: dict[str, Any] | None = None
 
 
@@ -457,6 +459,11 @@ def _tags(p: _Payload) -> dict[str, str]:
         team = md.user_api_key_team_alias or md.user_api_key_team_id
         if team not in (None, ""):
             tags["team"] = _str(team)
+        # Ids as well as the alias, so savings can be cut per key's user and per team.
+        if md.user_api_key_team_id not in (None, ""):
+            tags["team_id"] = _str(md.user_api_key_team_id)
+        if md.user_api_key_user_id not in (None, ""):
+            tags["api_key_user_id"] = _str(md.user_api_key_user_id)
         if md.user_api_key_alias not in (None, ""):
             tags["api_key_alias"] = _str(md.user_api_key_alias)
     if p.request_tags:

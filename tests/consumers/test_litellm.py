@@ -142,11 +142,23 @@ def test_decodes_a_proxy_payload() -> None:
     assert r.not_replayable is None
     assert r.tags == {
         "app": "checkout", "version": "3",  # spend_logs_metadata scalars
-        "team": "payments", "api_key_alias": "checkout-svc",
+        "team": "payments", "team_id": "5d0b2c4e-team", "api_key_alias": "checkout-svc",
+        "api_key_user_id": "alice@example.com",
         "feature": "summarize", "tier": "gold", "beta": "true", "User-Agent": "curl/8.5.0",
         "model_group": "gpt-4o",
         "end_user": hashlib.blake2b(b"customer-8812", digest_size=8).hexdigest(),
     }
+
+
+def test_the_keys_user_and_team_ids_are_tags_next_to_the_team_alias() -> None:
+    # So savings can be cut per user key and per team even where teams have no alias.
+    r = one(payload())
+    assert (r.tags["api_key_user_id"], r.tags["team_id"], r.tags["team"]) == (
+        "alice@example.com", "5d0b2c4e-team", "payments")
+    md = payload()["metadata"]
+    r = one(payload(metadata={**md, "user_api_key_team_alias": None, "user_api_key_user_id": None}))
+    assert (r.tags["team_id"], r.tags["team"]) == ("5d0b2c4e-team", "5d0b2c4e-team")
+    assert "api_key_user_id" not in r.tags
 
 
 def test_end_user_ids_are_never_stored_raw() -> None:
