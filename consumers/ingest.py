@@ -19,7 +19,8 @@ import polars as pl
 
 from consumers.formats import Decoders, message_text
 from consumers.formats.mapping import build_mapping_formats
-from consumers.records import Decoded, DecodeError, RawMessage, Request
+from consumers.join import JOIN_ROW_FIELDS, Origin, SpanJoin
+from consumers.records import Decoded, DecodeError, RawMessage, Request, SpanContent
 from consumers.sampling import Sampler, stratum_of
 from shadowroute.config import Config, Price
 
@@ -45,6 +46,11 @@ _RELEASE_DATE = re.compile(r"[-@](\d{4}-\d{2}-\d{2}|\d{8})$")
 SKIPPED_SCHEMA: dict[str, Any] = {
     "topic": pl.Utf8, "partition": pl.Int32, "offset": pl.Int64, "reason": pl.Utf8, "items": pl.Int64,
 }
+# Changes to `otlp_pending` (`consumers.join`): rows held, and keys let go.
+JOIN_SCHEMA: dict[str, Any] = dict(zip(JOIN_ROW_FIELDS, (
+    pl.Utf8, pl.Utf8, pl.Int64, pl.Utf8, pl.Utf8, pl.Int32, pl.Int64, pl.Int64, pl.Utf8),
+    strict=True))
+NOT_JOINED = "GenAI log events not joined (formats.otlp_join_window_s = 0)"
 REJECTED_SCHEMA: dict[str, Any] = {
     "topic": pl.Utf8, "partition": pl.Int32, "offset": pl.Int64, "reason": pl.Utf8,
     "raw": pl.Binary, "raw_size": pl.Int64,
@@ -60,6 +66,8 @@ class IngestBatch:
     offsets: dict[tuple[str, int], int] = field(default_factory=dict)
     # Items inside records that are counted, not stored: non-LLM spans, repeated request ids.
     skipped: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=SKIPPED_SCHEMA))
+    # Spans and content held for, or let go by, the OTel join: `otlp_pending` rows.
+    otlp_join: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=JOIN_SCHEMA))
 
     @property
     def empty(self) -> bool:
@@ -136,6 +144,28 @@ class Ingestor:
         self.max_bytes = cfg.storage.max_record_bytes
         self.max_raw = cfg.storage.max_raw_bytes
         self.decoders = Decoders(cfg.formats.by_topic, extra=build_mapping_formats(cfg.formats))
+        fc = cfg.formats
+        self.join = (SpanJoin(fc.otlp_join_window_s, fc.otlp_join_max_pending)
+                     if fc.otlp_join_window_s > 0 else None)
+
+    def restore(self, pending: Sequence[tuple[Any, ...]]) -> None:
+        """What the OTel join held when the last run stopped (`otlp_pending_rows`). With the
+        join turned off since, the held spans are stored by the next batch."""
+        if not pending:
+            return
+        if self.join is None:
+            self.join = SpanJoin(0.0, self.cfg.formats.otlp_join_max_pending)
+        self.join.restore(pending)
+
+    @property
+    def holding(self) -> int:
+        """Spans and contents waiting in the OTel join."""
+        return self.join.holding if self.join is not None else 0
+
+    def due(self) -> bool:
+        """Whether `process([])` would let something go (the join window passed for a span
+        or content): a source with no new records calls it so waiting spans still end."""
+        return self.join is not None and self.join.due(int(time.time() * 1000))
 
     def decode(self, msg: RawMessage) -> Decoded:
         """Decode one message or raise `DecodeError` with the reason."""
@@ -147,7 +177,10 @@ class Ingestor:
                               f"storage.max_record_bytes ({self.max_bytes:,})")
         return self.decoders.decode(value, msg)
 
-    def process(self, msgs: Sequence[RawMessage]) -> IngestBatch:
+    def process(self, msgs: Sequence[RawMessage], *, now_ms: int | None = None,
+                flush_held: bool = False) -> IngestBatch:
+        """`flush_held`: let every span waiting for content go (a finite source has ended)."""
+        now = now_ms if now_ms is not None else int(time.time() * 1000)
         req_rows: list[tuple[Any, ...]] = []
         sample_rows: list[tuple[Any, ...]] = []
         rej_rows: list[tuple[Any, ...]] = []
@@ -161,9 +194,13 @@ class Ingestor:
                 decoded = self.decode(msg)
                 rows: dict[str, tuple[tuple[Any, ...], tuple[Any, ...] | None]] = {}
                 dups = 0
+                waiting: list[Request] = []
                 for r in decoded.requests:
                     if r.request_id in seen or r.request_id in rows:
                         dups += 1  # the same id twice in one batch is stored once
+                        continue
+                    if r.awaits_content and self.join is not None:
+                        waiting.append(r)  # joined below, once the whole record is accepted
                         continue
                     rows[r.request_id] = self._rows(r, msg)
             except DecodeError as e:
@@ -188,13 +225,54 @@ class Ingestor:
                 req_rows.append(row)
                 if sample is not None:
                     sample_rows.append(sample)
+            if waiting or decoded.content:
+                joined = self._join(msg, waiting, decoded.content, now, skip_rows)
+                self._add_joined(joined, seen, req_rows, sample_rows)
+        join_rows: list[tuple[Any, ...]] = []
+        if self.join is not None:
+            ready, expired = self.join.expire(now, everything=flush_held)
+            self._add_joined(ready, seen, req_rows, sample_rows)
+            skip_rows += expired
+            join_rows = self.join.rows()
         return IngestBatch(
             requests=frame(req_rows, REQUESTS_SCHEMA),
             samples=frame(sample_rows, SAMPLES_SCHEMA),
             rejected=frame(rej_rows, REJECTED_SCHEMA),
             offsets=offsets,
             skipped=frame(skip_rows, SKIPPED_SCHEMA),
+            otlp_join=frame(join_rows, JOIN_SCHEMA),
         )
+
+    def _join(self, msg: RawMessage, waiting: list[Request], content: Sequence[SpanContent],
+              now: int, skip_rows: list[tuple[Any, ...]]) -> list[tuple[Request, Origin]]:
+        origin = (msg.topic, msg.partition, msg.offset)
+        if self.join is None:  # content with nothing to join it to: counted
+            n = sum(len(c.events) for c in content)
+            skip_rows.append((*origin, NOT_JOINED, n))
+            return []
+        ready: list[tuple[Request, Origin]] = []
+        for r in waiting:
+            ready += self.join.span(r, origin, now)
+        for c in content:
+            ready += self.join.content(c, origin, now)
+        return ready
+
+    def _add_joined(self, joined: list[tuple[Request, Origin]], seen: set[str],
+                    req_rows: list[tuple[Any, ...]], sample_rows: list[tuple[Any, ...]]) -> None:
+        for r, (topic, partition, offset) in joined:
+            if r.request_id in seen:
+                continue
+            where = RawMessage(topic, partition, offset, None)
+            try:
+                row, sample = self._rows(r, where)
+            except (RecursionError, orjson.JSONEncodeError):
+                # Content from log records too deep to write: the call still counts.
+                r.messages, r.not_replayable = [], "message content nested too deeply"
+                row, sample = self._rows(r, where)
+            seen.add(r.request_id)
+            req_rows.append(row)
+            if sample is not None:
+                sample_rows.append(sample)
 
     def _rejection(self, msg: RawMessage, reason: str) -> tuple[Any, ...]:
         raw = msg.value or b""

@@ -31,7 +31,8 @@ def merge_batches(batches: list[IngestBatch]) -> IngestBatch:
         samples=pl.concat([b.samples for b in batches]),
         rejected=pl.concat([b.rejected for b in batches]),
         offsets=offsets,
-        skipped=pl.concat([b.skipped for b in batches]))
+        skipped=pl.concat([b.skipped for b in batches]),
+        otlp_join=pl.concat([b.otlp_join for b in batches]))
 
 
 class BatchSource(Protocol):
@@ -72,6 +73,7 @@ class IngestPipeline:
             asyncio.Queue(maxsize=max_waiting))
         self.max_merge_records = max_merge_records
         self.exhausted = False
+        self._decoding: asyncio.Future[IngestBatch] | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
         """Until `stop` is set (or a finite source is exhausted); the batch in hand is always
@@ -81,7 +83,12 @@ class IngestPipeline:
             while not stop.is_set() and not writer.done():
                 msgs = await self.source.batch()
                 if not msgs:
-                    if getattr(self.source, "exhausted", False):
+                    exhausted = getattr(self.source, "exhausted", False)
+                    # Spans waiting for their content (OTel join) end at their window even when
+                    # no record comes, and all of them when a finite source has ended.
+                    if self.ingestor.holding and (exhausted or self.ingestor.due()):
+                        await self.queue.put((self._decode([], flush_held=exhausted), []))
+                    if exhausted:
                         self.exhausted = True
                         break
                     continue
@@ -91,11 +98,21 @@ class IngestPipeline:
                 await self.queue.put(None)
             await writer  # re-raises a failed write: the service must not go on without it
 
-    def _decode(self, msgs: list[RawMessage]) -> Awaitable[IngestBatch]:
+    def _decode(self, msgs: list[RawMessage], flush_held: bool = False) -> Awaitable[IngestBatch]:
         # A thread, so the event loop stays responsive; decoding is Python and holds the GIL,
         # but the DuckDB write of the previous batch (GIL released) runs beside it. A process
         # pool was tried: with one worker it gained nothing measurable on two cores.
-        return asyncio.ensure_future(asyncio.to_thread(self.ingestor.process, msgs))
+        # One batch at a time, in fetch order: the OTel join's state must change in the order
+        # the batches are written (two decoding threads gained nothing anyway: the GIL).
+        prev = self._decoding
+
+        async def decode() -> IngestBatch:
+            if prev is not None:
+                await asyncio.wait([prev])
+            return await asyncio.to_thread(self.ingestor.process, msgs, flush_held=flush_held)
+
+        self._decoding = fut = asyncio.ensure_future(decode())
+        return fut
 
     async def _write_loop(self) -> None:
         while True:

@@ -25,6 +25,7 @@ import orjson
 import uvicorn
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
+import sql
 from analytics.store import Store
 from analytics.store_process import StoreProcess
 from consumers.ingest import IngestBatch, Ingestor
@@ -158,6 +159,12 @@ class Service:
         self.metrics = Metrics()
         self.store = open_store(cfg.storage.db_path, cfg.storage.writer, cfg.storage.threads)
         self.ingestor = Ingestor(cfg)
+        try:
+            # What the OTel join held when the last run stopped: spans waiting for content.
+            self.ingestor.restore(self.store.store.fetch(sql.query("otlp_pending_rows")))
+        except BaseException:
+            self.store.close()
+            raise
         if source_factory is not None:
             try:
                 source = source_factory(self.store.store.stored_offsets)

@@ -268,3 +268,19 @@ CREATE TABLE IF NOT EXISTS budget_leases (
 -- Issue 16: `model` is the requested model (strata, prices); the dated snapshot that served the
 -- call, when the log names it, is kept beside it.
 ALTER TABLE requests ADD COLUMN IF NOT EXISTS served_model VARCHAR;
+
+-- name: schema_51_otlp_pending
+-- OTel spans waiting for their message content logged apart (OTLP log records), and content
+-- waiting for its span (`consumers.join`): written with the offsets of the records they came
+-- from and deleted in the transaction of the batch that let them go, so a restart resumes the
+-- join. `seq` orders them; a deletion removes only the key's older rows.
+CREATE TABLE IF NOT EXISTS otlp_pending (
+    key           VARCHAR,     -- the span's request id, `traceId:spanId`
+    seq           BIGINT,
+    kind          VARCHAR,     -- 'span' (payload: the request) or 'content' (payload: events)
+    topic         VARCHAR,
+    "partition"   INTEGER,
+    "offset"      BIGINT,
+    first_seen_ms BIGINT,      -- when the key's first part was read: its join window starts
+    payload       JSON
+);

@@ -5,7 +5,8 @@ Each format is a module with `decode(value: bytes, msg) -> Decoded` and, for JSO
 raises `DecodeError` with a reason a person understands; it never lets another exception out.
 
 A topic's format is fixed in the config (`[formats] by_topic`) or `auto`: detected per message
-from cheap byte checks (binary -> OTLP protobuf; a `resourceSpans` key -> OTLP JSON; a JSON array
+from cheap byte checks (binary -> OTLP protobuf, traces or logs; a `resourceSpans` key -> OTLP
+JSON, `resourceLogs` -> OTLP/JSON logs; a JSON array
 or NDJSON -> per element; otherwise the keys that mark each JSON format).
 """
 
@@ -18,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from consumers.formats import litellm, openai_batch, openai_chat, otlp
+from consumers.formats import litellm, openai_batch, openai_chat, otlp, otlp_logs
 from consumers.formats.common import (
     MAX_TOKENS_SANE,
     json_reason,
@@ -26,7 +27,7 @@ from consumers.formats.common import (
     normalize_messages,
     parse_ts_ms,
 )
-from consumers.records import Decoded, DecodeError, RawMessage, Request
+from consumers.records import Decoded, DecodeError, RawMessage, Request, SpanContent
 
 __all__ = ["Format", "Decoders", "FORMATS", "detect", "decode_openai_chat", "message_text",
            "normalize_messages", "parse_ts_ms", "MAX_TOKENS_SANE", "register"]
@@ -65,6 +66,9 @@ register(Format("openai_chat", openai_chat.decode, openai_chat.decode_obj,
 register(Format("otlp_json", otlp.decode_json, otlp.decode_json_obj,  # first: most specific marker
                 markers=(b'"resourceSpans"',), keys=("resourceSpans",)), before="openai_chat")
 register(Format("otlp_proto", otlp.decode_proto), auto=False)  # binary: `Decoders.decode` routes it
+register(Format("otlp_logs_json", otlp_logs.decode_json, otlp_logs.decode_json_obj,
+                markers=(b'"resourceLogs"',), keys=("resourceLogs",)), before="openai_chat")
+register(Format("otlp_logs_proto", otlp_logs.decode_proto), auto=False)
 register(Format("litellm", litellm.decode, litellm.decode_obj,
                 markers=(b'"standard_logging_object"', b'"model_group"', b'"response_cost"'),
                 keys=("standard_logging_object", "model_group", "response_cost")),
@@ -122,7 +126,7 @@ class Decoders:
             if "otlp_proto" not in self.formats:
                 raise DecodeError(f"not JSON ({_not_json(value)})")
             try:
-                return self.formats["otlp_proto"].decode(value, msg)
+                return self._decode_protobuf(value, msg)
             except otlp.NotOtlpProtobuf as e:
                 raise DecodeError(f"neither JSON ({_not_json(value)}) nor OTLP protobuf ({e})"
                                   ) from None
@@ -133,8 +137,23 @@ class Decoders:
             # next byte is `{` or `[` looks like JSON. Only if it is not JSON, try it as OTLP.
             if value[:1] == b"\n" and "otlp_proto" in self.formats:
                 with contextlib.suppress(otlp.NotOtlpProtobuf):
-                    return self.formats["otlp_proto"].decode(value, msg)
+                    return self._decode_protobuf(value, msg)
             raise
+
+    def _decode_protobuf(self, value: bytes, msg: RawMessage) -> Decoded:
+        """A trace export, or a logs export (they nest alike; the first field of the first
+        record tells them apart). Raises the trace decoder's `NotOtlpProtobuf` when neither."""
+        logs = self.formats.get("otlp_logs_proto")
+        if logs is not None and otlp_logs.looks_like_logs(value):
+            with contextlib.suppress(otlp.NotOtlpProtobuf):
+                return logs.decode(value, msg)
+        try:
+            return self.formats["otlp_proto"].decode(value, msg)
+        except otlp.NotOtlpProtobuf as e:
+            if logs is not None:
+                with contextlib.suppress(DecodeError):  # only a clean logs decode counts here
+                    return logs.decode(value, msg)
+            raise e from None
 
     def _decode_json(self, value: bytes, msg: RawMessage, start: bytes) -> Decoded:
         if start == b"[" or (b"\n" in value and (b"}\n{" in value or b"}\r\n{" in value)):
@@ -179,6 +198,7 @@ class Decoders:
             raise DecodeError("empty JSON array: no records")
         requests: list[Request] = []
         skipped = 0
+        content: list[SpanContent] = []
         for i, obj in enumerate(items):
             try:
                 fmt = self.formats[detect(obj)]
@@ -193,4 +213,5 @@ class Decoders:
                         r.request_id += f":{i}"
             requests.extend(out.requests)
             skipped += out.skipped
-        return Decoded(requests, skipped)
+            content.extend(out.content)
+        return Decoded(requests, skipped, tuple(content))

@@ -73,7 +73,7 @@ from consumers.formats.common import MAX_TOKENS_SANE, MAX_TS_MS, convert_as, dec
 from consumers.records import Decoded, DecodeError, RawMessage, Request
 
 __all__ = ["decode_proto", "decode_json", "decode_json_obj", "NotOtlpProtobuf", "NO_CONTENT",
-           "NOT_CALLS"]
+           "NOT_CALLS", "join_content"]
 
 NO_CONTENT = ("span has no captured message content "
               "(enable OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT)")
@@ -298,6 +298,9 @@ def _request(a: Attrs, events: Events, trace_id: str, span_id: str, start_ns: in
             tags[name] = v if type(v) is str else _tag_value(v)
 
     messages, not_replayable, tools_in_messages = _input(a, events, plan)
+    # No content on the span, not even content-less events: it may come as log records.
+    awaits = not_replayable == NO_CONTENT and not any(
+        name in _ROLE_EVENTS or name == "gen_ai.choice" for name, _ in events())
     text, finish, problem = _output(a, events, plan)
     params["tools"] = plan.tools or tools_in_messages
     if not_replayable is None:
@@ -324,7 +327,24 @@ def _request(a: Attrs, events: Events, trace_id: str, span_id: str, start_ns: in
         error=error,
         tags=tags,
         not_replayable=not_replayable,
+        awaits_content=awaits,
     )
+
+
+def join_content(r: Request, events: list[tuple[str, Attrs]]) -> None:
+    """Fill a span's request with its content logged apart (`otlp_logs`): events named like
+    span events, each with the fields of its log record's body."""
+    plan = _plan(())
+    messages, not_replayable, tools = _input({}, lambda: events, plan)
+    text, finish, problem = _output({}, lambda: events, plan)
+    r.messages = messages
+    r.not_replayable = not_replayable or problem
+    if r.response_text is None:
+        r.response_text = text
+    if r.finish_reason is None:
+        r.finish_reason = finish
+    r.params["tools"] = bool(r.params.get("tools")) or tools
+    r.awaits_content = False
 
 
 _PARAMS: tuple[tuple[str, str, Callable[[Attrs, str], Any]], ...] = (
