@@ -92,11 +92,15 @@ class SpanJoin:
         return len(self.held)
 
     def due(self, now_ms: int) -> bool:
-        """Whether a key waits past the window (or orphans wait to be counted)."""
+        """Whether a key waits past the window (or orphans wait to be counted). Asked from the
+        event loop while a batch may be decoding: a glimpse, retried at the next poll."""
         if self._skipped:
             return True
-        for h in self.held.values():
-            return now_ms - h.first_seen_ms >= self.window_ms
+        try:
+            for h in self.held.values():
+                return now_ms - h.first_seen_ms >= self.window_ms
+        except RuntimeError:  # changed size while we looked
+            return True
         return False
 
     # -- parts in ---------------------------------------------------------------------------

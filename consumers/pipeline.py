@@ -85,8 +85,9 @@ class IngestPipeline:
                 if not msgs:
                     exhausted = getattr(self.source, "exhausted", False)
                     # Spans waiting for their content (OTel join) end at their window even when
-                    # no record comes, and all of them when a finite source has ended.
-                    if self.ingestor.holding and (exhausted or self.ingestor.due()):
+                    # no record comes, and all of them when a finite source has ended (asked
+                    # unconditionally then: the batches before may still be decoding).
+                    if exhausted or (self.ingestor.holding and self.ingestor.due()):
                         await self.queue.put((self._decode([], flush_held=exhausted), []))
                     if exhausted:
                         self.exhausted = True
