@@ -292,8 +292,6 @@ class Ingestor:
         sampled, rate = self.sampler.decide(r.request_id, stratum)
         sampled = sampled and reason is None
         tags_json = orjson.dumps(r.tags).decode()
-        # Always, not only when sampled: whether a record is accepted must not depend on sampling.
-        params_json = orjson.dumps(r.params).decode()
         row = (r.request_id, r.ts_ms, msg.topic, msg.partition, msg.offset, r.format, r.provider,
                r.model, r.input_tokens, r.output_tokens, r.cached_input_tokens, r.cost_usd,
                r.cost_source, r.latency_ms, r.status, r.error, tags_json, prompt_hash,
@@ -303,8 +301,11 @@ class Ingestor:
         if sampled:
             scorer = self.cfg.scoring.by_tag.get(r.tags.get(self.score_tag, ""),
                                                  self.cfg.scoring.default)
+            # Only when sampled: every decoder checks that the nested parameters it keeps
+            # (tools, response_format, a mapping's params) can be written (`storable`), so
+            # whether a record is accepted does not depend on sampling.
             sample = (r.request_id, stratum, r.model, messages_json.decode(),
-                      params_json, tags_json, r.response_text, r.cost_usd,
+                      orjson.dumps(r.params).decode(), tags_json, r.response_text, r.cost_usd,
                       r.input_tokens, r.output_tokens, scorer)
         return row, sample
 

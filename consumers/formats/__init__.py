@@ -96,10 +96,22 @@ def _not_json(value: bytes) -> str:
     return json_reason(value, ValueError(f"starts with byte {value[0]:#04x}"))
 
 
+_RESOURCE = b'"resource'  # what both OTLP/JSON markers start with: one scan rules both out
+
+
 def _sniff(value: bytes) -> str | None:
+    # Each marker test scans the whole record (a few KB); most records are not OTLP.
+    otlp_possible: bool | None = None
     for name in _AUTO_ORDER:
-        if any(m in value for m in FORMATS[name].markers):
-            return name
+        markers = FORMATS[name].markers
+        if markers and all(m.startswith(_RESOURCE) for m in markers):
+            if otlp_possible is None:
+                otlp_possible = _RESOURCE in value
+            if not otlp_possible:
+                continue
+        for m in markers:
+            if m in value:
+                return name
     return None
 
 
@@ -141,19 +153,24 @@ class Decoders:
             raise
 
     def _decode_protobuf(self, value: bytes, msg: RawMessage) -> Decoded:
-        """A trace export, or a logs export (they nest alike; the first field of the first
-        record tells them apart). Raises the trace decoder's `NotOtlpProtobuf` when neither."""
+        """A trace export, or a logs export. They nest alike, so a logs export may parse as a
+        trace export whose "spans" hold nothing GenAI: only then (and when it does not parse)
+        is it tried as logs, which keeps the usual trace export at one parse. Raises the trace
+        decoder's `NotOtlpProtobuf` when it is neither."""
         logs = self.formats.get("otlp_logs_proto")
-        if logs is not None and otlp_logs.looks_like_logs(value):
-            with contextlib.suppress(otlp.NotOtlpProtobuf):
-                return logs.decode(value, msg)
         try:
-            return self.formats["otlp_proto"].decode(value, msg)
+            out = self.formats["otlp_proto"].decode(value, msg)
         except otlp.NotOtlpProtobuf as e:
             if logs is not None:
                 with contextlib.suppress(DecodeError):  # only a clean logs decode counts here
                     return logs.decode(value, msg)
             raise e from None
+        if out.requests or logs is None or not otlp_logs.looks_like_logs(value):
+            return out
+        try:
+            return logs.decode(value, msg)
+        except DecodeError:
+            return out
 
     def _decode_json(self, value: bytes, msg: RawMessage, start: bytes) -> Decoded:
         if start == b"[" or (b"\n" in value and (b"}\n{" in value or b"}\r\n{" in value)):

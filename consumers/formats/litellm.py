@@ -429,6 +429,7 @@ def _str(v: Scalar) -> str:
     return v if isinstance(v, str) else str(v)
 
 
+@functools.lru_cache(maxsize=65536)  # request tags repeat from call to call
 def split_tag(tag: str) -> tuple[str, str]:
     """`feature:summarize` / `team=search` -> (key, value); a bare `beta` -> (`beta`, `true`)."""
     i = tag.find(":")
