@@ -264,12 +264,12 @@ CREATE TABLE IF NOT EXISTS budget_leases (
     nano    BIGINT NOT NULL     -- USD x 1e9; negative: unused room given back at a clean stop
 );
 
--- name: schema_50_requests_served_model
+-- name: schema_52_requests_served_model
 -- Issue 16: `model` is the requested model (strata, prices); the dated snapshot that served the
 -- call, when the log names it, is kept beside it.
 ALTER TABLE requests ADD COLUMN IF NOT EXISTS served_model VARCHAR;
 
--- name: schema_51_otlp_pending
+-- name: schema_53_otlp_pending
 -- OTel spans waiting for their message content logged apart (OTLP log records), and content
 -- waiting for its span (`consumers.join`): written with the offsets of the records they came
 -- from and deleted in the transaction of the batch that let them go, so a restart resumes the
