@@ -188,6 +188,7 @@ class Store:
         frames = {name: df for name, df in (
             ("batch_requests", batch.requests), ("batch_samples", batch.samples),
             ("batch_rejected", batch.rejected), ("batch_skipped", batch.skipped),
+            ("batch_otlp_join", batch.otlp_join),
             ("batch_offsets", offsets)) if df.height}  # registering costs ~1 ms a frame
         suffix = "_ignore_known" if ignore_known else ""
         duplicates = 0
@@ -204,6 +205,9 @@ class Store:
                 con.execute(sql.query("insert_rejected")).fetchall()
             if batch.skipped.height:
                 con.execute(sql.query("insert_skipped")).fetchall()
+            if batch.otlp_join.height:
+                con.execute(sql.query("hold_otlp_pending")).fetchall()
+                con.execute(sql.query("release_otlp_pending")).fetchall()
             if offsets.height:
                 con.execute(sql.query("upsert_offsets")).fetchall()
         return duplicates

@@ -19,7 +19,8 @@ import polars as pl
 
 from consumers.formats import Decoders, message_text
 from consumers.formats.mapping import build_mapping_formats
-from consumers.records import Decoded, DecodeError, RawMessage, Request
+from consumers.join import JOIN_ROW_FIELDS, Origin, SpanJoin
+from consumers.records import Decoded, DecodeError, RawMessage, Request, SpanContent
 from consumers.sampling import Sampler, stratum_of
 from shadowroute.config import Config, Price
 
@@ -33,6 +34,7 @@ REQUESTS_SCHEMA: dict[str, Any] = {
     "status": pl.Utf8, "error": pl.Utf8, "tags": pl.Utf8, "prompt_hash": pl.Utf8,
     "prompt_chars": pl.Int64, "stratum": pl.Utf8, "eligible": pl.Boolean,
     "ineligible_reason": pl.Utf8, "sampled": pl.Boolean, "sample_rate": pl.Float64,
+    "served_model": pl.Utf8,
 }
 SAMPLES_SCHEMA: dict[str, Any] = {
     "sample_id": pl.Utf8, "stratum": pl.Utf8, "frontier_model": pl.Utf8, "messages": pl.Utf8,
@@ -44,6 +46,11 @@ _RELEASE_DATE = re.compile(r"[-@](\d{4}-\d{2}-\d{2}|\d{8})$")
 SKIPPED_SCHEMA: dict[str, Any] = {
     "topic": pl.Utf8, "partition": pl.Int32, "offset": pl.Int64, "reason": pl.Utf8, "items": pl.Int64,
 }
+# Changes to `otlp_pending` (`consumers.join`): rows held, and keys let go.
+JOIN_SCHEMA: dict[str, Any] = dict(zip(JOIN_ROW_FIELDS, (
+    pl.Utf8, pl.Utf8, pl.Int64, pl.Utf8, pl.Utf8, pl.Int32, pl.Int64, pl.Int64, pl.Utf8),
+    strict=True))
+NOT_JOINED = "GenAI log events not joined (formats.otlp_join_window_s = 0)"
 REJECTED_SCHEMA: dict[str, Any] = {
     "topic": pl.Utf8, "partition": pl.Int32, "offset": pl.Int64, "reason": pl.Utf8,
     "raw": pl.Binary, "raw_size": pl.Int64,
@@ -62,6 +69,8 @@ class IngestBatch:
     # (topic, partition) -> (timestamp ms, CRC-32 of the value) of the last record read: stored
     # with the offset, so a log replaced under it is seen (`consumers.kafka_source`).
     marks: dict[tuple[str, int], tuple[int | None, int]] = field(default_factory=dict)
+    # Spans and content held for, or let go by, the OTel join: `otlp_pending` rows.
+    otlp_join: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=JOIN_SCHEMA))
 
     @property
     def empty(self) -> bool:
@@ -94,6 +103,32 @@ def prompt_chars(messages: Sequence[dict[str, Any]]) -> int:
     return sum(len(message_text(m.get("content"))) for m in messages) + len(messages) - 1
 
 
+INCOMPLETE_PROMPT = "prompt content incomplete"
+
+
+def incomplete_prompt(messages: Sequence[dict[str, Any]]) -> bool:
+    """A message with an empty or dropped part: instrumentations drop what they cannot log
+    (image parts become `parts: []`), and replaying the rest asks another question."""
+    for m in messages:
+        c = m.get("content")
+        if type(c) is str:
+            if c or m.get("tool_calls") or m.get("role") == "tool":
+                continue
+            return True
+        if c is None:
+            # An assistant turn that only called tools; a tool's empty result is a result.
+            if m.get("tool_calls") or m.get("function_call") or m.get("role") == "tool":
+                continue
+            return True
+        if type(c) is list:
+            if not c:
+                return True
+            for p in c:
+                if type(p) is dict and p.get("type", "text") == "text" and not p.get("text"):
+                    return True
+    return False
+
+
 def frame(rows: list[tuple[Any, ...]], schema: dict[str, Any]) -> pl.DataFrame:
     """Rows -> a frame, built column by column (about 3x faster than `orient="row"`)."""
     if not rows:
@@ -112,6 +147,28 @@ class Ingestor:
         self.max_bytes = cfg.storage.max_record_bytes
         self.max_raw = cfg.storage.max_raw_bytes
         self.decoders = Decoders(cfg.formats.by_topic, extra=build_mapping_formats(cfg.formats))
+        fc = cfg.formats
+        self.join = (SpanJoin(fc.otlp_join_window_s, fc.otlp_join_max_pending)
+                     if fc.otlp_join_window_s > 0 else None)
+
+    def restore(self, pending: Sequence[tuple[Any, ...]]) -> None:
+        """What the OTel join held when the last run stopped (`otlp_pending_rows`). With the
+        join turned off since, the held spans are stored by the next batch."""
+        if not pending:
+            return
+        if self.join is None:
+            self.join = SpanJoin(0.0, self.cfg.formats.otlp_join_max_pending)
+        self.join.restore(pending)
+
+    @property
+    def holding(self) -> int:
+        """Spans and contents waiting in the OTel join."""
+        return self.join.holding if self.join is not None else 0
+
+    def due(self) -> bool:
+        """Whether `process([])` would let something go (the join window passed for a span
+        or content): a source with no new records calls it so waiting spans still end."""
+        return self.join is not None and self.join.due(int(time.time() * 1000))
 
     def decode(self, msg: RawMessage) -> Decoded:
         """Decode one message or raise `DecodeError` with the reason."""
@@ -123,7 +180,10 @@ class Ingestor:
                               f"storage.max_record_bytes ({self.max_bytes:,})")
         return self.decoders.decode(value, msg)
 
-    def process(self, msgs: Sequence[RawMessage]) -> IngestBatch:
+    def process(self, msgs: Sequence[RawMessage], *, now_ms: int | None = None,
+                flush_held: bool = False) -> IngestBatch:
+        """`flush_held`: let every span waiting for content go (a finite source has ended)."""
+        now = now_ms if now_ms is not None else int(time.time() * 1000)
         req_rows: list[tuple[Any, ...]] = []
         sample_rows: list[tuple[Any, ...]] = []
         rej_rows: list[tuple[Any, ...]] = []
@@ -137,9 +197,13 @@ class Ingestor:
                 decoded = self.decode(msg)
                 rows: dict[str, tuple[tuple[Any, ...], tuple[Any, ...] | None]] = {}
                 dups = 0
+                waiting: list[Request] = []
                 for r in decoded.requests:
                     if r.request_id in seen or r.request_id in rows:
                         dups += 1  # the same id twice in one batch is stored once
+                        continue
+                    if r.awaits_content and self.join is not None:
+                        waiting.append(r)  # joined below, once the whole record is accepted
                         continue
                     rows[r.request_id] = self._rows(r, msg)
             except DecodeError as e:
@@ -164,13 +228,54 @@ class Ingestor:
                 req_rows.append(row)
                 if sample is not None:
                     sample_rows.append(sample)
+            if waiting or decoded.content:
+                joined = self._join(msg, waiting, decoded.content, now, skip_rows)
+                self._add_joined(joined, seen, req_rows, sample_rows)
+        join_rows: list[tuple[Any, ...]] = []
+        if self.join is not None:
+            ready, expired = self.join.expire(now, everything=flush_held)
+            self._add_joined(ready, seen, req_rows, sample_rows)
+            skip_rows += expired
+            join_rows = self.join.rows()
         return IngestBatch(
             requests=frame(req_rows, REQUESTS_SCHEMA),
             samples=frame(sample_rows, SAMPLES_SCHEMA),
             rejected=frame(rej_rows, REJECTED_SCHEMA),
             offsets=offsets,
             skipped=frame(skip_rows, SKIPPED_SCHEMA),
+            otlp_join=frame(join_rows, JOIN_SCHEMA),
         )
+
+    def _join(self, msg: RawMessage, waiting: list[Request], content: Sequence[SpanContent],
+              now: int, skip_rows: list[tuple[Any, ...]]) -> list[tuple[Request, Origin]]:
+        origin = (msg.topic, msg.partition, msg.offset)
+        if self.join is None:  # content with nothing to join it to: counted
+            n = sum(len(c.events) for c in content)
+            skip_rows.append((*origin, NOT_JOINED, n))
+            return []
+        ready: list[tuple[Request, Origin]] = []
+        for r in waiting:
+            ready += self.join.span(r, origin, now)
+        for c in content:
+            ready += self.join.content(c, origin, now)
+        return ready
+
+    def _add_joined(self, joined: list[tuple[Request, Origin]], seen: set[str],
+                    req_rows: list[tuple[Any, ...]], sample_rows: list[tuple[Any, ...]]) -> None:
+        for r, (topic, partition, offset) in joined:
+            if r.request_id in seen:
+                continue
+            where = RawMessage(topic, partition, offset, None)
+            try:
+                row, sample = self._rows(r, where)
+            except (RecursionError, orjson.JSONEncodeError):
+                # Content from log records too deep to write: the call still counts.
+                r.messages, r.not_replayable = [], "message content nested too deeply"
+                row, sample = self._rows(r, where)
+            seen.add(r.request_id)
+            req_rows.append(row)
+            if sample is not None:
+                sample_rows.append(sample)
 
     def _rejection(self, msg: RawMessage, reason: str) -> tuple[Any, ...]:
         raw = msg.value or b""
@@ -190,18 +295,20 @@ class Ingestor:
         sampled, rate = self.sampler.decide(r.request_id, stratum)
         sampled = sampled and reason is None
         tags_json = orjson.dumps(r.tags).decode()
-        # Always, not only when sampled: whether a record is accepted must not depend on sampling.
-        params_json = orjson.dumps(r.params).decode()
         row = (r.request_id, r.ts_ms, msg.topic, msg.partition, msg.offset, r.format, r.provider,
                r.model, r.input_tokens, r.output_tokens, r.cached_input_tokens, r.cost_usd,
                r.cost_source, r.latency_ms, r.status, r.error, tags_json, prompt_hash,
-               prompt_chars(r.messages), stratum, reason is None, reason, sampled, rate)
+               prompt_chars(r.messages), stratum, reason is None, reason, sampled, rate,
+               r.served_model)
         sample = None
         if sampled:
             scorer = self.cfg.scoring.by_tag.get(r.tags.get(self.score_tag, ""),
                                                  self.cfg.scoring.default)
+            # Only when sampled: every decoder checks that the nested parameters it keeps
+            # (tools, response_format, a mapping's params) can be written (`storable`), so
+            # whether a record is accepted does not depend on sampling.
             sample = (r.request_id, stratum, r.model, messages_json.decode(),
-                      params_json, tags_json, r.response_text, r.cost_usd,
+                      orjson.dumps(r.params).decode(), tags_json, r.response_text, r.cost_usd,
                       r.input_tokens, r.output_tokens, scorer)
         return row, sample
 
@@ -224,11 +331,20 @@ class Ingestor:
             return "production call failed: no reference answer"
         if r.not_replayable:
             return r.not_replayable
+        if incomplete_prompt(r.messages):
+            return INCOMPLETE_PROMPT
         if not r.response_text:
             return "no frontier answer text in the log"
         if r.params.get("tools") and not self.cfg.shadow.replay_tools:
             return "request offered tools (shadow.replay_tools = false)"
         if r.cost_usd is None:
+            if (r.input_tokens is None and r.output_tokens is None
+                    and self.price_for(r.model) is not None):
+                # Priced, but nothing to price: a streamed call logs usage only when asked to.
+                return ("no token counts in the log to price the call with [prices] (a streamed "
+                        "call has them only with stream_options.include_usage)")
+            if r.cost_unknown:
+                return f"unknown cost: {r.cost_unknown}, and no price for model {r.model!r} in [prices]"
             return f"no cost in the log and no price for model {r.model!r} in [prices]"
         return None
 

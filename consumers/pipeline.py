@@ -65,7 +65,8 @@ def merge_batches(batches: list[IngestBatch]) -> IngestBatch:
         rejected=pl.concat([b.rejected for b in batches]),
         offsets=offsets,
         skipped=pl.concat([b.skipped for b in batches]),
-        marks=marks)
+        marks=marks,
+        otlp_join=pl.concat([b.otlp_join for b in batches]))
 
 
 class BatchSource(Protocol):
@@ -115,6 +116,7 @@ class IngestPipeline:
         self.on_paused = on_paused  # told True when writes start failing, False when they work
         self.paused = False
         self._stop = asyncio.Event()
+        self._decoding: asyncio.Future[IngestBatch] | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
         """Until `stop` is set (or a finite source is exhausted); the batch in hand is always
@@ -127,9 +129,15 @@ class IngestPipeline:
                 msgs = await self.source.batch()
                 resets = take_resets() if take_resets is not None else []
                 if not msgs:
+                    exhausted = getattr(self.source, "exhausted", False)
                     if resets:
                         await self.queue.put((None, [], resets))
-                    if getattr(self.source, "exhausted", False):
+                    # Spans waiting for their content (OTel join) end at their window even when
+                    # no record comes, and all of them when a finite source has ended (asked
+                    # unconditionally then: the batches before may still be decoding).
+                    if exhausted or (self.ingestor.holding and self.ingestor.due()):
+                        await self.queue.put((self._decode([], flush_held=exhausted), [], []))
+                    if exhausted:
                         self.exhausted = True
                         break
                     continue
@@ -139,11 +147,21 @@ class IngestPipeline:
                 await self.queue.put(None)
             await writer  # re-raises a failed write: the service must not go on without it
 
-    def _decode(self, msgs: list[RawMessage]) -> Awaitable[IngestBatch]:
+    def _decode(self, msgs: list[RawMessage], flush_held: bool = False) -> Awaitable[IngestBatch]:
         # A thread, so the event loop stays responsive; decoding is Python and holds the GIL,
         # but the DuckDB write of the previous batch (GIL released) runs beside it. A process
         # pool was tried: with one worker it gained nothing measurable on two cores.
-        return asyncio.ensure_future(asyncio.to_thread(self.ingestor.process, msgs))
+        # One batch at a time, in fetch order: the OTel join's state must change in the order
+        # the batches are written (two decoding threads gained nothing anyway: the GIL).
+        prev = self._decoding
+
+        async def decode() -> IngestBatch:
+            if prev is not None:
+                await asyncio.wait([prev])
+            return await asyncio.to_thread(self.ingestor.process, msgs, flush_held=flush_held)
+
+        self._decoding = fut = asyncio.ensure_future(decode())
+        return fut
 
     async def _write_loop(self) -> None:
         while True:

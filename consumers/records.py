@@ -47,14 +47,32 @@ class Request:
     tags: dict[str, str] = field(default_factory=dict)
     # Set when the log lacks what a replay needs (no message content, tools, ...).
     not_replayable: str | None = None
+    # The dated snapshot that answered (`gpt-4o-2024-08-06`) when the log names it apart from
+    # the requested `model`: strata and prices go by the model asked for, whoever served it.
+    served_model: str | None = None
+    # An OTel span that carried no message content: it may come in log records (`SpanContent`).
+    awaits_content: bool = False
+    # Set when the log says it could not price the call (its cost field is then None, not 0).
+    cost_unknown: str | None = None
+
+
+class SpanContent(NamedTuple):
+    """Message content logged apart from its span (OTel GenAI events as OTLP log records), to be
+    joined to the span's request by `key` (= its request id, `{traceId}:{spanId}`)."""
+
+    key: str
+    # (time in ns, event name, the event's fields), in the order they were written.
+    events: tuple[tuple[int, str, dict[str, Any]], ...]
 
 
 class Decoded(NamedTuple):
-    """What one record held: its LLM calls, and how many other items it held that are not LLM
-    calls (e.g. non-GenAI spans in an OTLP message), counted rather than rejected."""
+    """What one record held: its LLM calls, how many other items it held that are not LLM
+    calls (e.g. non-GenAI spans in an OTLP message), counted rather than rejected, and content
+    that belongs to spans of other records."""
 
     requests: list[Request]
     skipped: int = 0
+    content: tuple[SpanContent, ...] = ()
 
 
 class DecodeError(ValueError):

@@ -451,6 +451,13 @@ class FormatsConfig:
     `openai_chat`, `litellm`, `openai_batch`, `otlp_json`, `otlp_proto`, or a mapping's name."""
     mappings: Mapping[str, MappingConfig] = field(default_factory=dict)
     """In-house JSON formats by name, described by field paths ([formats.mappings.<name>])."""
+    otlp_join_window_s: float = 60.0
+    """How long an OTel span without message content waits for its content as OTLP log records
+    (GenAI events, e.g. from an `otlp_logs` topic), and content for its span; 0 joins nothing
+    (such spans are stored at once, not replayable)."""
+    otlp_join_max_pending: int = 50_000
+    """At most this many spans and contents wait (held in memory and in DuckDB); past it the
+    oldest are let go early."""
 
 
 @dataclass(frozen=True)
@@ -762,6 +769,12 @@ def _validate_formats(fc: FormatsConfig) -> None:
             raise ConfigError(f"{key}.latency_unit", f"must be 'ms' or 's', got {m.latency_unit!r}")
         if m.status and not m.ok_values:
             raise ConfigError(f"{key}.ok_values", "must list at least one value when status is set")
+    if not 0 <= fc.otlp_join_window_s < float("inf"):  # also refuses NaN
+        raise ConfigError("formats.otlp_join_window_s",
+                          f"must be a number of seconds >= 0, got {fc.otlp_join_window_s}")
+    if not fc.otlp_join_max_pending >= 1:
+        raise ConfigError("formats.otlp_join_max_pending",
+                          f"must be at least 1, got {fc.otlp_join_max_pending}")
     known = sorted({"auto", *FORMATS, *fc.mappings})
     for topic, fmt in fc.by_topic.items():
         if fmt not in known:

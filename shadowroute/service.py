@@ -180,6 +180,12 @@ class Service:
         self.store = open_store(cfg.storage.db_path, cfg.storage.writer, cfg.storage.threads,
                                 cfg.storage.memory_limit)
         self.ingestor = Ingestor(cfg)
+        try:
+            # What the OTel join held when the last run stopped: spans waiting for content.
+            self.ingestor.restore(self.store.store.fetch(sql.query("otlp_pending_rows")))
+        except BaseException:
+            self.store.close()
+            raise
         if source_factory is not None:
             try:
                 source = source_factory(self.store.store.stored_offsets)

@@ -35,6 +35,19 @@ INSERT INTO skipped BY NAME SELECT * FROM batch_skipped;
 -- name: insert_rejected
 INSERT INTO rejected BY NAME SELECT * FROM batch_rejected;
 
+-- name: hold_otlp_pending
+INSERT INTO otlp_pending
+SELECT key, seq, kind, topic, "partition", "offset", first_seen_ms, payload
+FROM batch_otlp_join WHERE op = 'hold';
+
+-- name: release_otlp_pending
+DELETE FROM otlp_pending p USING batch_otlp_join d
+WHERE d.op = 'done' AND p.key = d.key AND p.seq < d.seq;
+
+-- name: otlp_pending_rows
+SELECT key, seq, kind, topic, "partition", "offset", first_seen_ms, payload::VARCHAR
+FROM otlp_pending ORDER BY seq;
+
 -- name: pending_samples
 SELECT sample_id, stratum, frontier_model, messages, params, tags, response_text,
        frontier_cost_usd, input_tokens, scorer

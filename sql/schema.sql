@@ -11,7 +11,7 @@ CREATE TABLE IF NOT EXISTS requests (
     "offset"            BIGINT,
     format              VARCHAR,            -- decoder that read it (openai_chat, ...)
     provider            VARCHAR,
-    model               VARCHAR,            -- frontier model that served it
+    model               VARCHAR,            -- frontier model requested (the snapshot that served it: served_model)
     input_tokens        BIGINT,
     output_tokens       BIGINT,
     cached_input_tokens BIGINT,
@@ -324,4 +324,25 @@ CREATE TABLE IF NOT EXISTS shadow_attempts (
     latency_ms  DOUBLE,
     error       VARCHAR,
     called_at   TIMESTAMP DEFAULT current_timestamp
+);
+
+-- name: schema_52_requests_served_model
+-- Issue 16: `model` is the requested model (strata, prices); the dated snapshot that served the
+-- call, when the log names it, is kept beside it.
+ALTER TABLE requests ADD COLUMN IF NOT EXISTS served_model VARCHAR;
+
+-- name: schema_53_otlp_pending
+-- OTel spans waiting for their message content logged apart (OTLP log records), and content
+-- waiting for its span (`consumers.join`): written with the offsets of the records they came
+-- from and deleted in the transaction of the batch that let them go, so a restart resumes the
+-- join. `seq` orders them; a deletion removes only the key's older rows.
+CREATE TABLE IF NOT EXISTS otlp_pending (
+    key           VARCHAR,     -- the span's request id, `traceId:spanId`
+    seq           BIGINT,
+    kind          VARCHAR,     -- 'span' (payload: the request) or 'content' (payload: events)
+    topic         VARCHAR,
+    "partition"   INTEGER,
+    "offset"      BIGINT,
+    first_seen_ms BIGINT,      -- when the key's first part was read: its join window starts
+    payload       JSON
 );

@@ -5,7 +5,8 @@ Each format is a module with `decode(value: bytes, msg) -> Decoded` and, for JSO
 raises `DecodeError` with a reason a person understands; it never lets another exception out.
 
 A topic's format is fixed in the config (`[formats] by_topic`) or `auto`: detected per message
-from cheap byte checks (binary -> OTLP protobuf; a `resourceSpans` key -> OTLP JSON; a JSON array
+from cheap byte checks (binary -> OTLP protobuf, traces or logs; a `resourceSpans` key -> OTLP
+JSON, `resourceLogs` -> OTLP/JSON logs; a JSON array
 or NDJSON -> per element; otherwise the keys that mark each JSON format).
 """
 
@@ -18,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from consumers.formats import litellm, openai_batch, openai_chat, otlp
+from consumers.formats import litellm, openai_batch, openai_chat, otlp, otlp_logs
 from consumers.formats.common import (
     MAX_TOKENS_SANE,
     json_reason,
@@ -26,7 +27,7 @@ from consumers.formats.common import (
     normalize_messages,
     parse_ts_ms,
 )
-from consumers.records import Decoded, DecodeError, RawMessage, Request
+from consumers.records import Decoded, DecodeError, RawMessage, Request, SpanContent
 
 __all__ = ["Format", "Decoders", "FORMATS", "detect", "decode_openai_chat", "message_text",
            "normalize_messages", "parse_ts_ms", "MAX_TOKENS_SANE", "register"]
@@ -65,6 +66,9 @@ register(Format("openai_chat", openai_chat.decode, openai_chat.decode_obj,
 register(Format("otlp_json", otlp.decode_json, otlp.decode_json_obj,  # first: most specific marker
                 markers=(b'"resourceSpans"',), keys=("resourceSpans",)), before="openai_chat")
 register(Format("otlp_proto", otlp.decode_proto), auto=False)  # binary: `Decoders.decode` routes it
+register(Format("otlp_logs_json", otlp_logs.decode_json, otlp_logs.decode_json_obj,
+                markers=(b'"resourceLogs"',), keys=("resourceLogs",)), before="openai_chat")
+register(Format("otlp_logs_proto", otlp_logs.decode_proto), auto=False)
 register(Format("litellm", litellm.decode, litellm.decode_obj,
                 markers=(b'"standard_logging_object"', b'"model_group"', b'"response_cost"'),
                 keys=("standard_logging_object", "model_group", "response_cost")),
@@ -92,10 +96,22 @@ def _not_json(value: bytes) -> str:
     return json_reason(value, ValueError(f"starts with byte {value[0]:#04x}"))
 
 
+_RESOURCE = b'"resource'  # what both OTLP/JSON markers start with: one scan rules both out
+
+
 def _sniff(value: bytes) -> str | None:
+    # Each marker test scans the whole record (a few KB); most records are not OTLP.
+    otlp_possible: bool | None = None
     for name in _AUTO_ORDER:
-        if any(m in value for m in FORMATS[name].markers):
-            return name
+        markers = FORMATS[name].markers
+        if markers and all(m.startswith(_RESOURCE) for m in markers):
+            if otlp_possible is None:
+                otlp_possible = _RESOURCE in value
+            if not otlp_possible:
+                continue
+        for m in markers:
+            if m in value:
+                return name
     return None
 
 
@@ -122,7 +138,7 @@ class Decoders:
             if "otlp_proto" not in self.formats:
                 raise DecodeError(f"not JSON ({_not_json(value)})")
             try:
-                return self.formats["otlp_proto"].decode(value, msg)
+                return self._decode_protobuf(value, msg)
             except otlp.NotOtlpProtobuf as e:
                 raise DecodeError(f"neither JSON ({_not_json(value)}) nor OTLP protobuf ({e})"
                                   ) from None
@@ -133,8 +149,28 @@ class Decoders:
             # next byte is `{` or `[` looks like JSON. Only if it is not JSON, try it as OTLP.
             if value[:1] == b"\n" and "otlp_proto" in self.formats:
                 with contextlib.suppress(otlp.NotOtlpProtobuf):
-                    return self.formats["otlp_proto"].decode(value, msg)
+                    return self._decode_protobuf(value, msg)
             raise
+
+    def _decode_protobuf(self, value: bytes, msg: RawMessage) -> Decoded:
+        """A trace export, or a logs export. They nest alike, so a logs export may parse as a
+        trace export whose "spans" hold nothing GenAI: only then (and when it does not parse)
+        is it tried as logs, which keeps the usual trace export at one parse. Raises the trace
+        decoder's `NotOtlpProtobuf` when it is neither."""
+        logs = self.formats.get("otlp_logs_proto")
+        try:
+            out = self.formats["otlp_proto"].decode(value, msg)
+        except otlp.NotOtlpProtobuf as e:
+            if logs is not None:
+                with contextlib.suppress(DecodeError):  # only a clean logs decode counts here
+                    return logs.decode(value, msg)
+            raise e from None
+        if out.requests or logs is None or not otlp_logs.looks_like_logs(value):
+            return out
+        try:
+            return logs.decode(value, msg)
+        except DecodeError:
+            return out
 
     def _decode_json(self, value: bytes, msg: RawMessage, start: bytes) -> Decoded:
         if start == b"[" or (b"\n" in value and (b"}\n{" in value or b"}\r\n{" in value)):
@@ -179,6 +215,7 @@ class Decoders:
             raise DecodeError("empty JSON array: no records")
         requests: list[Request] = []
         skipped = 0
+        content: list[SpanContent] = []
         for i, obj in enumerate(items):
             try:
                 fmt = self.formats[detect(obj)]
@@ -193,4 +230,5 @@ class Decoders:
                         r.request_id += f":{i}"
             requests.extend(out.requests)
             skipped += out.skipped
-        return Decoded(requests, skipped)
+            content.extend(out.content)
+        return Decoded(requests, skipped, tuple(content))

@@ -17,7 +17,8 @@ it: `{"standard_logging_object": {...}, ...}`.
 
 Tags: each of `request_tags` (`"feature:summarize"` and `"team=search"` are key/value, a bare
 `"beta"` is `beta=true`), the scalar values of `metadata.spend_logs_metadata`, the key's team
-(`team`) and alias (`api_key_alias`), `model_group`, `cache_hit` when true, and `end_user` as a
+(`team`: its alias, else its id), team id (`team_id`), user id (`api_key_user_id`) and alias
+(`api_key_alias`), `model_group`, `cache_hit` when true, and `end_user` as a
 hash (raw end-user ids are never stored). Request tags win over metadata.
 
 Calls that are not text generation (embeddings, images, audio, moderation, rerank, files and
@@ -81,6 +82,7 @@ class _Metadata(msgspec.Struct, gc=False):
     user_api_key_alias: Scalar = None
     user_api_key_team_alias: Scalar = None
     user_api_key_team_id: Scalar = None
+    user_api_key_user_id: Scalar = None
     spend_logs_metadata: dict[str, Any] | None = None
 
 
@@ -103,6 +105,8 @@ class _Payload(msgspec.Struct, gc=False):
     stream: bool | None = None
     status: str | None = None
     response_cost: Amount | None = None
+    # LiteLLM's note when it could not price the model; its `response_cost` is then 0.
+    response_cost_failure_debug_info: Any = None
     prompt_tokens: Count | None = None
     completion_tokens: Count | None = None
     startTime: float | str | None = None
@@ -305,6 +309,12 @@ def _from_payload(p: _Payload, msg: RawMessage, where: str) -> Decoded:
     start_ms = _time_ms(p.startTime, where + "startTime", msg.timestamp_ms)
     latency = _latency_ms(p, start_ms, where)
 
+    cost = p.response_cost
+    cost_unknown = None
+    if p.response_cost_failure_debug_info not in (None, "", {}) and not cost:
+        # A 0 written because LiteLLM has no price for the model: unknown, never free.
+        cost = None
+        cost_unknown = "LiteLLM could not price the call (response_cost_failure_debug_info)"
     rid = p.id if p.id not in (None, "") else None
     return Decoded([Request(
         request_id=str(rid) if rid is not None else f"{msg.topic}:{msg.partition}:{msg.offset}",
@@ -319,13 +329,14 @@ def _from_payload(p: _Payload, msg: RawMessage, where: str) -> Decoded:
         input_tokens=inp,
         output_tokens=out,
         cached_input_tokens=cached,
-        cost_usd=p.response_cost,
-        cost_source="log" if p.response_cost is not None else None,
+        cost_usd=cost,
+        cost_source="log" if cost is not None else None,
         latency_ms=latency,
         status=status,
         error=error or None,
         tags=_tags(p),
         not_replayable=not_replayable,
+        cost_unknown=cost_unknown,
     )])
 
 
@@ -418,6 +429,7 @@ def _str(v: Scalar) -> str:
     return v if isinstance(v, str) else str(v)
 
 
+@functools.lru_cache(maxsize=65536)  # request tags repeat from call to call
 def split_tag(tag: str) -> tuple[str, str]:
     """`feature:summarize` / `team=search` -> (key, value); a bare `beta` -> (`beta`, `true`)."""
     i = tag.find(":")
@@ -448,6 +460,11 @@ def _tags(p: _Payload) -> dict[str, str]:
         team = md.user_api_key_team_alias or md.user_api_key_team_id
         if team not in (None, ""):
             tags["team"] = _str(team)
+        # Ids as well as the alias, so savings can be cut per key's user and per team.
+        if md.user_api_key_team_id not in (None, ""):
+            tags["team_id"] = _str(md.user_api_key_team_id)
+        if md.user_api_key_user_id not in (None, ""):
+            tags["api_key_user_id"] = _str(md.user_api_key_user_id)
         if md.user_api_key_alias not in (None, ""):
             tags["api_key_alias"] = _str(md.user_api_key_alias)
     if p.request_tags:

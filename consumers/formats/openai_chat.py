@@ -90,7 +90,8 @@ def _from_struct(rec: _Record, msg: RawMessage) -> Decoded:
     status = rec.status or ("ok" if resp is not None else "error")
     text = finish = None
     usage = resp.usage if resp is not None else None
-    model = req.model
+    model = req.model  # strata and prices by the model asked for; the snapshot goes beside it
+    served = None
     if resp is not None:
         if resp.choices:
             c0 = resp.choices[0]
@@ -98,7 +99,7 @@ def _from_struct(rec: _Record, msg: RawMessage) -> Decoded:
                 text = message_text(c0.message.content) or None
             finish = c0.finish_reason
         if resp.model:
-            model = resp.model
+            served = resp.model
     rid: Any = rec.request_id if rec.request_id not in (None, "") else (resp.id if resp else None)
     rid = str(rid) if rid else f"{msg.topic}:{msg.partition}:{msg.offset}"
     params: dict[str, Any] = {}
@@ -119,6 +120,7 @@ def _from_struct(rec: _Record, msg: RawMessage) -> Decoded:
         format="openai_chat",
         provider=rec.provider or "openai",
         model=model,
+        served_model=served,
         messages=messages,
         params=params,
         response_text=text,

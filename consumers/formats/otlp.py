@@ -13,7 +13,8 @@ Which spans are model calls
     `gen_ai.system`, `gen_ai.provider.name` or `gen_ai.request.model`.
 
 Attributes, current semantic conventions first, older names after
-    model            gen_ai.response.model, else gen_ai.request.model (required)
+    model            gen_ai.request.model, else gen_ai.response.model (one of them required)
+    served model     gen_ai.response.model (the dated snapshot that answered)
     provider         gen_ai.provider.name | gen_ai.system ("unknown" without either)
     tokens           gen_ai.usage.input_tokens | prompt_tokens, output_tokens | completion_tokens,
                      gen_ai.usage.cache_read.input_tokens (counts, range-checked)
@@ -72,7 +73,7 @@ from consumers.formats.common import MAX_TOKENS_SANE, MAX_TS_MS, convert_as, dec
 from consumers.records import Decoded, DecodeError, RawMessage, Request
 
 __all__ = ["decode_proto", "decode_json", "decode_json_obj", "NotOtlpProtobuf", "NO_CONTENT",
-           "NOT_CALLS"]
+           "NOT_CALLS", "join_content"]
 
 NO_CONTENT = ("span has no captured message content "
               "(enable OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT)")
@@ -253,8 +254,10 @@ def _is_call(a: Attrs) -> bool:
 def _request(a: Attrs, events: Events, trace_id: str, span_id: str, start_ns: int, end_ns: int,
              code: int, status_message: str, res_tags: Mapping[str, str], fmt: str,
              msg: RawMessage) -> Request:
-    req_model = _opt_str(a, "gen_ai.request.model")
-    model = _opt_str(a, "gen_ai.response.model") or req_model
+    # The requested model names the call: a failure has no response model, and a success's
+    # response model is a dated snapshot; one model must not split into two strata.
+    served = _opt_str(a, "gen_ai.response.model")
+    model = _opt_str(a, "gen_ai.request.model") or served
     if model is None:
         raise DecodeError("missing field gen_ai.request.model")
     provider = _opt_str(a, "gen_ai.provider.name") or _opt_str(a, "gen_ai.system") or "unknown"
@@ -295,6 +298,9 @@ def _request(a: Attrs, events: Events, trace_id: str, span_id: str, start_ns: in
             tags[name] = v if type(v) is str else _tag_value(v)
 
     messages, not_replayable, tools_in_messages = _input(a, events, plan)
+    # No content on the span, not even content-less events: it may come as log records.
+    awaits = not_replayable == NO_CONTENT and not any(
+        name in _ROLE_EVENTS or name == "gen_ai.choice" for name, _ in events())
     text, finish, problem = _output(a, events, plan)
     params["tools"] = plan.tools or tools_in_messages
     if not_replayable is None:
@@ -306,6 +312,7 @@ def _request(a: Attrs, events: Events, trace_id: str, span_id: str, start_ns: in
         format=fmt,
         provider=provider,
         model=model,
+        served_model=served,
         messages=messages,
         params=params,
         response_text=text,
@@ -320,7 +327,24 @@ def _request(a: Attrs, events: Events, trace_id: str, span_id: str, start_ns: in
         error=error,
         tags=tags,
         not_replayable=not_replayable,
+        awaits_content=awaits,
     )
+
+
+def join_content(r: Request, events: list[tuple[str, Attrs]]) -> None:
+    """Fill a span's request with its content logged apart (`otlp_logs`): events named like
+    span events, each with the fields of its log record's body."""
+    plan = _plan(())
+    messages, not_replayable, tools = _input({}, lambda: events, plan)
+    text, finish, problem = _output({}, lambda: events, plan)
+    r.messages = messages
+    r.not_replayable = not_replayable or problem
+    if r.response_text is None:
+        r.response_text = text
+    if r.finish_reason is None:
+        r.finish_reason = finish
+    r.params["tools"] = bool(r.params.get("tools")) or tools
+    r.awaits_content = False
 
 
 _PARAMS: tuple[tuple[str, str, Callable[[Attrs, str], Any]], ...] = (

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 from google.protobuf.json_format import MessageToDict
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import (
     AnyValue,
@@ -35,6 +36,7 @@ from opentelemetry.proto.common.v1.common_pb2 import (
     KeyValue,
     KeyValueList,
 )
+from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs, ScopeLogs, SeverityNumber
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
 
@@ -42,7 +44,7 @@ if TYPE_CHECKING:  # traffic.py registers these encoders: no import cycle at run
     from shadowroute.traffic import Call
 
 __all__ = ["STYLES", "build_request", "encode_otlp_json", "encode_otlp_proto", "request_id_of",
-           "style_of", "to_otlp_json", "any_value", "key_values"]
+           "style_of", "to_otlp_json", "any_value", "key_values", "build_logs", "logs_to_otlp_json"]
 
 STYLES = ("current", "events", "old", "indexed")
 _STYLE_BY_BUCKET = ("current",) * 12 + ("events",) * 3 + ("old",) * 3 + ("indexed",) * 2
@@ -131,7 +133,7 @@ def _genai_attributes(call: Call, failed: bool, style: str, content: bool,
                 a["gen_ai.output.messages"] = _json([{
                     "role": "assistant", "parts": [{"type": "text", "content": answer}],
                     "finish_reason": "stop"}])
-    elif style == "events":
+    elif style in ("events", "logs"):
         a |= {"gen_ai.operation.name": "chat", "gen_ai.system": "openai",
               "gen_ai.request.model": call.model, "gen_ai.request.temperature": 0.0,
               "gen_ai.request.max_tokens": 512}
@@ -183,7 +185,9 @@ def _genai_attributes(call: Call, failed: bool, style: str, content: bool,
             if content:
                 a["gen_ai.completion.0.content"] = answer
     else:
-        raise ValueError(f"unknown style {style!r}; one of {', '.join(STYLES)}")
+        raise ValueError(f"unknown style {style!r}; one of {', '.join(STYLES)}, logs")
+    if style == "logs":
+        events = []  # the default conventions: the content goes to log records (`build_logs`)
     a |= {"server.address": "api.openai.com", "server.port": 443}
     if failed:
         a["error.type"] = "RateLimitError"
@@ -204,11 +208,12 @@ def build_request(call: Call, failed: bool = False, *, style: str | None = None,
     err = Status(code=Status.StatusCode.STATUS_CODE_ERROR, message=FAILURE) if failed else Status()
 
     attrs, events = _genai_attributes(call, failed, style, content,
-                                      "app." if style in ("current", "events") else "tag.")
+                                      "app." if style in ("current", "events", "logs") else "tag.")
     for ev in events:
         ev.time_unix_nano = end
     genai = Span(trace_id=trace_id, span_id=genai_id, parent_span_id=root_id,
-                 name=f"chat {call.model}" if style in ("current", "events") else "openai.chat",
+                 name=f"chat {call.model}" if style in ("current", "events", "logs")
+                 else "openai.chat",
                  kind=_CLIENT, start_time_unix_nano=start, end_time_unix_nano=end,
                  attributes=key_values(attrs), events=events, status=err)
     root = Span(trace_id=trace_id, span_id=root_id, name=f"POST /v1/assist/{feature}", kind=_SERVER,
@@ -224,7 +229,7 @@ def build_request(call: Call, failed: bool = False, *, style: str | None = None,
         ScopeSpans(scope=InstrumentationScope(name="opentelemetry.instrumentation.fastapi",
                                               version="0.59b0"), spans=[root]),
         ScopeSpans(scope=InstrumentationScope(
-            name=("opentelemetry.instrumentation.openai_v2" if style in ("current", "events")
+            name=("opentelemetry.instrumentation.openai_v2" if style in ("current", "events", "logs")
                   else "opentelemetry.instrumentation.openai.v1"), version="2.1b0"), spans=[genai]),
     ]
     if _digest(call, "client?", 1)[0] % 2:
@@ -269,3 +274,56 @@ def encode_otlp_proto(call: Call, failed: bool = False, *, style: str | None = N
 def encode_otlp_json(call: Call, failed: bool = False, *, style: str | None = None,
                      content: bool = True) -> bytes:
     return to_otlp_json(build_request(call, failed, style=style, content=content))
+
+
+def build_logs(call: Call, failed: bool = False, *, content: bool = True,
+               event_name_attribute: bool = False) -> ExportLogsServiceRequest:
+    """The call's GenAI events as OTLP log records, as the instrumentations emit them by default
+    (style `logs` is its span): one record per message and one for the choice, the content in
+    the body and the GenAI span's ids on each record, plus an ordinary log line of the same
+    span (not a GenAI event). `event_name_attribute`: name events in an `event.name` attribute,
+    as SDKs before the LogRecord `event_name` field did."""
+    trace_id, span_id = _digest(call, "trace", 16), _digest(call, "genai", 8)
+    start = round(call.ts * 1000) * 1_000_000
+    end = start + round(call.latency_ms * 1e6)
+    events: list[tuple[str, int, dict[str, Any]]] = [
+        ("gen_ai.system.message", start + 1_000, {"content": call.task.system} if content else {}),
+        ("gen_ai.user.message", start + 2_000, {"content": call.task.prompt} if content else {}),
+    ]
+    if not failed:
+        message: dict[str, Any] = {"role": "assistant"}
+        if content:
+            message["content"] = call.task.answer
+        events.append(("gen_ai.choice", end - 1_000,
+                       {"index": 0, "finish_reason": "stop", "message": message}))
+    records = []
+    for name, t, body in events:
+        attrs: dict[str, Any] = {"gen_ai.system": "openai"}
+        if event_name_attribute:
+            attrs["event.name"] = name
+        rec = LogRecord(time_unix_nano=t, observed_time_unix_nano=t, trace_id=trace_id,
+                        span_id=span_id, attributes=key_values(attrs), body=any_value(body))
+        if not event_name_attribute:
+            rec.event_name = name
+        records.append(rec)
+    records.append(LogRecord(time_unix_nano=start + 500, severity_number=SeverityNumber.SEVERITY_NUMBER_INFO,
+                             severity_text="INFO",
+                             body=AnyValue(string_value="calling the model"),
+                             trace_id=trace_id, span_id=span_id))
+    return ExportLogsServiceRequest(resource_logs=[ResourceLogs(
+        resource=_resource(call.tags.get("app", "api"), _digest(call, "pod", 1)[0] % 4),
+        scope_logs=[ScopeLogs(scope=InstrumentationScope(
+            name="opentelemetry.instrumentation.openai_v2", version="2.1b0"),
+            log_records=records)])])
+
+
+def logs_to_otlp_json(req: ExportLogsServiceRequest) -> bytes:
+    """OTLP/JSON of a logs message: protobuf's JSON mapping with hex ids and numeric enums."""
+    d = MessageToDict(req, use_integers_for_enums=True)
+    for rl in d.get("resourceLogs", ()):
+        for sl in rl.get("scopeLogs", ()):
+            for rec in sl.get("logRecords", ()):
+                for k in ("traceId", "spanId"):
+                    if k in rec:
+                        rec[k] = _b64_to_hex(rec[k])
+    return orjson.dumps(d)

@@ -68,7 +68,7 @@ def test_decodes_a_full_record() -> None:
     assert r.ts_ms == 1_795_780_800_000  # 2026-11-27T12:00:00Z
     assert r.format == "openai_chat"
     assert r.provider == "azure"
-    assert r.model == "gpt-4o-2024-08-06"  # the response names the model that actually served
+    assert (r.model, r.served_model) == ("gpt-4o", "gpt-4o-2024-08-06")  # asked for; served by
     assert [m["content"] for m in r.messages] == ["Be brief.", "What is 2 + 2?"]
     # Only replay-relevant parameters are kept, plus the two flags.
     assert r.params == {"temperature": 0, "max_tokens": 256, "stream": False, "tools": False}

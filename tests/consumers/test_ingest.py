@@ -95,8 +95,9 @@ def test_the_price_table_prices_dated_and_prefixed_model_names(served_by: str,
     rec = good(response={"model": served_by, "choices": [{"message": {"content": "4"}}],
                          "usage": {"prompt_tokens": 12, "completion_tokens": 1,
                                    "prompt_tokens_details": {"cached_tokens": 8}}})
+    rec["request"]["model"] = served_by  # a request may name a snapshot itself
     row = process(msgs(orjson.dumps(rec)), cfg).requests.row(0, named=True)
-    assert row["model"] == served_by
+    assert (row["model"], row["served_model"]) == (served_by, served_by)
     if cost is None:
         assert (row["cost_usd"], row["cost_source"], row["eligible"]) == (None, None, False)
         assert "no price for model 'gpt-4o-mini'" in row["ineligible_reason"]
@@ -119,6 +120,42 @@ def test_another_formats_marker_nested_in_a_record_does_not_reject_it(
     assert b.rejected.height == 0, b.rejected["reason"].to_list()
     assert b.requests["format"].to_list() == ["openai_chat"]
     assert b.requests["request_id"].to_list() == ["r-1"]
+
+
+def test_a_streamed_call_without_usage_is_no_token_counts_not_no_price() -> None:
+    # Streamed responses carry no usage unless `stream_options.include_usage` was set.
+    rec = good(response={"choices": [{"message": {"content": "4"}}]})
+    rec["request"]["stream"] = True
+    row = process(msgs(orjson.dumps(rec))).requests.row(0, named=True)
+    assert (row["cost_usd"], row["eligible"], row["sampled"]) == (None, False, False)
+    assert row["ineligible_reason"].startswith("no token counts")
+    assert "no price" not in row["ineligible_reason"]
+
+
+@pytest.mark.parametrize("messages", [
+    [{"role": "user", "content": ""}],
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": None}],
+    [{"role": "user", "content": [{"type": "text", "text": "What is 2+2?"}]},
+     {"role": "user", "content": []}],
+    [{"role": "user", "content": [{"type": "text", "text": ""}]}],
+])
+def test_a_prompt_with_an_empty_part_is_prompt_content_incomplete(
+        messages: list[dict[str, Any]]) -> None:
+    rec = good()
+    rec["request"]["messages"] = messages
+    b = process(msgs(orjson.dumps(rec)))
+    assert b.rejected.height == 0, b.rejected["reason"].to_list()
+    row = b.requests.row(0, named=True)
+    assert (row["eligible"], row["ineligible_reason"], row["sampled"]) == (
+        False, "prompt content incomplete", False)
+    # An assistant turn that only called tools has no text, and is complete.
+    rec["request"]["messages"] = [
+        {"role": "user", "content": "Weather?"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "c1", "type": "function", "function": {"name": "w", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "sunny"}]
+    tools_ok = dataclasses.replace(CFG, shadow=dataclasses.replace(CFG.shadow, replay_tools=True))
+    assert process(msgs(orjson.dumps(rec)), tools_ok).requests["eligible"].to_list() == [True]
 
 
 def test_ineligible_requests_are_stored_but_not_sampled() -> None:

@@ -142,11 +142,23 @@ def test_decodes_a_proxy_payload() -> None:
     assert r.not_replayable is None
     assert r.tags == {
         "app": "checkout", "version": "3",  # spend_logs_metadata scalars
-        "team": "payments", "api_key_alias": "checkout-svc",
+        "team": "payments", "team_id": "5d0b2c4e-team", "api_key_alias": "checkout-svc",
+        "api_key_user_id": "alice@example.com",
         "feature": "summarize", "tier": "gold", "beta": "true", "User-Agent": "curl/8.5.0",
         "model_group": "gpt-4o",
         "end_user": hashlib.blake2b(b"customer-8812", digest_size=8).hexdigest(),
     }
+
+
+def test_the_keys_user_and_team_ids_are_tags_next_to_the_team_alias() -> None:
+    # So savings can be cut per user key and per team even where teams have no alias.
+    r = one(payload())
+    assert (r.tags["api_key_user_id"], r.tags["team_id"], r.tags["team"]) == (
+        "alice@example.com", "5d0b2c4e-team", "payments")
+    md = payload()["metadata"]
+    r = one(payload(metadata={**md, "user_api_key_team_alias": None, "user_api_key_user_id": None}))
+    assert (r.tags["team_id"], r.tags["team"]) == ("5d0b2c4e-team", "5d0b2c4e-team")
+    assert "api_key_user_id" not in r.tags
 
 
 def test_end_user_ids_are_never_stored_raw() -> None:
@@ -315,6 +327,36 @@ def test_no_cost_in_the_log_is_priced_from_the_table() -> None:
     assert row["cost_source"] == "price_table"
     assert row["cost_usd"] == pytest.approx(((52 - 16) * 2.5 + 16 * 2.5 + 30 * 10.0) / 1e6)
     assert b.samples.height == 1
+
+
+def unpriced(**changes: Any) -> bytes:
+    """What LiteLLM logs when it cannot price a model: a cost of 0 and the reason why."""
+    return orjson.dumps(payload(response_cost=0.0, response_cost_failure_debug_info={
+        "error_message": "This model isn't mapped yet. model=gpt-4o-2024-08-06",
+        "traceback_str": "...", "model": "gpt-4o-2024-08-06", "custom_llm_provider": "azure"},
+        **changes))
+
+
+def test_an_unpriced_call_takes_the_price_table_not_zero() -> None:
+    cfg = Config(prices={"gpt-4o": Price(input=2.5, output=10.0)},
+                 sampling=SamplingConfig(default_rate=1.0))
+    row = Ingestor(cfg).process(msgs(unpriced())).requests.row(0, named=True)
+    assert row["cost_source"] == "price_table"
+    assert row["cost_usd"] == pytest.approx((52 * 2.5 + 30 * 10.0) / 1e6)
+    assert row["eligible"]
+
+
+def test_an_unpriced_call_without_a_price_is_unknown_cost_not_free() -> None:
+    cfg = Config(sampling=SamplingConfig(default_rate=1.0))
+    b = Ingestor(cfg).process(msgs(unpriced()))
+    row = b.requests.row(0, named=True)
+    assert row["cost_usd"] is None and row["cost_source"] is None
+    assert not row["eligible"] and not row["sampled"] and b.samples.height == 0
+    assert row["ineligible_reason"].startswith("unknown cost")
+    # A real zero (a cache hit, a free model) with no failure info stays a logged zero.
+    row = Ingestor(cfg).process(msgs(orjson.dumps(payload(response_cost=0.0)))).requests.row(
+        0, named=True)
+    assert (row["cost_usd"], row["cost_source"], row["eligible"]) == (0.0, "log", True)
 
 
 # -- reasons ---------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ enums), so the decoders are tested against the real wire formats, not hand-typed
 from __future__ import annotations
 
 import base64
+import dataclasses
 import math
 import random
 import re
@@ -233,7 +234,7 @@ def test_a_current_semconv_span_becomes_a_request() -> None:
     assert r.ts_ms == START // 1_000_000
     assert r.latency_ms == pytest.approx(812.5)
     assert r.format == "otlp_proto"
-    assert (r.provider, r.model) == ("openai", "gpt-4o-2024-08-06")  # the model that answered
+    assert (r.provider, r.model, r.served_model) == ("openai", "gpt-4o", "gpt-4o-2024-08-06")
     assert r.messages == PROMPT
     assert r.params == {"temperature": 0.2, "top_p": 0.9, "max_tokens": 256, "seed": 42,
                         "stop": ["\n\n"], "tools": False}
@@ -243,6 +244,38 @@ def test_a_current_semconv_span_becomes_a_request() -> None:
     assert (r.status, r.error, r.not_replayable) == ("ok", None, None)
     assert r.tags == {"service": "checkout", "environment": "prod", "team": "growth",
                       "feature": "math", "tenant": "7"}
+
+
+def test_one_model_identity_the_requested_model_with_the_served_snapshot_beside_it() -> None:
+    # A success names the dated snapshot that answered, a failure only the requested model:
+    # both must land in the same stratum, priced as the model asked for.
+    ok = one(export(span(current())))
+    failed = one(export(span(current(gen_ai__response__model=None, gen_ai__output__messages=None,
+                                     gen_ai__usage__input_tokens=None,
+                                     gen_ai__usage__output_tokens=None), code=2,
+                             message="429 Too Many Requests")))
+    assert (ok.model, ok.served_model) == ("gpt-4o", "gpt-4o-2024-08-06")
+    assert (failed.model, failed.served_model) == ("gpt-4o", None)
+    assert one(export(span(current(gen_ai__request__model=None)))).model == "gpt-4o-2024-08-06"
+    batch = Ingestor(load_config(None, env={})).process([
+        RawMessage("otlp_spans", 0, 0, export(span(current())).SerializeToString())])
+    row = batch.requests.row(0, named=True)
+    assert (row["model"], row["served_model"]) == ("gpt-4o", "gpt-4o-2024-08-06")
+    assert row["stratum"].startswith("gpt-4o|")
+
+
+def test_a_prompt_with_an_empty_or_dropped_part_is_not_replayable() -> None:
+    # The instrumentation drops image parts, leaving `parts: []`: replaying the rest would ask
+    # the cheap model another question than production was asked.
+    dropped = orjson.dumps([{"role": "user", "parts": [{"type": "text", "content": "What is in"}]},
+                            {"role": "user", "parts": []}]).decode()
+    empty = orjson.dumps([{"role": "user", "parts": [{"type": "text", "content": ""}]}]).decode()
+    cfg = load_config(None, env={})
+    for attrs in (current(gen_ai__input__messages=dropped), current(gen_ai__input__messages=empty)):
+        row = Ingestor(cfg).process([RawMessage("otlp_spans", 0, 0, export(span(
+            attrs)).SerializeToString())]).requests.row(0, named=True)
+        assert (row["eligible"], row["sampled"]) == (False, False)
+        assert row["ineligible_reason"] == "prompt content incomplete"
 
 
 def test_the_json_encoding_names_its_format() -> None:
@@ -381,7 +414,7 @@ def test_events_without_content_are_not_replayable() -> None:
 def test_unusable_content_marks_the_request_not_replayable(changes: dict[str, Any], why: str) -> None:
     r = one(export(span(current(**changes))))
     assert r.not_replayable == why
-    assert r.input_tokens == 20 and r.model == "gpt-4o-2024-08-06"
+    assert r.input_tokens == 20 and r.model == "gpt-4o"
 
 
 # -- skipped spans -------------------------------------------------------------------------------
@@ -829,7 +862,14 @@ def test_ingest_puts_every_message_in_exactly_one_place(rnd: random.Random, n: i
 def test_ingest_rows_of_a_decoded_message() -> None:
     req = export(http_span(0), span(current()), http_span(1))
     not_replayable = export(span(current(gen_ai__input__messages=None), span_id=b"\x03" * 8))
-    batch = Ingestor(load_config(None, env={})).process([
+    cfg = load_config(None, env={})
+    # The span without content may get it from log records: by default it waits for them.
+    held = Ingestor(cfg).process([RawMessage("otlp_spans", 0, 1, otlp_json(not_replayable))])
+    assert held.requests.height == 0
+    assert held.otlp_join.select("op", "key", "kind").rows() == [
+        ("hold", f"{TRACE.hex()}:{'03' * 8}", "span")]
+    no_join = cfg.replace(formats=dataclasses.replace(cfg.formats, otlp_join_window_s=0))
+    batch = Ingestor(no_join).process([
         RawMessage("otlp_spans", 0, 0, req.SerializeToString()),
         RawMessage("otlp_spans", 0, 1, otlp_json(not_replayable)),
         RawMessage("otlp_spans", 0, 2, export(http_span()).SerializeToString()),

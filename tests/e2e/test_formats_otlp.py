@@ -32,6 +32,9 @@ from tests.support.model_server import ModelBehaviour, ModelServer
 from tests.support.service import run_until_consumed
 
 N_CALLS = 200
+# Spans without content are stored at once, as when no logs topic is consumed (the join of
+# content logged apart is tested in test_formats_otlp_logs.py).
+NO_JOIN = "[formats]\notlp_join_window_s = 0\n"
 
 
 def other_spans(req: ExportTraceServiceRequest) -> int:
@@ -176,7 +179,7 @@ def test_otlp_proto_spans(broker: Broker, topic: str, db_path: Path, tmp_path: P
     t.values += bad
     asyncio.run(produce(broker.bootstrap, topic, t.values))
 
-    extra = f'[formats.by_topic]\n"{topic}" = "otlp_proto"\n'
+    extra = f'{NO_JOIN}[formats.by_topic]\n"{topic}" = "otlp_proto"\n'
     con, replayed = run(broker, topic, db_path, tmp_path, len(t.values), extra)
     check_store(con, replayed, t, "otlp_proto", [
         lambda r: r == "not an OTLP protobuf trace export (invalid protobuf wire format); "
@@ -215,7 +218,7 @@ def test_otlp_json_spans(broker: Broker, topic: str, db_path: Path, tmp_path: Pa
     t.values += bad
     asyncio.run(produce(broker.bootstrap, topic, t.values))
 
-    con, replayed = run(broker, topic, db_path, tmp_path, len(t.values), "")
+    con, replayed = run(broker, topic, db_path, tmp_path, len(t.values), NO_JOIN)
     rid = request_id_of(calls[197]).replace(":", ", span ")
     check_store(con, replayed, t, "otlp_json", [
         lambda r: r.startswith("invalid JSON: "),

@@ -87,3 +87,36 @@ def test_replay_of_a_missing_file_says_so(tmp_path: Path) -> None:
     r = cli("replay", str(tmp_path / "nope.jsonl"), "--db", str(tmp_path / "x.duckdb"))
     assert r.returncode == 1
     assert r.stderr.strip().splitlines()[-1] == f"shadowroute: {tmp_path / 'nope.jsonl'}: no such file"
+
+
+def test_replay_joins_otel_spans_to_their_log_records_and_ends_what_waits(tmp_path: Path) -> None:
+    from consumers.join import no_content_waited
+    from shadowroute.encoders.otlp import (
+        build_logs,
+        build_request,
+        logs_to_otlp_json,
+        request_id_of,
+        to_otlp_json,
+    )
+
+    calls = [c for c in TrafficGenerator(seed=8).calls(80) if c.model == "gpt-4o"][:12]
+    spans, logs = tmp_path / "spans.ndjson", tmp_path / "logs.ndjson"
+    # The last two spans have no log records: the end of the files ends their wait.
+    spans.write_bytes(b"\n".join(to_otlp_json(build_request(c, style="logs")) for c in calls) + b"\n")
+    logs.write_bytes(b"\n".join(logs_to_otlp_json(build_logs(c)) for c in calls[:10]) + b"\n")
+    db = tmp_path / "replay.duckdb"
+    with ModelServer(ModelBehaviour(answer=lambda p: "ok")) as ms:
+        cfg = write_config(tmp_path / "c.toml", bootstrap="127.0.0.1:9", topic="unused",
+                           group="g", db=db, model_url=ms.url, default_rate=1.0, math_rate=1.0)
+        run = cli("replay", str(spans), str(logs), "--config", str(cfg), timeout=180)
+        assert run.returncode == 0, run.stderr
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        rows = dict(con.execute("SELECT request_id, ineligible_reason FROM requests").fetchall())
+        assert rows == {request_id_of(c): None for c in calls[:10]} | {
+            request_id_of(c): no_content_waited(60) for c in calls[10:]}
+        answers = dict(con.execute("SELECT sample_id, response_text FROM samples").fetchall())
+        assert answers == {request_id_of(c): c.task.answer for c in calls[:10]}
+        assert con.execute("SELECT count(*) FROM otlp_pending").fetchall() == [(0,)]
+    finally:
+        con.close()

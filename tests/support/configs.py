@@ -9,11 +9,12 @@ CHEAP_IN, CHEAP_OUT = 0.15, 0.6
 
 def write_config(path: Path, *, bootstrap: str, topic: str, group: str, db: Path,
                  model_url: str, default_rate: float = 0.2, math_rate: float = 0.3,
-                 port: int = 0, extra: str = "") -> Path:
+                 port: int = 0, extra: str = "", more_topics: tuple[str, ...] = ()) -> Path:
+    topics = ", ".join(f'"{t}"' for t in (topic, *more_topics))
     path.write_text(f"""
 [kafka]
 bootstrap_servers = "{bootstrap}"
-topics = ["{topic}"]
+topics = [{topics}]
 group_id = "{group}"
 session_timeout_ms = 2000   # test setting: Tansu waits max(1 s, timeout/2) for joins
 max_batch_records = 500
