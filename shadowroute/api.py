@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from analytics.gate import GateRequest, evaluate
+from analytics.gate import METHODS, GateRequest, evaluate
 from shadowroute.config import Config
 from shadowroute.errors import StoreError
 from shadowroute.metrics import Metrics
@@ -69,7 +69,23 @@ def gate_request_from(params: dict[str, Any], cfg: Config) -> GateRequest:
         min_samples=get("min_samples", int, cfg.gate.min_samples),
         confidence=get("confidence", float, cfg.gate.confidence),
         min_savings=get("min_savings", float, None),
+        interval=get("interval", _interval, "analytic"),
+        replicates=get("replicates", _replicates, 2000),
+        seed=get("seed", int, 0),
     )
+
+
+def _interval(raw: str) -> str:
+    if raw not in METHODS:
+        raise ValueError(raw)
+    return raw
+
+
+def _replicates(raw: str) -> int:
+    n = int(raw)
+    if not 100 <= n <= 100_000:
+        raise ValueError(raw)
+    return n
 
 
 class Queries(Protocol):

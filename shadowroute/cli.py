@@ -148,12 +148,20 @@ def sql_cmd(query: str, db: str | None, config: str | None, fmt: str) -> None:
 @click.option("--confidence", type=click.FloatRange(0.5, 1, max_open=True), default=None,
               help="One-sided confidence of the quality bound. Default: gate.confidence (0.95).")
 @click.option("--min-savings", type=float, default=None,
-              help="Also fail when estimated savings (share of frontier cost) are below this.")
+              help="Also judge savings (share of frontier cost): pass needs its lower bound "
+                   "to reach this, its upper bound below it fails.")
+@click.option("--interval", type=click.Choice(["analytic", "bootstrap"]), default="analytic",
+              show_default=True,
+              help="Bounds from the analytic interval (as the savings views) or a seeded "
+                   "stratified bootstrap.")
+@click.option("--replicates", type=click.IntRange(100), default=2000, show_default=True,
+              help="Bootstrap replicates.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Bootstrap seed.")
 @db_option
 @config_option
 def gate(router: str, threshold: float, model: str, min_quality: float | None,
          min_samples: int | None, confidence: float | None, min_savings: float | None,
-         db: str | None, config: str | None) -> None:
+         interval: str, replicates: int, seed: int, db: str | None, config: str | None) -> None:
     """Print a JSON rollout verdict; exit 0 pass, 1 fail, 2 inconclusive (not enough data).
 
     Example: shadowroute gate --router rules --threshold 0.4 --model gpt-4o-mini --min-quality 0.95
@@ -168,7 +176,8 @@ def gate(router: str, threshold: float, model: str, min_quality: float | None,
         min_quality=cfg.gate.min_quality if min_quality is None else min_quality,
         min_samples=cfg.gate.min_samples if min_samples is None else min_samples,
         confidence=cfg.gate.confidence if confidence is None else confidence,
-        min_savings=min_savings)
+        min_savings=min_savings, interval=interval,  # type: ignore[arg-type]
+        replicates=replicates, seed=seed)
     try:
         out = verdict(path, req)
     except ShadowrouteError as e:

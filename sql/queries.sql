@@ -58,8 +58,17 @@ UPDATE samples SET status = f.status, skip_reason = f.skip_reason, finished_at =
 FROM batch_finished f
 WHERE samples.sample_id = f.sample_id AND samples.status = 'pending';
 
--- name: gate_estimate
-SELECT * FROM savings_at([$threshold]) WHERE router = $router AND model = $model;
+-- name: gate_samples
+-- The completed samples of one (router, model) routed at $threshold, with their stratum's N_h
+-- and exact frontier spend: the gate computes its estimates and intervals from these
+-- (analytics.intervals), the same figures the `savings` views give.
+SELECT o.stratum, o.n_stratum AS big_n, o.q, o.cf, o.cm, ps.score < $threshold AS cheap,
+       f.frontier_usd
+FROM sample_outcomes o
+JOIN policy_scores ps ON ps.sample_id = o.sample_id AND ps.model = o.model
+LEFT JOIN stratum_frontier f ON f.stratum = o.stratum
+WHERE ps.router = $router AND o.model = $model
+ORDER BY o.stratum;
 
 -- name: counts
 SELECT (SELECT count(*) FROM requests) AS requests,
