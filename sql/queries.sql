@@ -118,3 +118,50 @@ FROM (
 
 -- name: insert_budget_lease
 INSERT INTO budget_leases (run_id, nano) VALUES ($run_id, $nano);
+
+-- name: savings_cross_join
+-- The savings estimate as it was computed before routed_strata accumulated sums in score order:
+-- every sample joined with every threshold. Kept only as the baseline of
+-- benchmarks/analytics.py (cost grows with samples x thresholds).
+WITH g AS (
+    SELECT unnest($thresholds::DOUBLE[]) AS threshold
+), x AS (
+    SELECT ps.router, g.threshold, o.model, o.stratum, o.n_stratum, o.cf, o.cm, o.q,
+           ps.score < g.threshold AS cheap
+    FROM sample_outcomes o
+    JOIN policy_scores ps ON ps.sample_id = o.sample_id AND ps.model = o.model
+    CROSS JOIN g
+), r AS (
+    SELECT router, threshold, model, stratum,
+           any_value(n_stratum) AS big_n, count(*) AS n,
+           avg(CASE WHEN cheap THEN q ELSE 1.0 END) AS mq,
+           coalesce(var_samp(CASE WHEN cheap THEN q ELSE 1.0 END), 0.25) AS vq,
+           avg(CASE WHEN cheap THEN cm ELSE cf END) AS mc,
+           avg(cf) AS mcf,
+           avg(CASE WHEN cheap THEN 0.0 ELSE 1.0 END) AS ms
+    FROM x GROUP BY ALL
+)
+SELECT router, threshold, model, count(*) AS strata, sum(n)::BIGINT AS samples,
+       sum(big_n)::BIGINT AS requests,
+       sum(big_n * mq) / sum(big_n) AS quality,
+       sqrt(sum(big_n * big_n * vq / n)) / sum(big_n) AS quality_se,
+       1 - sum(big_n * mc) / nullif(sum(big_n * mcf), 0) AS savings,
+       sum(big_n * ms) / sum(big_n) AS strong_share
+FROM r GROUP BY ALL;
+
+-- name: bench_fill
+-- benchmarks/analytics.py: `samples` completed samples of one cheap model in `strata` strata
+-- (twice as many eligible requests), scored by `routers` routers. Seeded (setseed first).
+INSERT INTO requests (request_id, stratum, eligible, sampled, cost_usd)
+SELECT 'r' || i, 'gpt-4o|t' || (i % $strata), true, i < $samples, 0.001 + random() * 0.02
+FROM range(2 * $samples) t(i);
+INSERT INTO samples (sample_id, stratum, frontier_model, scorer, frontier_cost_usd, status)
+SELECT request_id, stratum, 'gpt-4o', 'exact_match', cost_usd, 'done'
+FROM requests WHERE sampled;
+INSERT INTO shadow_calls (sample_id, model, answer, cost_usd)
+SELECT sample_id, 'cheap', 'a', frontier_cost_usd * (0.05 + random() * 0.1) FROM samples;
+INSERT INTO scores
+SELECT sample_id, 'cheap', 'exact_match', CASE WHEN random() < 0.9 THEN 1.0 ELSE 0.0 END
+FROM samples;
+INSERT INTO router_scores
+SELECT s.sample_id, 'router' || r, round(random(), 3) FROM samples s, range($routers) t(r);

@@ -117,23 +117,27 @@ CREATE TABLE IF NOT EXISTS skipped (
     skipped_at  TIMESTAMP DEFAULT current_timestamp
 );
 
+-- name: schema_09_completed_outcomes
+-- One row per completed (sample, cheap model) with N_h, the stratum's eligible requests.
+CREATE OR REPLACE VIEW completed_outcomes AS
+WITH pop AS (
+    SELECT stratum, count(*) AS n_stratum FROM requests WHERE eligible GROUP BY stratum
+)
+SELECT s.sample_id, s.stratum, c.model,
+       s.frontier_cost_usd AS cf, c.cost_usd AS cm, sc.value AS q, pop.n_stratum
+FROM samples s
+JOIN shadow_calls c ON c.sample_id = s.sample_id AND c.error IS NULL
+JOIN scores sc ON sc.sample_id = s.sample_id AND sc.model = c.model AND sc.scorer = s.scorer
+JOIN pop ON pop.stratum = s.stratum
+WHERE s.status = 'done';
+
 -- name: schema_10_sample_outcomes
 -- One row per completed (sample, cheap model) with its stratum weight N_h / n_h.
 CREATE OR REPLACE VIEW sample_outcomes AS
-WITH pop AS (
-    SELECT stratum, count(*) AS n_stratum FROM requests WHERE eligible GROUP BY stratum
-), o AS (
-    SELECT s.sample_id, s.stratum, c.model,
-           s.frontier_cost_usd AS cf, c.cost_usd AS cm, sc.value AS q
-    FROM samples s
-    JOIN shadow_calls c ON c.sample_id = s.sample_id AND c.error IS NULL
-    JOIN scores sc ON sc.sample_id = s.sample_id AND sc.model = c.model AND sc.scorer = s.scorer
-    WHERE s.status = 'done'
-)
-SELECT o.*, pop.n_stratum,
-       count(*) OVER (PARTITION BY o.stratum, o.model) AS n_samples,
-       pop.n_stratum / count(*) OVER (PARTITION BY o.stratum, o.model) AS weight
-FROM o JOIN pop USING (stratum);
+SELECT sample_id, stratum, model, cf, cm, q, n_stratum,
+       count(*) OVER (PARTITION BY stratum, model) AS n_samples,
+       n_stratum / count(*) OVER (PARTITION BY stratum, model) AS weight
+FROM completed_outcomes;
 
 -- name: schema_11_policy_scores
 -- Router scores per (sample, model), plus the two reference policies:
@@ -163,19 +167,26 @@ FROM requests WHERE eligible GROUP BY stratum;
 -- then takes the running sums of the last score below it (an ASOF join). A stratum's totals
 -- are what every sample costs on the frontier; the cheap side replaces its part.
 CREATE OR REPLACE MACRO routed_strata(thresholds) AS TABLE
-WITH o AS (
-    SELECT ps.router, o.model, o.stratum, ps.score, o.n_stratum, o.q, o.cf, o.cm
-    FROM sample_outcomes o
-    JOIN policy_scores ps ON ps.sample_id = o.sample_id AND ps.model = o.model
-), tot AS (
-    SELECT router, model, stratum, any_value(n_stratum) AS big_n, count(*) AS n,
-           sum(cf) AS sf, sum(cf * cf) AS sff
-    FROM o GROUP BY ALL
+WITH c AS MATERIALIZED (
+    SELECT sample_id, model, stratum, n_stratum, q, cf, cm FROM completed_outcomes
+), o AS (
+    -- policy_scores, written out so that the outcomes above are read once, not per policy
+    SELECT rs.router, c.model, c.stratum, rs.score, c.n_stratum, c.q, c.cf, c.cm
+    FROM c JOIN router_scores rs ON rs.sample_id = c.sample_id
+    UNION ALL
+    SELECT 'all_cheap', model, stratum, 0.0, n_stratum, q, cf, cm FROM c
+    UNION ALL
+    SELECT 'oracle', model, stratum, CASE WHEN q >= 1.0 THEN 0.0 ELSE 1.0 END, n_stratum, q, cf, cm
+    FROM c
 ), by_score AS (
-    SELECT router, model, stratum, score, count(*) AS k, sum(1.0 - q) AS sl,
-           sum((1.0 - q) * (1.0 - q)) AS sll, sum(cm) AS scm, sum(cm * cm) AS scmm,
-           sum(cm * cf) AS scmf, sum(cf) AS scf, sum(cf * cf) AS scff
-    FROM o GROUP BY ALL
+    SELECT router, model, stratum, score, any_value(n_stratum) AS big_n, count(*) AS k,
+           sum(1.0 - q) AS sl, sum((1.0 - q) * (1.0 - q)) AS sll, sum(cm) AS scm,
+           sum(cm * cm) AS scmm, sum(cm * cf) AS scmf, sum(cf) AS scf, sum(cf * cf) AS scff
+    FROM o GROUP BY router, model, stratum, score
+), tot AS (
+    SELECT router, model, stratum, any_value(big_n) AS big_n, sum(k) AS n,
+           sum(scf) AS sf, sum(scff) AS sff
+    FROM by_score GROUP BY ALL
 ), cum AS (
     SELECT router, model, stratum, score,
            sum(k) OVER w AS k, sum(sl) OVER w AS sl, sum(sll) OVER w AS sll,

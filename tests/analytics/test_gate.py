@@ -14,6 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import sql
 from analytics.gate import EXIT_CODES, GateRequest, evaluate
 from analytics.store import Store
 
@@ -389,3 +390,30 @@ def test_sql_estimate_matches_the_formula(shared_store: Store,
     assert out["strong_share"] == pytest.approx(e["strong_share"], abs=1e-9)
     assert 0.0 <= out["quality_lower"] <= out["quality"] <= out["quality_upper"] <= 1.0  # type: ignore[operator]
     assert out["verdict"] in EXIT_CODES
+
+
+def test_running_sums_give_what_the_cross_join_gave(store: Store) -> None:
+    # Scores equal to a threshold (strong: cheap means score < threshold), ties between
+    # samples, and thresholds outside [0, 1].
+    ties = {"gpt-4o|math": (50, [S(0.0, 0.5), S(1.0, 0.5), S(0.5, 0.25), S(1.0, 0.0),
+                                 S(0.2, 1.0)]),
+            "gpt-4o|chat": (30, [S(1.0, 0.5), S(0.0, 0.75), S(0.3, 0.75)])}
+    fill(store, ties)
+    thresholds = [-1.0, 0.0, 0.25, 0.5, 0.6, 0.75, 1.0, 2.0]
+    key = ("router", "threshold", "model")
+    cols, rows = store.query_table("SELECT * FROM savings_at($t)", {"t": thresholds})
+    new = {tuple(r[cols.index(k)] for k in key): dict(zip(cols, r, strict=True)) for r in rows}
+    cols, rows = store.query_table(sql.query("savings_cross_join"), {"thresholds": thresholds})
+    old = {tuple(r[cols.index(k)] for k in key): dict(zip(cols, r, strict=True)) for r in rows}
+    assert new.keys() == old.keys() and len(new) == 3 * 2 * len(thresholds)
+    for k, o in old.items():
+        for c in ("strata", "samples", "requests", "quality", "quality_se", "savings",
+                  "strong_share"):
+            assert new[k][c] == pytest.approx(o[c], abs=1e-12), (k, c)
+    for t in thresholds:
+        e = expected(ties, t, z=1.959963984540054)
+        got = new[(ROUTER, t, MODEL)]
+        assert got["quality"] == pytest.approx(e["quality"], abs=1e-12)
+        # (variances from running sums of squares: equal up to rounding)
+        assert got["quality_lower"] == pytest.approx(e["quality_lower"], abs=1e-7)
+        assert got["savings_upper"] == pytest.approx(e["savings_upper"], abs=1e-7)
