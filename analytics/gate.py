@@ -12,6 +12,12 @@ bounds at `confidence`, not point estimates:
 - `fail` (exit 1): the quality upper bound < min_quality, or the savings upper bound <
   min_savings.
 
+The per-segment guard (the GPT-5 lesson: a good average can hide a task type that got much
+worse): every segment (the stratifying tag's value, optionally with the frontier model) with at
+least `min_segment_samples` samples whose quality upper bound is below its bar (per-segment
+bars, else `min_quality`) fails the gate, and the reasons name it. The verdict lists every
+segment's figures (`segments`).
+
 Bounds come from the analytic interval (Wilson with Jeffreys' half observations for quality,
 delta method for savings; the same figures as the `savings` view) or, with `interval =
 "bootstrap"`, from a seeded stratified bootstrap. Neither is ever a point: 200 perfect samples do
@@ -21,8 +27,8 @@ not prove a quality of 1.0.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -48,6 +54,37 @@ class GateRequest:
     interval: Method = "analytic"
     replicates: int = 2000
     seed: int = 0
+    # The per-segment guard: a segment (the stratifying tag's value, or `model|tag` with
+    # by_model) with at least min_segment_samples samples fails the gate when its quality upper
+    # bound is below its bar (segment_min_quality, else min_quality).
+    min_segment_samples: int = 100
+    segment_min_quality: Mapping[str, float] = field(default_factory=dict)
+    segment_by_model: bool = False
+
+
+def query_params(req: GateRequest) -> dict[str, str]:
+    """`req` as /v1/verdict's query parameters (segment bars as `seg=0.9,other=0.99`)."""
+    out: dict[str, str] = {}
+    for k, v in asdict(req).items():
+        if v is None or (k == "segment_min_quality" and not v):
+            continue
+        out[k] = (",".join(f"{s}={q}" for s, q in v.items()) if isinstance(v, dict)
+                  else str(v).lower() if isinstance(v, bool) else str(v))
+    return out
+
+
+def parse_segment_bars(raw: str) -> dict[str, float]:
+    """`seg=0.9,other=0.99` -> {"seg": 0.9, "other": 0.99}; ValueError names what is wrong."""
+    out: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in raw.split(","))):
+        seg, sep, q = part.rpartition("=")
+        if not sep or not seg:
+            raise ValueError(f"{part!r} is not SEGMENT=QUALITY")
+        bar = float(q)
+        if not 0 <= bar <= 1:
+            raise ValueError(f"{part!r}: the bar must be within [0, 1]")
+        out[seg] = bar
+    return out
 
 
 def load_samples(query: QueryFn, router: str, threshold: float,
@@ -115,21 +152,56 @@ def judge(est: dict[str, Any], req: GateRequest) -> tuple[str, list[str]]:
     return _worst([v for v, _ in judged]), [r for _, r in judged]
 
 
+def segments(names: list[str], s: StratifiedSample, req: GateRequest) -> list[dict[str, Any]]:
+    """Every segment's figures and whether the guard fails it (judged when it has at least
+    min_segment_samples samples; failed when its quality upper bound is below its bar)."""
+    keys = [n if req.segment_by_model else n.split("|", 1)[-1] for n in names]
+    out = []
+    for key in sorted(set(keys)):
+        codes = [i for i, k in enumerate(keys) if k == key]
+        keep = np.isin(s.stratum, codes)
+        sub = StratifiedSample(s.stratum[keep], s.big_n, s.loss[keep], s.cost[keep],
+                               s.frontier[keep], s.strong[keep], s.frontier_usd)
+        est = estimate(sub, req)
+        bar = float(req.segment_min_quality.get(key, req.min_quality))
+        judged = est["samples"] >= req.min_segment_samples
+        failed = judged and est["quality_upper"] < bar
+        out.append({"segment": key, "min_quality": bar, "judged": judged,
+                    "failed": failed, **est})
+    return out
+
+
 def evaluate(query: QueryFn, req: GateRequest) -> dict[str, Any]:
     if req.interval not in METHODS:
         raise ValueError(f"interval must be one of {', '.join(METHODS)}, not {req.interval!r}")
     loaded = load_samples(query, req.router, req.threshold, req.model)
     est: dict[str, Any] = {"samples": 0, "requests": None, "strata": None}
+    segs: list[dict[str, Any]] = []
     if loaded is not None:
         est = estimate(loaded[1], req)
+        segs = segments(*loaded, req)
     verdict, reasons = judge(est, req)
     if loaded is None:
         reasons[0] += " (no data for this router and model)"
+    bad = [g for g in segs if g["failed"]]
+    if bad:
+        # A segment's failure stands even when the overall figure cannot be decided yet.
+        verdict = "fail"
+        reasons.append("segments below their bar: " + ", ".join(
+            f"{g['segment']} (quality upper bound {g['quality_upper']:.4f} < "
+            f"{g['min_quality']}, {g['samples']} samples)" for g in bad))
     out: dict[str, Any] = {"verdict": verdict, "exit_code": EXIT_CODES[verdict],
                            "reasons": reasons, **asdict(req)}
     out.update({k: est.get(k) for k in (
         "samples", "requests", "strata", *(f"{k}{s}" for k in FIGURES
                                            for s in ("", "_lower", "_upper")),
         "frontier_usd", "frontier_usd_exact")})
+    out["segment_min_quality"] = dict(req.segment_min_quality)
+    out["failed_segments"] = [g["segment"] for g in bad]
+    out["segments"] = [_finite(g) for g in segs]
+    return _finite(out)
+
+
+def _finite(d: dict[str, Any]) -> dict[str, Any]:
     return {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
-            for k, v in out.items()}
+            for k, v in d.items()}

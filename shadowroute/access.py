@@ -8,14 +8,13 @@ service's own connection: the data is as fresh as the last committed batch.
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
 
-from analytics.gate import GateRequest, evaluate
+from analytics.gate import GateRequest, evaluate, query_params
 from analytics.store import Store
 from shadowroute.errors import ServiceUnreachable, StoreError, StoreLockedError
 from shadowroute.service import service_file
@@ -62,8 +61,7 @@ def verdict(db: Path, req: GateRequest) -> dict[str, Any]:
         store = Store(db, read_only=True)
     except StoreLockedError:
         url = _service_url(db)
-        params = {k: v for k, v in asdict(req).items() if v is not None}
-        return _post(url, "/v1/verdict", params=params)  # type: ignore[no-any-return]
+        return _post(url, "/v1/verdict", params=query_params(req))  # type: ignore[no-any-return]
     try:
         return evaluate(store.query_table, req)
     finally:

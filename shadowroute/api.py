@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from analytics.gate import METHODS, GateRequest, evaluate
+from analytics.gate import METHODS, GateRequest, evaluate, parse_segment_bars
 from shadowroute.config import Config
 from shadowroute.errors import StoreError
 from shadowroute.metrics import Metrics
@@ -72,7 +72,19 @@ def gate_request_from(params: dict[str, Any], cfg: Config) -> GateRequest:
         interval=get("interval", _interval, "analytic"),
         replicates=get("replicates", _replicates, 2000),
         seed=get("seed", int, 0),
+        min_segment_samples=get("min_segment_samples", int, cfg.gate.min_segment_samples),
+        segment_min_quality=get("segment_min_quality", parse_segment_bars,
+                                dict(cfg.gate.segment_min_quality)),
+        segment_by_model=get("segment_by_model", _bool, False),
     )
+
+
+def _bool(raw: str) -> bool:
+    if raw.lower() in ("1", "true", "yes"):
+        return True
+    if raw.lower() in ("0", "false", "no"):
+        return False
+    raise ValueError(raw)
 
 
 def _interval(raw: str) -> str:

@@ -157,27 +157,46 @@ def sql_cmd(query: str, db: str | None, config: str | None, fmt: str) -> None:
 @click.option("--replicates", type=click.IntRange(100), default=2000, show_default=True,
               help="Bootstrap replicates.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Bootstrap seed.")
+@click.option("--min-segment-samples", type=click.IntRange(1), default=None,
+              help="Judge every segment (tag value) with at least this many samples: one whose "
+                   "quality upper bound is below its bar fails the gate. Default: "
+                   "gate.min_segment_samples (100).")
+@click.option("--segment-bar", "segment_bars", multiple=True, metavar="SEGMENT=QUALITY",
+              help="A segment's own quality bar (repeatable); others use --min-quality. "
+                   "Default: gate.segment_min_quality.")
+@click.option("--segment-by-model", is_flag=True,
+              help="Segments are frontier model and tag value (`model|tag`), not the tag alone.")
 @db_option
 @config_option
 def gate(router: str, threshold: float, model: str, min_quality: float | None,
          min_samples: int | None, confidence: float | None, min_savings: float | None,
-         interval: str, replicates: int, seed: int, db: str | None, config: str | None) -> None:
+         interval: str, replicates: int, seed: int, min_segment_samples: int | None,
+         segment_bars: tuple[str, ...], segment_by_model: bool, db: str | None,
+         config: str | None) -> None:
     """Print a JSON rollout verdict; exit 0 pass, 1 fail, 2 inconclusive (not enough data).
 
     Example: shadowroute gate --router rules --threshold 0.4 --model gpt-4o-mini --min-quality 0.95
     """
-    from analytics.gate import GateRequest
+    from analytics.gate import GateRequest, parse_segment_bars
     from shadowroute.access import verdict
 
     cfg = _load(config)
     path = Path(db) if db else Path(cfg.storage.db_path)
+    try:
+        bars = (parse_segment_bars(",".join(segment_bars)) if segment_bars
+                else dict(cfg.gate.segment_min_quality))
+    except ValueError as e:
+        fail(f"--segment-bar: {e}", 1)
     req = GateRequest(
         router=router, threshold=threshold, model=model,
         min_quality=cfg.gate.min_quality if min_quality is None else min_quality,
         min_samples=cfg.gate.min_samples if min_samples is None else min_samples,
         confidence=cfg.gate.confidence if confidence is None else confidence,
         min_savings=min_savings, interval=interval,  # type: ignore[arg-type]
-        replicates=replicates, seed=seed)
+        replicates=replicates, seed=seed,
+        min_segment_samples=(cfg.gate.min_segment_samples if min_segment_samples is None
+                             else min_segment_samples),
+        segment_min_quality=bars, segment_by_model=segment_by_model)
     try:
         out = verdict(path, req)
     except ShadowrouteError as e:

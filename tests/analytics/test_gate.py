@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 from collections.abc import Iterator
@@ -417,3 +418,84 @@ def test_running_sums_give_what_the_cross_join_gave(store: Store) -> None:
         # (variances from running sums of squares: equal up to rounding)
         assert got["quality_lower"] == pytest.approx(e["quality_lower"], abs=1e-7)
         assert got["savings_upper"] == pytest.approx(e["savings_upper"], abs=1e-7)
+
+
+# -- the per-segment guard ----------------------------------------------------------------------
+
+HIDDEN = {
+    "gpt-4o|chat": (20_000, perfect(400)),
+    "gpt-4o|code": (20_000, perfect(400, 0.2)),
+    # 2.4% of the traffic, 40% of it broken by the cheap model: overall quality still ~0.99.
+    "gpt-4o|legal": (1_000, [S(1.0, 0.1)] * 90 + [S(0.0, 0.1)] * 60),
+    # Worse still, but too few samples to judge on their own.
+    "gpt-4o|tiny": (50, [S(0.0, 0.1)] * 10),
+}
+
+
+def test_one_bad_segment_hidden_in_good_overall_quality_fails_the_gate(store: Store) -> None:
+    fill(store, HIDDEN, noise=False)
+    out = gate(store, 0.5, min_samples=100)
+    assert out["quality_lower"] > 0.98  # type: ignore[operator]
+    assert out["reasons"][0].startswith("quality lower bound")  # type: ignore[index]
+    assert (out["verdict"], out["exit_code"]) == ("fail", 1)
+    assert out["failed_segments"] == ["legal"]
+    seg = {g["segment"]: g for g in out["segments"]}  # type: ignore[attr-defined]
+    assert set(seg) == {"chat", "code", "legal", "tiny"}
+    legal = seg["legal"]
+    assert legal["quality"] == pytest.approx(0.6)
+    assert legal["quality_upper"] < 0.7 and legal["failed"] and legal["judged"]
+    assert (legal["samples"], legal["requests"], legal["min_quality"]) == (150, 1000, 0.95)
+    assert f"legal (quality upper bound {legal['quality_upper']:.4f} < 0.95, 150 samples)" \
+        in out["reasons"][-1]  # type: ignore[index]
+    # Every segment's figures, judged or not; tiny is worse but has 10 samples.
+    assert seg["tiny"]["quality"] == pytest.approx(0.0)
+    assert not seg["tiny"]["judged"] and not seg["tiny"]["failed"]
+    assert seg["chat"]["quality_lower"] < 1.0 and not seg["chat"]["failed"]
+    for g in seg.values():
+        assert {"savings", "savings_lower", "savings_upper", "strong_share",
+                "projected_usd_saved"} <= g.keys()
+    # The figures are the segment's own: as if only its strata existed.
+    alone = expected({"gpt-4o|legal": HIDDEN["gpt-4o|legal"]}, 0.5)
+    assert legal["quality_upper"] == pytest.approx(alone["quality_upper"])
+    assert legal["savings"] == pytest.approx(alone["savings"])
+
+
+def test_segment_bars_sample_floor_and_model(store: Store) -> None:
+    fill(store, HIDDEN, noise=False)
+    # A lower bar of its own for legal: nothing fails any more.
+    out = gate(store, 0.5, min_samples=100, segment_min_quality={"legal": 0.5})
+    assert (out["verdict"], out["failed_segments"]) == ("pass", [])
+    # The guard fails on evidence only: chat's 400 perfect samples cannot show 0.999, but
+    # nothing shows chat below it either (its upper bound is 1).
+    out = gate(store, 0.5, min_samples=100, segment_min_quality={"legal": 0.5, "chat": 0.999})
+    assert out["failed_segments"] == []
+    assert out["segments"][0]["min_quality"] == 0.999  # type: ignore[index]
+    out = gate(store, 0.5, min_samples=100, segment_min_quality={"legal": 0.7})
+    assert out["failed_segments"] == ["legal"]
+    # Judge small segments too: tiny fails as well.
+    out = gate(store, 0.5, min_samples=100, min_segment_samples=10)
+    assert out["failed_segments"] == ["legal", "tiny"]
+    out = gate(store, 0.5, min_samples=100, segment_by_model=True)
+    assert out["failed_segments"] == ["gpt-4o|legal"]
+    # The bootstrap judges segments as well.
+    out = gate(store, 0.5, min_samples=100, interval="bootstrap", replicates=500)
+    assert (out["verdict"], out["failed_segments"]) == ("fail", ["legal"])
+
+
+def test_segment_guard_from_the_cli(tmp_path: Path) -> None:
+    from tests.support.process import cli
+
+    db = tmp_path / "seg.duckdb"
+    s = Store(db)
+    fill(s, HIDDEN, noise=False)
+    s.close()
+    base = ("gate", "--router", ROUTER, "--threshold", "0.5", "--model", MODEL,
+            "--min-samples", "100", "--db", str(db))
+    r = cli(*base)
+    assert r.returncode == 1, r.stderr
+    assert json.loads(r.stdout)["failed_segments"] == ["legal"]
+    r = cli(*base, "--segment-bar", "legal=0.5")
+    assert r.returncode == 0, r.stderr
+    r = cli(*base, "--segment-bar", "legal")
+    assert r.returncode == 1 and r.stdout == ""
+    assert r.stderr.strip() == "shadowroute: --segment-bar: 'legal' is not SEGMENT=QUALITY"
