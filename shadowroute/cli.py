@@ -206,6 +206,45 @@ def gate(router: str, threshold: float, model: str, min_quality: float | None,
     sys.exit(int(out["exit_code"]))
 
 
+@main.command("router-metrics")
+@click.option("--model", default=None, help="Cheap model name (default: every model).")
+@click.option("--router", default=None, help="Router name (default: every router).")
+@click.option("--replicates", type=click.IntRange(100), default=1000, show_default=True,
+              help="Bootstrap replicates.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Bootstrap seed.")
+@click.option("--confidence", type=click.FloatRange(0.5, 1, max_open=True), default=0.95,
+              show_default=True, help="Two-sided level of the intervals.")
+@db_option
+@config_option
+def router_metrics(model: str | None, router: str | None, replicates: int, seed: int,
+                   confidence: float, db: str | None, config: str | None) -> None:
+    """Print RouteLLM's metrics per router as JSON: PGR per threshold, APGR, CPT(50%), CPT(80%)
+    with bootstrap intervals, beside random and oracle.
+
+    Example: shadowroute router-metrics --model gpt-4o-mini
+    """
+    import sql
+    from analytics.curves import from_rows
+    from analytics.curves import router_metrics as metrics
+    from shadowroute.access import run_sql
+
+    cfg = _load(config)
+    path = Path(db) if db else Path(cfg.storage.db_path)
+    try:
+        cols, rows, _ = run_sql(path, sql.query("router_samples"))
+    except ShadowrouteError as e:
+        fail(str(e), 1)
+    grid = [round(i * 0.05, 2) for i in range(21)]
+    out = [{"router": r, "model": m, **metrics(s, grid, replicates=replicates, seed=seed,
+                                                level=confidence)}
+           for (r, m), s in sorted(from_rows(cols, [tuple(x) for x in rows]).items())
+           if (model is None or m == model) and (router is None or r == router)]
+    if not out:
+        fail("no router scores for " + (f"model {model!r}" if model else "any model")
+             + (f" and router {router!r}" if router else ""), 1)
+    click.echo(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode())
+
+
 @main.command()
 @click.option("--requests", "n_requests", type=click.IntRange(1, 10_000_000), default=2000,
               show_default=True, help="How many production log records to generate.")

@@ -165,3 +165,10 @@ SELECT sample_id, 'cheap', 'exact_match', CASE WHEN random() < 0.9 THEN 1.0 ELSE
 FROM samples;
 INSERT INTO router_scores
 SELECT s.sample_id, 'router' || r, round(random(), 3) FROM samples s, range($routers) t(r);
+
+-- name: router_samples
+-- Every router's score on every completed sample, with the stratum's N_h (for
+-- analytics.curves.router_metrics; callers pick the router and model).
+SELECT rs.router, o.model, o.stratum, o.n_stratum AS big_n, o.q, rs.score
+FROM completed_outcomes o JOIN router_scores rs ON rs.sample_id = o.sample_id
+ORDER BY rs.router, o.model, o.stratum;

@@ -383,3 +383,38 @@ CREATE TABLE IF NOT EXISTS budget_leases (
     ts      TIMESTAMP DEFAULT current_timestamp,
     nano    BIGINT NOT NULL     -- USD x 1e9; negative: unused room given back at a clean stop
 );
+
+-- name: schema_50_router_pgr
+-- RouteLLM's metrics per (router, model) on the savings grid (analytics/curves.py has them
+-- with bootstrap intervals): PGR = (quality - q_weak) / (1 - q_weak), q_weak the quality of
+-- all_cheap; APGR the area under PGR against strong share, closed by (0, 0) and (1, 1);
+-- CPT(x) the smallest strong share on the grid reaching PGR >= x. Reference rows:
+-- random_expected (a random router recovers the share it sends strong: APGR 1/2, CPT(x) = x)
+-- and oracle (the gap closed at its strong share c: APGR 1 - c/2, CPT(x) = x c).
+CREATE OR REPLACE VIEW router_pgr AS
+SELECT s.router, s.threshold, s.model, s.strong_share, s.quality,
+       (s.quality - w.quality) / nullif(1 - w.quality, 0) AS pgr
+FROM savings s JOIN savings w ON w.model = s.model AND w.router = 'all_cheap'
+WHERE s.router NOT IN ('all_cheap', 'oracle');
+
+-- name: schema_51_router_metrics
+CREATE OR REPLACE VIEW router_metrics AS
+WITH pts AS (
+    SELECT router, model, strong_share AS x, pgr AS y FROM router_pgr
+    UNION ALL
+    SELECT DISTINCT router, model, 0.0, 0.0 FROM router_pgr
+    UNION ALL
+    SELECT DISTINCT router, model, 1.0, 1.0 FROM router_pgr
+), seg AS (
+    SELECT *, lag(x) OVER w AS px, lag(y) OVER w AS py
+    FROM pts WINDOW w AS (PARTITION BY router, model ORDER BY x, y)
+)
+SELECT router, model, sum((x - px) * (y + py) / 2) AS apgr,
+       min(x) FILTER (WHERE y >= 0.5 - 1e-12) AS cpt_50,
+       min(x) FILTER (WHERE y >= 0.8 - 1e-12) AS cpt_80
+FROM seg GROUP BY ALL
+UNION ALL
+SELECT 'random_expected', model, 0.5, 0.5, 0.8 FROM savings WHERE router = 'all_cheap'
+UNION ALL
+SELECT 'oracle', model, 1 - strong_share / 2, 0.5 * strong_share, 0.8 * strong_share
+FROM savings WHERE router = 'oracle';
