@@ -12,6 +12,7 @@ import datetime as dt
 import decimal
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Protocol
 
 import orjson
@@ -21,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from analytics.calibrate import load as load_calibration
 from analytics.gate import METHODS, GateRequest, evaluate, parse_segment_bars
 from shadowroute.config import Config
 from shadowroute.errors import StoreError
@@ -61,11 +63,22 @@ def gate_request_from(params: dict[str, Any], cfg: Config) -> GateRequest:
         except (TypeError, ValueError):
             raise ValueError(f"parameter {name}: cannot read {raw!r}") from None
 
+    target = cfg.gate.min_quality
+    name = params.get("calibration")
+    if name:
+        try:
+            cal = load_calibration(Path(cfg.storage.db_path), str(name))
+        except (KeyError, ValueError, OSError) as e:
+            raise ValueError(f"parameter calibration: {e.args[0] if isinstance(e, KeyError) else e}"
+                             ) from None
+        params = {**params, "router": cal["router"], "threshold": cal["threshold"],
+                  "model": cal["model"]}
+        target = float(cal["target"])
     return GateRequest(
         router=get("router", str, ...),
         threshold=get("threshold", float, ...),
         model=get("model", str, ...),
-        min_quality=get("min_quality", float, cfg.gate.min_quality),
+        min_quality=get("min_quality", float, target),
         min_samples=get("min_samples", int, cfg.gate.min_samples),
         confidence=get("confidence", float, cfg.gate.confidence),
         min_savings=get("min_savings", float, None),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import datetime
 import io
 import logging
 import sys
@@ -136,10 +137,17 @@ def sql_cmd(query: str, db: str | None, config: str | None, fmt: str) -> None:
 
 
 @main.command()
-@click.option("--router", required=True, help="Router name as configured (or all_cheap / oracle).")
-@click.option("--threshold", required=True, type=float,
-              help="Send a request to the cheap model when the router's score < THRESHOLD.")
-@click.option("--model", required=True, help="Cheap model name as configured.")
+@click.option("--router", default=None,
+              help="Router name as configured (or all_cheap / oracle). Required without "
+                   "--calibration.")
+@click.option("--threshold", type=float, default=None,
+              help="Send a request to the cheap model when the router's score < THRESHOLD. "
+                   "Required without --calibration.")
+@click.option("--model", default=None,
+              help="Cheap model name as configured. Required without --calibration.")
+@click.option("--calibration", default=None,
+              help="Judge the router, model and threshold saved by `shadowroute calibrate "
+                   "--save NAME` (min quality defaults to its target).")
 @click.option("--min-quality", type=click.FloatRange(0, 1), default=None,
               help="Pass only if the quality lower bound (relative to the frontier) reaches "
                    "this. Default: gate.min_quality (0.95).")
@@ -168,7 +176,8 @@ def sql_cmd(query: str, db: str | None, config: str | None, fmt: str) -> None:
               help="Segments are frontier model and tag value (`model|tag`), not the tag alone.")
 @db_option
 @config_option
-def gate(router: str, threshold: float, model: str, min_quality: float | None,
+def gate(router: str | None, threshold: float | None, model: str | None,
+         calibration: str | None, min_quality: float | None,
          min_samples: int | None, confidence: float | None, min_savings: float | None,
          interval: str, replicates: int, seed: int, min_segment_samples: int | None,
          segment_bars: tuple[str, ...], segment_by_model: bool, db: str | None,
@@ -182,6 +191,18 @@ def gate(router: str, threshold: float, model: str, min_quality: float | None,
 
     cfg = _load(config)
     path = Path(db) if db else Path(cfg.storage.db_path)
+    if calibration is not None:
+        from analytics.calibrate import load
+
+        try:
+            cal = load(path, calibration)
+        except (KeyError, ValueError, OSError) as e:
+            fail(f"--calibration: {e.args[0] if isinstance(e, KeyError) else e}", 1)
+        router, threshold, model = cal["router"], float(cal["threshold"]), cal["model"]
+        if min_quality is None:
+            min_quality = float(cal["target"])
+    if router is None or threshold is None or model is None:
+        fail("gate needs --router, --threshold and --model (or --calibration NAME)", 1)
     try:
         bars = (parse_segment_bars(",".join(segment_bars)) if segment_bars
                 else dict(cfg.gate.segment_min_quality))
@@ -204,6 +225,64 @@ def gate(router: str, threshold: float, model: str, min_quality: float | None,
         fail(str(e), 1)
     click.echo(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode())
     sys.exit(int(out["exit_code"]))
+
+
+@main.command()
+@click.option("--router", required=True, help="Router name as configured (or all_cheap / oracle).")
+@click.option("--model", required=True, help="Cheap model name as configured.")
+@click.option("--target", required=True, type=click.FloatRange(0, 1),
+              help="Quality the threshold's lower bound must reach (relative to the frontier).")
+@click.option("--until", type=click.DateTime(), default=None,
+              help="Cutoff (production time, UTC): choose on samples up to it, verify on the "
+                   "samples after it. Default: the time before which 70% of the samples fall.")
+@click.option("--confidence", type=click.FloatRange(0.5, 1, max_open=True), default=None,
+              help="One-sided confidence of the bounds. Default: gate.confidence (0.95).")
+@click.option("--min-samples", type=click.IntRange(0), default=None,
+              help="Verification is inconclusive below this many samples after the cutoff. "
+                   "Default: gate.min_samples (200).")
+@click.option("--interval", type=click.Choice(["analytic", "bootstrap"]), default="analytic",
+              show_default=True, help="How the bounds are computed.")
+@click.option("--save", "name", default=None,
+              help="Save the result under NAME for `shadowroute gate --calibration NAME`.")
+@db_option
+@config_option
+def calibrate(router: str, model: str, target: float, until: datetime.datetime | None,
+              confidence: float | None, min_samples: int | None, interval: str,
+              name: str | None, db: str | None, config: str | None) -> None:
+    """Print (JSON) the largest-savings threshold whose quality lower bound meets TARGET on the
+    samples up to a cutoff, and how it does on the samples after it (out-of-time).
+
+    Reads the DuckDB file, so it runs while the service is stopped.
+
+    Example: shadowroute calibrate --router rules --model gpt-4o-mini --target 0.95 --save rules95
+    """
+    from analytics.calibrate import calibrate as run
+    from analytics.calibrate import save
+    from analytics.store import Store
+    from shadowroute.errors import StoreLockedError
+
+    cfg = _load(config)
+    path = Path(db) if db else Path(cfg.storage.db_path)
+    if not path.exists():
+        fail(f"no DuckDB file at {path} (--db)", 1)
+    try:
+        store = Store(path, read_only=True)
+    except StoreLockedError:
+        fail(f"{path} is held by the running service; calibrate reads the file: stop the "
+             "service first", 1)
+    try:
+        out = run(store.query_table, router, model, target, until,
+                  confidence=cfg.gate.confidence if confidence is None else confidence,
+                  min_samples=cfg.gate.min_samples if min_samples is None else min_samples,
+                  interval=interval)
+    finally:
+        store.close()
+    if name is not None:
+        out["saved_as"] = name
+        out["saved_to"] = str(save(path, name, out))
+    click.echo(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode())
+    if out["threshold"] is None:
+        sys.exit(1)
 
 
 @main.command("router-metrics")

@@ -172,3 +172,26 @@ SELECT s.sample_id, 'router' || r, round(random(), 3) FROM samples s, range($rou
 SELECT rs.router, o.model, o.stratum, o.n_stratum AS big_n, o.q, rs.score
 FROM completed_outcomes o JOIN router_scores rs ON rs.sample_id = o.sample_id
 ORDER BY rs.router, o.model, o.stratum;
+
+-- name: calibration_samples
+-- The completed samples of one (router, model) with their side of the cutoff $until (by the
+-- production time; requests without one count as before) and their stratum's N_h and exact
+-- frontier spend on that side, so each period is estimated for its own traffic.
+WITH pop AS (
+    SELECT stratum, coalesce(ts <= $until, true) AS before, count(*) AS big_n,
+           CASE WHEN count(cost_usd) = count(*) THEN sum(cost_usd) END AS frontier_usd
+    FROM requests WHERE eligible GROUP BY ALL
+)
+SELECT o.stratum, coalesce(r.ts <= $until, true) AS before, p.big_n, p.frontier_usd,
+       o.q, o.cf, o.cm, ps.score
+FROM completed_outcomes o
+JOIN requests r ON r.request_id = o.sample_id
+JOIN policy_scores ps ON ps.sample_id = o.sample_id AND ps.model = o.model
+JOIN pop p ON p.stratum = o.stratum AND p.before = coalesce(r.ts <= $until, true)
+WHERE ps.router = $router AND o.model = $model
+ORDER BY o.stratum;
+
+-- name: calibration_default_cutoff
+-- Without --until: the production time before which 70% of the completed samples fall.
+SELECT quantile_disc(r.ts, 0.7) FROM samples s JOIN requests r ON r.request_id = s.sample_id
+WHERE s.status = 'done' AND r.ts IS NOT NULL;
