@@ -50,6 +50,10 @@ class ORJSON(JSONResponse):
         return dumps(content)
 
 
+# Flagger: 200 lets the canary proceed, anything else halts it (or counts a failed check).
+WEBHOOK_STATUS = {"pass": 200, "fail": 412, "inconclusive": 425}
+
+
 def gate_request_from(params: dict[str, Any], cfg: Config) -> GateRequest:
     """Build a `GateRequest` from query parameters; ValueError names the bad parameter."""
     def get(name: str, conv: Callable[[Any], Any], default: Any) -> Any:
@@ -131,12 +135,34 @@ def build_app(store: Queries, cfg: Config, metrics: Metrics,
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     async def verdict(request: Request) -> Response:
+        """GET: the verdict as JSON, always HTTP 200 (Argo Rollouts' `web` metric provider
+        counts any other status as an error, not a failure; judge `result.verdict`). POST: a
+        Flagger webhook, its JSON {name, namespace, phase, metadata} carrying the parameters
+        in `metadata` (over the URL's query): HTTP 200 only on pass, 412 on fail, 425 while
+        inconclusive (Flagger halts or counts a failed check on any status but 2xx)."""
+        params: dict[str, Any] = dict(request.query_params)
+        webhook: dict[str, Any] | None = None
+        if request.method == "POST":
+            try:
+                webhook = orjson.loads(await request.body())
+                if not isinstance(webhook, dict) or not isinstance(
+                        webhook.get("metadata") or {}, dict):
+                    raise TypeError
+            except (orjson.JSONDecodeError, TypeError):
+                return ORJSON({"error": "body must be a Flagger webhook payload: JSON "
+                                        '{"name", "namespace", "phase", "metadata": {...}}'},
+                              status_code=400)
+            params.update({k: str(v) for k, v in (webhook.get("metadata") or {}).items()})
         try:
-            req = gate_request_from(dict(request.query_params), cfg)
+            req = gate_request_from(params, cfg)
         except ValueError as e:
             return ORJSON({"error": str(e)}, status_code=400)
         out = await asyncio.to_thread(evaluate, store.query_table, req)
-        return ORJSON(out)
+        out["pass"] = out["verdict"] == "pass"
+        if webhook is None:
+            return ORJSON(out)
+        out["canary"] = {k: webhook.get(k) for k in ("name", "namespace", "phase")}
+        return ORJSON(out, status_code=WEBHOOK_STATUS[out["verdict"]])
 
     async def sql_ep(request: Request) -> Response:
         try:
@@ -159,7 +185,7 @@ def build_app(store: Queries, cfg: Config, metrics: Metrics,
     return Starlette(routes=[
         Route("/healthz", healthz),
         Route("/metrics", metrics_ep),
-        Route("/v1/verdict", verdict),
+        Route("/v1/verdict", verdict, methods=["GET", "POST"]),
         Route("/v1/sql", sql_ep, methods=["POST"]),
         Route("/v1/status", status_ep),
     ])
