@@ -60,6 +60,10 @@ class GateRequest:
     min_segment_samples: int = 100
     segment_min_quality: Mapping[str, float] = field(default_factory=dict)
     segment_by_model: bool = False
+    # Over time: with a window ("hour" or "day"), the verdict judges the latest window of
+    # production time, lists every window's figures, and flags a quality drop from the window
+    # before beyond what the two intervals allow.
+    window: str | None = None
 
 
 def query_params(req: GateRequest) -> dict[str, str]:
@@ -92,20 +96,7 @@ def load_samples(query: QueryFn, router: str, threshold: float,
     """The (router, model)'s completed samples at `threshold`; None when there are none."""
     cols, rows = query(sql.query("gate_samples"),
                        {"threshold": threshold, "router": router, "model": model})
-    if not rows:
-        return None
-    c = {name: i for i, name in enumerate(cols)}
-    names, codes = np.unique(np.array([r[c["stratum"]] for r in rows], dtype=object),
-                             return_inverse=True)
-    first = np.unique(codes, return_index=True)[1]
-
-    def col(name: str) -> np.ndarray:
-        return np.array([np.nan if r[c[name]] is None else r[c[name]] for r in rows],
-                        dtype=np.float64)
-
-    return [str(n) for n in names], StratifiedSample.build(
-        codes, col("big_n")[first], col("q"), col("cf"), col("cm"),
-        np.array([bool(r[c["cheap"]]) for r in rows]), col("frontier_usd")[first])
+    return _rows_to_sample(cols, rows) if rows else None
 
 
 def estimate(s: StratifiedSample, req: GateRequest) -> dict[str, Any]:
@@ -171,10 +162,75 @@ def segments(names: list[str], s: StratifiedSample, req: GateRequest) -> list[di
     return out
 
 
+WINDOWS = ("hour", "day")
+
+
+def _rows_to_sample(cols: list[str], rows: list[tuple[Any, ...]]
+                    ) -> tuple[list[str], StratifiedSample]:
+    c = {name: i for i, name in enumerate(cols)}
+    names, codes = np.unique(np.array([r[c["stratum"]] for r in rows], dtype=object),
+                             return_inverse=True)
+    first = np.unique(codes, return_index=True)[1]
+
+    def col(name: str) -> np.ndarray:
+        return np.array([np.nan if r[c[name]] is None else r[c[name]] for r in rows],
+                        dtype=np.float64)
+
+    return [str(n) for n in names], StratifiedSample.build(
+        codes, col("big_n")[first], col("q"), col("cf"), col("cm"),
+        np.array([bool(r[c["cheap"]]) for r in rows]), col("frontier_usd")[first])
+
+
+def windows(query: QueryFn, req: GateRequest) -> list[tuple[str, list[str], StratifiedSample]]:
+    """The (router, model)'s samples per window of production time, oldest first."""
+    if req.window not in WINDOWS:
+        raise ValueError(f"window must be one of {', '.join(WINDOWS)}, not {req.window!r}")
+    cols, rows = query(sql.query("window_samples"), {"threshold": req.threshold,
+                                                     "router": req.router, "model": req.model,
+                                                     "width": req.window})
+    by: dict[Any, list[tuple[Any, ...]]] = {}
+    for r in rows:
+        by.setdefault(r[0], []).append(r)
+    return [(w.isoformat() if hasattr(w, "isoformat") else str(w), *_rows_to_sample(cols, rs))
+            for w, rs in sorted(by.items())]
+
+
+def drop(prev: dict[str, Any], last: dict[str, Any]) -> bool:
+    """Did quality fall from `prev` to `last` by more than the two intervals allow? (The
+    difference against the root of the summed squares of the one-sided half-widths.)"""
+    if prev.get("quality") is None or last.get("quality") is None:
+        return False
+    down = prev["quality"] - prev["quality_lower"]
+    up = last["quality_upper"] - last["quality"]
+    return bool(prev["quality"] - last["quality"] > math.hypot(down, up))
+
+
 def evaluate(query: QueryFn, req: GateRequest) -> dict[str, Any]:
     if req.interval not in METHODS:
         raise ValueError(f"interval must be one of {', '.join(METHODS)}, not {req.interval!r}")
+    if req.window is not None:
+        return _evaluate_windows(query, req)
     loaded = load_samples(query, req.router, req.threshold, req.model)
+    return _verdict(req, loaded)
+
+
+def _evaluate_windows(query: QueryFn, req: GateRequest) -> dict[str, Any]:
+    wins = windows(query, req)
+    figures = [{"window": w, **estimate(s, req)} for w, _, s in wins]
+    out = _verdict(req, (wins[-1][1], wins[-1][2]) if wins else None)
+    out["window_start"] = wins[-1][0] if wins else None
+    out["windows"] = [_finite(f) for f in figures]
+    out["quality_drop"] = len(figures) > 1 and drop(figures[-2], figures[-1])
+    if out["quality_drop"]:
+        prev, last = figures[-2], figures[-1]
+        out["reasons"].append(
+            f"quality dropped from {prev['quality']:.4f} ({prev['window']}) to "
+            f"{last['quality']:.4f} ({last['window']}), beyond the two intervals")
+    return out
+
+
+def _verdict(req: GateRequest, loaded: tuple[list[str], StratifiedSample] | None
+             ) -> dict[str, Any]:
     est: dict[str, Any] = {"samples": 0, "requests": None, "strata": None}
     segs: list[dict[str, Any]] = []
     if loaded is not None:

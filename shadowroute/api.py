@@ -23,7 +23,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from analytics.calibrate import load as load_calibration
-from analytics.gate import METHODS, GateRequest, evaluate, parse_segment_bars
+from analytics.gate import METHODS, WINDOWS, GateRequest, evaluate, parse_segment_bars
 from shadowroute.config import Config
 from shadowroute.errors import StoreError
 from shadowroute.metrics import Metrics
@@ -93,7 +93,14 @@ def gate_request_from(params: dict[str, Any], cfg: Config) -> GateRequest:
         segment_min_quality=get("segment_min_quality", parse_segment_bars,
                                 dict(cfg.gate.segment_min_quality)),
         segment_by_model=get("segment_by_model", _bool, False),
+        window=get("window", _window, None),
     )
+
+
+def _window(raw: str) -> str:
+    if raw not in WINDOWS:
+        raise ValueError(raw)
+    return raw
 
 
 def _bool(raw: str) -> bool:
@@ -159,6 +166,9 @@ def build_app(store: Queries, cfg: Config, metrics: Metrics,
             return ORJSON({"error": str(e)}, status_code=400)
         out = await asyncio.to_thread(evaluate, store.query_table, req)
         out["pass"] = out["verdict"] == "pass"
+        if req.window is not None:
+            metrics.quality_drop.labels(req.router, req.model, req.window).set(
+                1 if out["quality_drop"] else 0)
         if webhook is None:
             return ORJSON(out)
         out["canary"] = {k: webhook.get(k) for k in ("name", "namespace", "phase")}

@@ -174,14 +174,17 @@ def sql_cmd(query: str, db: str | None, config: str | None, fmt: str) -> None:
                    "Default: gate.segment_min_quality.")
 @click.option("--segment-by-model", is_flag=True,
               help="Segments are frontier model and tag value (`model|tag`), not the tag alone.")
+@click.option("--window", type=click.Choice(["hour", "day"]), default=None,
+              help="Judge the latest hour/day of production time; list every window and flag "
+                   "a quality drop from the window before.")
 @db_option
 @config_option
 def gate(router: str | None, threshold: float | None, model: str | None,
          calibration: str | None, min_quality: float | None,
          min_samples: int | None, confidence: float | None, min_savings: float | None,
          interval: str, replicates: int, seed: int, min_segment_samples: int | None,
-         segment_bars: tuple[str, ...], segment_by_model: bool, db: str | None,
-         config: str | None) -> None:
+         segment_bars: tuple[str, ...], segment_by_model: bool, window: str | None,
+         db: str | None, config: str | None) -> None:
     """Print a JSON rollout verdict; exit 0 pass, 1 fail, 2 inconclusive (not enough data).
 
     Example: shadowroute gate --router rules --threshold 0.4 --model gpt-4o-mini --min-quality 0.95
@@ -217,7 +220,7 @@ def gate(router: str | None, threshold: float | None, model: str | None,
         replicates=replicates, seed=seed,
         min_segment_samples=(cfg.gate.min_segment_samples if min_segment_samples is None
                              else min_segment_samples),
-        segment_min_quality=bars, segment_by_model=segment_by_model)
+        segment_min_quality=bars, segment_by_model=segment_by_model, window=window)
     try:
         out = verdict(path, req)
     except ShadowrouteError as e:

@@ -195,3 +195,21 @@ ORDER BY o.stratum;
 -- Without --until: the production time before which 70% of the completed samples fall.
 SELECT quantile_disc(r.ts, 0.7) FROM samples s JOIN requests r ON r.request_id = s.sample_id
 WHERE s.status = 'done' AND r.ts IS NOT NULL;
+
+-- name: window_samples
+-- The completed samples of one (router, model) routed at $threshold, per window of production
+-- time (date_trunc($width, ts); requests without a time are left out), with the stratum's N_h
+-- and exact frontier spend within the window, so each window is estimated for its own traffic.
+WITH pop AS (
+    SELECT stratum, date_trunc($width, ts) AS win, count(*) AS big_n,
+           CASE WHEN count(cost_usd) = count(*) THEN sum(cost_usd) END AS frontier_usd
+    FROM requests WHERE eligible AND ts IS NOT NULL GROUP BY ALL
+)
+SELECT p.win AS "window", o.stratum, p.big_n, o.q, o.cf, o.cm,
+       ps.score < $threshold AS cheap, p.frontier_usd
+FROM completed_outcomes o
+JOIN requests r ON r.request_id = o.sample_id
+JOIN policy_scores ps ON ps.sample_id = o.sample_id AND ps.model = o.model
+JOIN pop p ON p.stratum = o.stratum AND p.win = date_trunc($width, r.ts)
+WHERE ps.router = $router AND o.model = $model
+ORDER BY 1, 2;

@@ -27,7 +27,7 @@ DATA = {
     "gpt-4o|code": (20_000, perfect(400, 0.2)),
     # Hard legal questions the router keeps on the frontier below 0.9: sent cheap at 0.95,
     # 40% of them go wrong.
-    "gpt-4o|legal": (1_000, [S(1.0, 0.9)] * 90 + [S(0.0, 0.9)] * 60),
+    "gpt-4o|legal": (5_000, [S(1.0, 0.9)] * 90 + [S(0.0, 0.9)] * 60),
 }
 BASE = {"router": ROUTER, "model": MODEL, "min_samples": "100"}
 
@@ -37,6 +37,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     db = tmp_path_factory.mktemp("api") / "verdict.duckdb"
     store = Store(db)
     fill(store, DATA, noise=False)
+    # Day 1: half the chat and code traffic; day 2: the rest, and all the legal questions.
+    store.con.execute("UPDATE requests SET ts = CASE WHEN stratum = 'gpt-4o|legal' OR "
+                      "CAST(regexp_extract(request_id, '([0-9]+)$', 1) AS BIGINT) >= 200 "
+                      "THEN TIMESTAMP '2026-01-02 12:00' ELSE TIMESTAMP '2026-01-01 12:00' END")
     cfg = load_config(env={"SHADOWROUTE_STORAGE__DB_PATH": str(db)})
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -124,3 +128,25 @@ def test_flagger_webhook_gets_200_only_on_pass(server: str) -> None:
     assert httpx.post(server + "/v1/verdict", content=b"[1]").status_code == 400
     r = flagger(server, {"router": ROUTER})
     assert r.status_code == 400 and r.json()["error"] == "parameter threshold is required"
+
+
+def test_a_drop_between_windows_is_flagged_in_the_verdict_and_metrics(server: str) -> None:
+    # At 0.95 the legal questions go cheap, and they all came on day 2.
+    _, body = argo(server, {**BASE, "threshold": "0.95", "window": "day"})
+    assert body["window_start"] == "2026-01-02T00:00:00"
+    assert [w["window"] for w in body["windows"]] == ["2026-01-01T00:00:00",
+                                                      "2026-01-02T00:00:00"]
+    day1, day2 = body["windows"]
+    assert body["samples"] == day2["samples"] == 400 + 150
+    assert body["quality"] == day2["quality"] < day1["quality_lower"]
+    assert body["quality_drop"] is True
+    assert "quality dropped from" in body["reasons"][-1]
+    metrics = httpx.get(server + "/metrics").text
+    assert 'shadowroute_quality_drop{model="cheap",router="rules",window="day"} 1.0' in metrics
+    # At 0.5 they stay on the frontier: no drop, and the gauge says so.
+    _, body = argo(server, {**BASE, "threshold": "0.5", "window": "day"})
+    assert body["quality_drop"] is False and body["verdict"] == "pass"
+    metrics = httpx.get(server + "/metrics").text
+    assert 'shadowroute_quality_drop{model="cheap",router="rules",window="day"} 0.0' in metrics
+    r = httpx.get(server + "/v1/verdict", params={**BASE, "threshold": "0.5", "window": "week"})
+    assert r.status_code == 400 and r.json()["error"] == "parameter window: cannot read 'week'"
