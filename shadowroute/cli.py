@@ -288,6 +288,41 @@ def calibrate(router: str, model: str, target: float, until: datetime.datetime |
         sys.exit(1)
 
 
+@main.command()
+@click.option("--out", "out_path", type=click.Path(dir_okay=False), default="shadowroute-report.html",
+              show_default=True, help="Where the HTML file goes (replaced if it exists).")
+@click.option("--min-quality", type=click.FloatRange(0, 1), default=None,
+              help="The quality bar drawn and used to mark segments. Default: gate.min_quality.")
+@db_option
+@config_option
+def report(out_path: str, min_quality: float | None, db: str | None, config: str | None) -> None:
+    """Write one self-contained HTML report (plots work offline): cost vs quality per router,
+    per-segment table, savings over time, 100% of the traffic, what is not covered.
+
+    Example: shadowroute report --out report.html
+    """
+    from analytics.report import build
+    from shadowroute.access import run_sql
+
+    cfg = _load(config)
+    path = Path(db) if db else Path(cfg.storage.db_path)
+    if not path.exists():
+        fail(f"no DuckDB file at {path} (--db)", 1)
+
+    def query(q: str, params: dict[str, Any]) -> tuple[list[str], list[tuple[Any, ...]]]:
+        cols, rows, _ = run_sql(path, q)
+        return cols, [tuple(r) for r in rows]
+
+    try:
+        page = build(query, path,
+                     min_quality=cfg.gate.min_quality if min_quality is None else min_quality,
+                     title=f"shadowroute report: {path.name}")
+    except ShadowrouteError as e:
+        fail(str(e), 1)
+    Path(out_path).write_text(page, encoding="utf-8")
+    click.echo(f"wrote {out_path} ({len(page.encode()) / 1e6:.1f} MB, opens offline)")
+
+
 @main.command("router-metrics")
 @click.option("--model", default=None, help="Cheap model name (default: every model).")
 @click.option("--router", default=None, help="Router name (default: every router).")

@@ -213,3 +213,61 @@ JOIN policy_scores ps ON ps.sample_id = o.sample_id AND ps.model = o.model
 JOIN pop p ON p.stratum = o.stratum AND p.win = date_trunc($width, r.ts)
 WHERE ps.router = $router AND o.model = $model
 ORDER BY 1, 2;
+
+-- name: report_curves
+-- shadowroute report: every router on the savings grid and the reference policies, with bounds.
+SELECT router, threshold, model, samples, quality, quality_lower, quality_upper, savings,
+       savings_lower, savings_upper, strong_share, projected_usd_saved
+FROM savings ORDER BY model, router, threshold;
+
+-- name: report_segments
+-- shadowroute report: per segment, all traffic on the cheap model (all_cheap), with bounds.
+SELECT model, segment, samples, requests, quality, quality_lower, quality_upper, savings,
+       projected_usd_saved
+FROM segment_savings WHERE router = 'all_cheap' ORDER BY model, quality;
+
+-- name: report_traffic
+-- shadowroute report: 100% of the requests by frontier model and tag value (the stratum).
+SELECT model, split_part(stratum, '|', 2) AS segment, count(*) AS requests,
+       sum(cost_usd) AS cost_usd, sum(input_tokens) AS input_tokens,
+       sum(output_tokens) AS output_tokens, median(latency_ms) AS latency_p50_ms,
+       quantile_cont(latency_ms, 0.95) AS latency_p95_ms,
+       count(*) FILTER (WHERE eligible) AS eligible, count(*) FILTER (WHERE sampled) AS sampled
+FROM requests GROUP BY ALL ORDER BY cost_usd DESC NULLS LAST;
+
+-- name: report_cost_concentration
+-- shadowroute report: how lopsided the spend is: the smallest share of requests (the most
+-- expensive first) that makes 80% of the cost.
+WITH c AS (
+    SELECT cost_usd, sum(cost_usd) OVER (ORDER BY cost_usd DESC ROWS UNBOUNDED PRECEDING) AS cum,
+           row_number() OVER (ORDER BY cost_usd DESC) AS k,
+           sum(cost_usd) OVER () AS total, count(*) OVER () AS n
+    FROM requests WHERE cost_usd IS NOT NULL
+)
+SELECT min(k) FILTER (WHERE cum >= 0.8 * total) / any_value(n) AS share_of_requests_for_80pct,
+       any_value(n) AS requests, any_value(total) AS cost_usd
+FROM c;
+
+-- name: report_daily
+-- shadowroute report: per day of production time, the frontier spend of 100% of the requests
+-- and the sampled estimate of what all_cheap would save (the stratified ratio per day).
+WITH pop AS (
+    SELECT stratum, date_trunc('day', ts) AS day, count(*) AS big_n, sum(cost_usd) AS spend
+    FROM requests WHERE eligible AND ts IS NOT NULL GROUP BY ALL
+), s AS (
+    SELECT date_trunc('day', r.ts) AS day, o.model, o.stratum, avg(o.cf) AS mcf,
+           avg(o.cm) AS mcm, avg(o.q) AS mq
+    FROM completed_outcomes o JOIN requests r ON r.request_id = o.sample_id
+    WHERE r.ts IS NOT NULL GROUP BY ALL
+)
+SELECT s.day, s.model, sum(p.spend) AS frontier_usd,
+       1 - sum(p.big_n * s.mcm) / nullif(sum(p.big_n * s.mcf), 0) AS savings_all_cheap,
+       sum(p.big_n * s.mq) / sum(p.big_n) AS quality_all_cheap
+FROM s JOIN pop p ON p.stratum = s.stratum AND p.day = s.day
+GROUP BY ALL ORDER BY s.day, s.model;
+
+-- name: report_ineligible
+-- shadowroute report: what the estimate does not cover, by reason.
+SELECT coalesce(ineligible_reason, 'unknown') AS reason, count(*) AS requests,
+       sum(cost_usd) AS cost_usd
+FROM requests WHERE NOT eligible GROUP BY ALL ORDER BY requests DESC;
