@@ -9,14 +9,14 @@ service's own connection: the data is as fresh as the last committed batch.
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
 
-from analytics.gate import GateRequest, evaluate
+from analytics.gate import GateRequest, evaluate, query_params
 from analytics.store import Store
 from shadowroute.config import ServerConfig
 from shadowroute.errors import ServiceUnreachable, StoreError, StoreLockedError
@@ -90,9 +90,8 @@ def verdict(db: Path, req: GateRequest, server: ServerConfig | None = None) -> d
         store = Store(db, read_only=True)
     except StoreLockedError:
         url = _service_url(db)
-        params = {k: v for k, v in asdict(req).items() if v is not None}
         return _post(url, "/v1/verdict",  # type: ignore[no-any-return]
-                     client_token(server or ServerConfig()), params=params)
+                     client_token(server or ServerConfig()), params=query_params(req))
     try:
         return evaluate(store.query_table, req)
     finally:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
+import datetime
 import io
 import logging
 import os
@@ -15,7 +17,7 @@ import click
 import orjson
 
 from shadowroute.config import Config, load_config
-from shadowroute.errors import ShadowrouteError
+from shadowroute.errors import ShadowrouteError, StoreError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -159,10 +161,17 @@ def sql_cmd(query: str, db: str | None, config: str | None, fmt: str) -> None:
 
 
 @main.command()
-@click.option("--router", required=True, help="Router name as configured (or all_cheap / oracle).")
-@click.option("--threshold", required=True, type=float,
-              help="Send a request to the cheap model when the router's score < THRESHOLD.")
-@click.option("--model", required=True, help="Cheap model name as configured.")
+@click.option("--router", default=None,
+              help="Router name as configured (or all_cheap / oracle). Required without "
+                   "--calibration.")
+@click.option("--threshold", type=float, default=None,
+              help="Send a request to the cheap model when the router's score < THRESHOLD. "
+                   "Required without --calibration.")
+@click.option("--model", default=None,
+              help="Cheap model name as configured. Required without --calibration.")
+@click.option("--calibration", default=None,
+              help="Judge the router, model and threshold saved by `shadowroute calibrate "
+                   "--save NAME` (min quality defaults to its target).")
 @click.option("--min-quality", type=click.FloatRange(0, 1), default=None,
               help="Pass only if the quality lower bound (relative to the frontier) reaches "
                    "this. Default: gate.min_quality (0.95).")
@@ -171,27 +180,71 @@ def sql_cmd(query: str, db: str | None, config: str | None, fmt: str) -> None:
 @click.option("--confidence", type=click.FloatRange(0.5, 1, max_open=True), default=None,
               help="One-sided confidence of the quality bound. Default: gate.confidence (0.95).")
 @click.option("--min-savings", type=float, default=None,
-              help="Also fail when estimated savings (share of frontier cost) are below this.")
+              help="Also judge savings (share of frontier cost): pass needs its lower bound "
+                   "to reach this, its upper bound below it fails.")
+@click.option("--interval", type=click.Choice(["analytic", "bootstrap"]), default="analytic",
+              show_default=True,
+              help="Bounds from the analytic interval (as the savings views) or a seeded "
+                   "stratified bootstrap.")
+@click.option("--replicates", type=click.IntRange(100), default=2000, show_default=True,
+              help="Bootstrap replicates.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Bootstrap seed.")
+@click.option("--min-segment-samples", type=click.IntRange(1), default=None,
+              help="Judge every segment (tag value) with at least this many samples: one whose "
+                   "quality upper bound is below its bar fails the gate. Default: "
+                   "gate.min_segment_samples (100).")
+@click.option("--segment-bar", "segment_bars", multiple=True, metavar="SEGMENT=QUALITY",
+              help="A segment's own quality bar (repeatable); others use --min-quality. "
+                   "Default: gate.segment_min_quality.")
+@click.option("--segment-by-model", is_flag=True,
+              help="Segments are frontier model and tag value (`model|tag`), not the tag alone.")
+@click.option("--window", type=click.Choice(["hour", "day"]), default=None,
+              help="Judge the latest hour/day of production time; list every window and flag "
+                   "a quality drop from the window before.")
 @db_option
 @config_option
-def gate(router: str, threshold: float, model: str, min_quality: float | None,
+def gate(router: str | None, threshold: float | None, model: str | None,
+         calibration: str | None, min_quality: float | None,
          min_samples: int | None, confidence: float | None, min_savings: float | None,
+         interval: str, replicates: int, seed: int, min_segment_samples: int | None,
+         segment_bars: tuple[str, ...], segment_by_model: bool, window: str | None,
          db: str | None, config: str | None) -> None:
     """Print a JSON rollout verdict; exit 0 pass, 1 fail, 2 inconclusive (not enough data).
 
     Example: shadowroute gate --router rules --threshold 0.4 --model gpt-4o-mini --min-quality 0.95
     """
-    from analytics.gate import GateRequest
+    from analytics.gate import GateRequest, parse_segment_bars
     from shadowroute.access import verdict
 
     cfg = _load(config)
     path = Path(db) if db else Path(cfg.storage.db_path)
+    if calibration is not None:
+        from analytics.calibrate import load
+
+        try:
+            cal = load(path, calibration)
+        except (KeyError, ValueError, OSError) as e:
+            fail(f"--calibration: {e.args[0] if isinstance(e, KeyError) else e}", 1)
+        router, threshold, model = cal["router"], float(cal["threshold"]), cal["model"]
+        if min_quality is None:
+            min_quality = float(cal["target"])
+    if router is None or threshold is None or model is None:
+        fail("gate needs --router, --threshold and --model (or --calibration NAME)", 1)
+    try:
+        bars = (parse_segment_bars(",".join(segment_bars)) if segment_bars
+                else dict(cfg.gate.segment_min_quality))
+    except ValueError as e:
+        fail(f"--segment-bar: {e}", 1)
     req = GateRequest(
         router=router, threshold=threshold, model=model,
         min_quality=cfg.gate.min_quality if min_quality is None else min_quality,
         min_samples=cfg.gate.min_samples if min_samples is None else min_samples,
         confidence=cfg.gate.confidence if confidence is None else confidence,
-        min_savings=min_savings)
+        min_savings=min_savings, interval=interval,  # type: ignore[arg-type]
+        replicates=replicates, seed=seed,
+        min_segment_samples=(cfg.gate.min_segment_samples if min_segment_samples is None
+                             else min_segment_samples),
+        segment_min_quality=bars, segment_by_model=segment_by_model, window=window)
     try:
         out = verdict(path, req, cfg.server)
     except ShadowrouteError as e:
@@ -199,6 +252,149 @@ def gate(router: str, threshold: float, model: str, min_quality: float | None,
         fail(str(e), 1)
     click.echo(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode())
     sys.exit(int(out["exit_code"]))
+
+
+@main.command()
+@click.option("--router", required=True, help="Router name as configured (or all_cheap / oracle).")
+@click.option("--model", required=True, help="Cheap model name as configured.")
+@click.option("--target", required=True, type=click.FloatRange(0, 1),
+              help="Quality the threshold's lower bound must reach (relative to the frontier).")
+@click.option("--until", type=click.DateTime(), default=None,
+              help="Cutoff (production time, UTC): choose on samples up to it, verify on the "
+                   "samples after it. Default: the time before which 70% of the samples fall.")
+@click.option("--confidence", type=click.FloatRange(0.5, 1, max_open=True), default=None,
+              help="One-sided confidence of the bounds. Default: gate.confidence (0.95).")
+@click.option("--min-samples", type=click.IntRange(0), default=None,
+              help="Verification is inconclusive below this many samples after the cutoff. "
+                   "Default: gate.min_samples (200).")
+@click.option("--interval", type=click.Choice(["analytic", "bootstrap"]), default="analytic",
+              show_default=True, help="How the bounds are computed.")
+@click.option("--save", "name", default=None,
+              help="Save the result under NAME for `shadowroute gate --calibration NAME`.")
+@db_option
+@config_option
+def calibrate(router: str, model: str, target: float, until: datetime.datetime | None,
+              confidence: float | None, min_samples: int | None, interval: str,
+              name: str | None, db: str | None, config: str | None) -> None:
+    """Print (JSON) the largest-savings threshold whose quality lower bound meets TARGET on the
+    samples up to a cutoff, and how it does on the samples after it (out-of-time).
+
+    Reads the DuckDB file, so it runs while the service is stopped.
+
+    Example: shadowroute calibrate --router rules --model gpt-4o-mini --target 0.95 --save rules95
+    """
+    from analytics.calibrate import calibrate as run
+    from analytics.calibrate import save
+    from analytics.store import Store
+    from shadowroute.errors import StoreLockedError
+
+    cfg = _load(config)
+    path = Path(db) if db else Path(cfg.storage.db_path)
+    if not path.exists():
+        fail(f"no DuckDB file at {path} (--db)", 1)
+    try:
+        store = Store(path, read_only=True)
+    except StoreLockedError:
+        fail(f"{path} is held by the running service; calibrate reads the file: stop the "
+             "service first", 1)
+    try:
+        out = run(store.query_table, router, model, target, until,
+                  confidence=cfg.gate.confidence if confidence is None else confidence,
+                  min_samples=cfg.gate.min_samples if min_samples is None else min_samples,
+                  interval=interval)
+    finally:
+        store.close()
+    if name is not None:
+        out["saved_as"] = name
+        out["saved_to"] = str(save(path, name, out))
+    click.echo(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode())
+    if out["threshold"] is None:
+        sys.exit(1)
+
+
+@main.command()
+@click.option("--out", "out_path", type=click.Path(dir_okay=False), default="shadowroute-report.html",
+              show_default=True, help="Where the HTML file goes (replaced if it exists).")
+@click.option("--min-quality", type=click.FloatRange(0, 1), default=None,
+              help="The quality bar drawn and used to mark segments. Default: gate.min_quality.")
+@db_option
+@config_option
+def report(out_path: str, min_quality: float | None, db: str | None, config: str | None) -> None:
+    """Write one self-contained HTML report (plots work offline): cost vs quality per router,
+    per-segment table, savings over time, 100% of the traffic, what is not covered.
+
+    Example: shadowroute report --out report.html
+    """
+    from analytics.report import build
+    from shadowroute.access import run_sql
+
+    cfg = _load(config)
+    path = Path(db) if db else Path(cfg.storage.db_path)
+    if not path.exists():
+        fail(f"no DuckDB file at {path} (--db)", 1)
+
+    def query(q: str, params: dict[str, Any]) -> tuple[list[str], list[tuple[Any, ...]]]:
+        # The report's queries take no parameters; every row of them is needed.
+        answer = run_sql(path, q, dataclasses.replace(cfg.server, sql_max_rows=2**62))
+        if answer.truncated:
+            raise StoreError("a report query returned more than the running service's "
+                             "server.sql_max_rows / sql_max_bytes: raise them, or run the "
+                             "report while the service is stopped")
+        return answer.columns, [tuple(r) for r in answer.rows]
+
+    try:
+        page = build(query, path,
+                     min_quality=cfg.gate.min_quality if min_quality is None else min_quality,
+                     title=f"shadowroute report: {path.name}")
+    except ShadowrouteError as e:
+        fail(str(e), 1)
+    Path(out_path).write_text(page, encoding="utf-8")
+    click.echo(f"wrote {out_path} ({len(page.encode()) / 1e6:.1f} MB, opens offline)")
+
+
+@main.command("router-metrics")
+@click.option("--model", default=None, help="Cheap model name (default: every model).")
+@click.option("--router", default=None, help="Router name (default: every router).")
+@click.option("--replicates", type=click.IntRange(100), default=1000, show_default=True,
+              help="Bootstrap replicates.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Bootstrap seed.")
+@click.option("--confidence", type=click.FloatRange(0.5, 1, max_open=True), default=0.95,
+              show_default=True, help="Two-sided level of the intervals.")
+@db_option
+@config_option
+def router_metrics(model: str | None, router: str | None, replicates: int, seed: int,
+                   confidence: float, db: str | None, config: str | None) -> None:
+    """Print RouteLLM's metrics per router as JSON: PGR per threshold, APGR, CPT(50%), CPT(80%)
+    with bootstrap intervals, beside random and oracle.
+
+    Example: shadowroute router-metrics --model gpt-4o-mini
+    """
+    import sql
+    from analytics.curves import from_rows
+    from analytics.curves import router_metrics as metrics
+    from shadowroute.access import run_sql
+
+    cfg = _load(config)
+    path = Path(db) if db else Path(cfg.storage.db_path)
+    try:
+        # Every row is needed: no row cap of our own (a running service applies its own).
+        answer = run_sql(path, sql.query("router_samples"),
+                         dataclasses.replace(cfg.server, sql_max_rows=2**62))
+    except ShadowrouteError as e:
+        fail(str(e), 1)
+    if answer.truncated:  # metrics on a cut of the samples would be wrong, not just partial
+        fail("more router scores than the running service's server.sql_max_rows lets one "
+             "query read: raise it, or run this while the service is stopped", 1)
+    cols, rows = answer.columns, answer.rows
+    grid = [round(i * 0.05, 2) for i in range(21)]
+    out = [{"router": r, "model": m, **metrics(s, grid, replicates=replicates, seed=seed,
+                                                level=confidence)}
+           for (r, m), s in sorted(from_rows(cols, [tuple(x) for x in rows]).items())
+           if (model is None or m == model) and (router is None or r == router)]
+    if not out:
+        fail("no router scores for " + (f"model {model!r}" if model else "any model")
+             + (f" and router {router!r}" if router else ""), 1)
+    click.echo(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode())
 
 
 @main.command()

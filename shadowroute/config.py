@@ -391,6 +391,12 @@ class GateConfig:
     """Default number of scored samples below which the verdict is `inconclusive`."""
     confidence: float = 0.95
     """One-sided confidence of the quality bound the gate compares."""
+    min_segment_samples: int = 100
+    """A segment (tag value) with at least this many scored samples fails the gate when its
+    quality upper bound is below its bar."""
+    segment_min_quality: Mapping[str, float] = field(default_factory=dict)
+    """Per-segment quality bars (`{"legal" = 0.99}`; `model|tag` when segmenting by model
+    too); other segments use the global bar."""
 
 
 @dataclass(frozen=True)

@@ -74,3 +74,7 @@ class Metrics:
         self.dead_letters = Counter("shadowroute_dead_letters_total",
                                     "Rejected records produced to kafka.dead_letter_topic "
                                     "(outcome: sent, failed)", ["outcome"], registry=r)
+        self.quality_drop = Gauge("shadowroute_quality_drop",
+                                  "1 when the last windowed verdict (/v1/verdict?window=...) saw "
+                                  "quality fall from the window before beyond both intervals",
+                                  ["router", "model", "window"], registry=r)

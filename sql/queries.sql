@@ -93,8 +93,17 @@ UPDATE samples SET status = f.status, skip_reason = f.skip_reason, finished_at =
 FROM batch_finished f
 WHERE samples.sample_id = f.sample_id AND samples.status = 'pending';
 
--- name: gate_estimate
-SELECT * FROM savings_at([$threshold]) WHERE router = $router AND model = $model;
+-- name: gate_samples
+-- The completed samples of one (router, model) routed at $threshold, with their stratum's N_h
+-- and exact frontier spend: the gate computes its estimates and intervals from these
+-- (analytics.intervals), the same figures the `savings` views give.
+SELECT o.stratum, o.n_stratum AS big_n, o.q, o.cf, o.cm, ps.score < $threshold AS cheap,
+       f.frontier_usd
+FROM sample_outcomes o
+JOIN policy_scores ps ON ps.sample_id = o.sample_id AND ps.model = o.model
+LEFT JOIN stratum_frontier f ON f.stratum = o.stratum
+WHERE ps.router = $router AND o.model = $model
+ORDER BY o.stratum;
 
 -- name: counts
 SELECT (SELECT count(*) FROM requests) AS requests,
@@ -164,3 +173,156 @@ VALUES ($topic, $partition, $stored, $log_start, $high_water, $kind, $policy, $n
 INSERT INTO offsets (topic, "partition", next_offset) VALUES ($topic, $partition, $new_offset)
 ON CONFLICT (topic, "partition") DO UPDATE
 SET next_offset = excluded.next_offset, last_ts_ms = NULL, last_crc = NULL, updated_at = now();
+
+-- name: savings_cross_join
+-- The savings estimate as it was computed before routed_strata accumulated sums in score order:
+-- every sample joined with every threshold. Kept only as the baseline of
+-- benchmarks/analytics.py (cost grows with samples x thresholds).
+WITH g AS (
+    SELECT unnest($thresholds::DOUBLE[]) AS threshold
+), x AS (
+    SELECT ps.router, g.threshold, o.model, o.stratum, o.n_stratum, o.cf, o.cm, o.q,
+           ps.score < g.threshold AS cheap
+    FROM sample_outcomes o
+    JOIN policy_scores ps ON ps.sample_id = o.sample_id AND ps.model = o.model
+    CROSS JOIN g
+), r AS (
+    SELECT router, threshold, model, stratum,
+           any_value(n_stratum) AS big_n, count(*) AS n,
+           avg(CASE WHEN cheap THEN q ELSE 1.0 END) AS mq,
+           coalesce(var_samp(CASE WHEN cheap THEN q ELSE 1.0 END), 0.25) AS vq,
+           avg(CASE WHEN cheap THEN cm ELSE cf END) AS mc,
+           avg(cf) AS mcf,
+           avg(CASE WHEN cheap THEN 0.0 ELSE 1.0 END) AS ms
+    FROM x GROUP BY ALL
+)
+SELECT router, threshold, model, count(*) AS strata, sum(n)::BIGINT AS samples,
+       sum(big_n)::BIGINT AS requests,
+       sum(big_n * mq) / sum(big_n) AS quality,
+       sqrt(sum(big_n * big_n * vq / n)) / sum(big_n) AS quality_se,
+       1 - sum(big_n * mc) / nullif(sum(big_n * mcf), 0) AS savings,
+       sum(big_n * ms) / sum(big_n) AS strong_share
+FROM r GROUP BY ALL;
+
+-- name: bench_fill
+-- benchmarks/analytics.py: `samples` completed samples of one cheap model in `strata` strata
+-- (twice as many eligible requests), scored by `routers` routers. Seeded (setseed first).
+INSERT INTO requests (request_id, stratum, eligible, sampled, cost_usd)
+SELECT 'r' || i, 'gpt-4o|t' || (i % $strata), true, i < $samples, 0.001 + random() * 0.02
+FROM range(2 * $samples) t(i);
+INSERT INTO samples (sample_id, stratum, frontier_model, scorer, frontier_cost_usd, status)
+SELECT request_id, stratum, 'gpt-4o', 'exact_match', cost_usd, 'done'
+FROM requests WHERE sampled;
+INSERT INTO shadow_calls (sample_id, model, answer, cost_usd)
+SELECT sample_id, 'cheap', 'a', frontier_cost_usd * (0.05 + random() * 0.1) FROM samples;
+INSERT INTO scores (sample_id, model, scorer, value)
+SELECT sample_id, 'cheap', 'exact_match', CASE WHEN random() < 0.9 THEN 1.0 ELSE 0.0 END
+FROM samples;
+INSERT INTO router_scores
+SELECT s.sample_id, 'router' || r, round(random(), 3) FROM samples s, range($routers) t(r);
+
+-- name: router_samples
+-- Every router's score on every completed sample, with the stratum's N_h (for
+-- analytics.curves.router_metrics; callers pick the router and model).
+SELECT rs.router, o.model, o.stratum, o.n_stratum AS big_n, o.q, rs.score
+FROM completed_outcomes o JOIN router_scores rs ON rs.sample_id = o.sample_id
+ORDER BY rs.router, o.model, o.stratum;
+
+-- name: calibration_samples
+-- The completed samples of one (router, model) with their side of the cutoff $until (by the
+-- production time; requests without one count as before) and their stratum's N_h and exact
+-- frontier spend on that side, so each period is estimated for its own traffic.
+WITH pop AS (
+    SELECT stratum, coalesce(ts <= $until, true) AS before, count(*) AS big_n,
+           CASE WHEN count(cost_usd) = count(*) THEN sum(cost_usd) END AS frontier_usd
+    FROM requests WHERE eligible GROUP BY ALL
+)
+SELECT o.stratum, coalesce(r.ts <= $until, true) AS before, p.big_n, p.frontier_usd,
+       o.q, o.cf, o.cm, ps.score
+FROM completed_outcomes o
+JOIN requests r ON r.request_id = o.sample_id
+JOIN policy_scores ps ON ps.sample_id = o.sample_id AND ps.model = o.model
+JOIN pop p ON p.stratum = o.stratum AND p.before = coalesce(r.ts <= $until, true)
+WHERE ps.router = $router AND o.model = $model
+ORDER BY o.stratum;
+
+-- name: calibration_default_cutoff
+-- Without --until: the production time before which 70% of the completed samples fall.
+SELECT quantile_disc(r.ts, 0.7) FROM samples s JOIN requests r ON r.request_id = s.sample_id
+WHERE s.status = 'done' AND r.ts IS NOT NULL;
+
+-- name: window_samples
+-- The completed samples of one (router, model) routed at $threshold, per window of production
+-- time (date_trunc($width, ts); requests without a time are left out), with the stratum's N_h
+-- and exact frontier spend within the window, so each window is estimated for its own traffic.
+WITH pop AS (
+    SELECT stratum, date_trunc($width, ts) AS win, count(*) AS big_n,
+           CASE WHEN count(cost_usd) = count(*) THEN sum(cost_usd) END AS frontier_usd
+    FROM requests WHERE eligible AND ts IS NOT NULL GROUP BY ALL
+)
+SELECT p.win AS "window", o.stratum, p.big_n, o.q, o.cf, o.cm,
+       ps.score < $threshold AS cheap, p.frontier_usd
+FROM completed_outcomes o
+JOIN requests r ON r.request_id = o.sample_id
+JOIN policy_scores ps ON ps.sample_id = o.sample_id AND ps.model = o.model
+JOIN pop p ON p.stratum = o.stratum AND p.win = date_trunc($width, r.ts)
+WHERE ps.router = $router AND o.model = $model
+ORDER BY 1, 2;
+
+-- name: report_curves
+-- shadowroute report: every router on the savings grid and the reference policies, with bounds.
+SELECT router, threshold, model, samples, quality, quality_lower, quality_upper, savings,
+       savings_lower, savings_upper, strong_share, projected_usd_saved
+FROM savings ORDER BY model, router, threshold;
+
+-- name: report_segments
+-- shadowroute report: per segment, all traffic on the cheap model (all_cheap), with bounds.
+SELECT model, segment, samples, requests, quality, quality_lower, quality_upper, savings,
+       projected_usd_saved
+FROM segment_savings WHERE router = 'all_cheap' ORDER BY model, quality;
+
+-- name: report_traffic
+-- shadowroute report: 100% of the requests by frontier model and tag value (the stratum).
+SELECT model, split_part(stratum, '|', 2) AS segment, count(*) AS requests,
+       sum(cost_usd) AS cost_usd, sum(input_tokens) AS input_tokens,
+       sum(output_tokens) AS output_tokens, median(latency_ms) AS latency_p50_ms,
+       quantile_cont(latency_ms, 0.95) AS latency_p95_ms,
+       count(*) FILTER (WHERE eligible) AS eligible, count(*) FILTER (WHERE sampled) AS sampled
+FROM requests GROUP BY ALL ORDER BY cost_usd DESC NULLS LAST;
+
+-- name: report_cost_concentration
+-- shadowroute report: how lopsided the spend is: the smallest share of requests (the most
+-- expensive first) that makes 80% of the cost.
+WITH c AS (
+    SELECT cost_usd, sum(cost_usd) OVER (ORDER BY cost_usd DESC ROWS UNBOUNDED PRECEDING) AS cum,
+           row_number() OVER (ORDER BY cost_usd DESC) AS k,
+           sum(cost_usd) OVER () AS total, count(*) OVER () AS n
+    FROM requests WHERE cost_usd IS NOT NULL
+)
+SELECT min(k) FILTER (WHERE cum >= 0.8 * total) / any_value(n) AS share_of_requests_for_80pct,
+       any_value(n) AS requests, any_value(total) AS cost_usd
+FROM c;
+
+-- name: report_daily
+-- shadowroute report: per day of production time, the frontier spend of 100% of the requests
+-- and the sampled estimate of what all_cheap would save (the stratified ratio per day).
+WITH pop AS (
+    SELECT stratum, date_trunc('day', ts) AS day, count(*) AS big_n, sum(cost_usd) AS spend
+    FROM requests WHERE eligible AND ts IS NOT NULL GROUP BY ALL
+), s AS (
+    SELECT date_trunc('day', r.ts) AS day, o.model, o.stratum, avg(o.cf) AS mcf,
+           avg(o.cm) AS mcm, avg(o.q) AS mq
+    FROM completed_outcomes o JOIN requests r ON r.request_id = o.sample_id
+    WHERE r.ts IS NOT NULL GROUP BY ALL
+)
+SELECT s.day, s.model, sum(p.spend) AS frontier_usd,
+       1 - sum(p.big_n * s.mcm) / nullif(sum(p.big_n * s.mcf), 0) AS savings_all_cheap,
+       sum(p.big_n * s.mq) / sum(p.big_n) AS quality_all_cheap
+FROM s JOIN pop p ON p.stratum = s.stratum AND p.day = s.day
+GROUP BY ALL ORDER BY s.day, s.model;
+
+-- name: report_ineligible
+-- shadowroute report: what the estimate does not cover, by reason.
+SELECT coalesce(ineligible_reason, 'unknown') AS reason, count(*) AS requests,
+       sum(cost_usd) AS cost_usd
+FROM requests WHERE NOT eligible GROUP BY ALL ORDER BY requests DESC;

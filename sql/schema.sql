@@ -117,24 +117,28 @@ CREATE TABLE IF NOT EXISTS skipped (
     skipped_at  TIMESTAMP DEFAULT current_timestamp
 );
 
+-- name: schema_09_completed_outcomes
+-- One row per completed (sample, cheap model) with N_h, the stratum's eligible requests.
+CREATE OR REPLACE VIEW completed_outcomes AS
+WITH pop AS (
+    SELECT stratum, count(*) AS n_stratum FROM requests WHERE eligible GROUP BY stratum
+)
+SELECT s.sample_id, s.stratum, c.model,
+       s.frontier_cost_usd AS cf, c.cost_usd AS cm, sc.value AS q, pop.n_stratum
+FROM samples s
+JOIN shadow_calls c ON c.sample_id = s.sample_id AND c.error IS NULL
+JOIN scores sc ON sc.sample_id = s.sample_id AND sc.model = c.model AND sc.scorer = s.scorer
+    AND sc.value IS NOT NULL  -- a scorer that could not judge the pair: not a quality of 0
+JOIN pop ON pop.stratum = s.stratum
+WHERE s.status = 'done';
+
 -- name: schema_10_sample_outcomes
 -- One row per completed (sample, cheap model) with its stratum weight N_h / n_h.
 CREATE OR REPLACE VIEW sample_outcomes AS
-WITH pop AS (
-    SELECT stratum, count(*) AS n_stratum FROM requests WHERE eligible GROUP BY stratum
-), o AS (
-    SELECT s.sample_id, s.stratum, c.model,
-           s.frontier_cost_usd AS cf, c.cost_usd AS cm, sc.value AS q
-    FROM samples s
-    JOIN shadow_calls c ON c.sample_id = s.sample_id AND c.error IS NULL
-    JOIN scores sc ON sc.sample_id = s.sample_id AND sc.model = c.model AND sc.scorer = s.scorer
-        AND sc.value IS NOT NULL  -- a scorer that could not judge the pair: not a quality of 0
-    WHERE s.status = 'done'
-)
-SELECT o.*, pop.n_stratum,
-       count(*) OVER (PARTITION BY o.stratum, o.model) AS n_samples,
-       pop.n_stratum / count(*) OVER (PARTITION BY o.stratum, o.model) AS weight
-FROM o JOIN pop USING (stratum);
+SELECT sample_id, stratum, model, cf, cm, q, n_stratum,
+       count(*) OVER (PARTITION BY stratum, model) AS n_samples,
+       n_stratum / count(*) OVER (PARTITION BY stratum, model) AS weight
+FROM completed_outcomes;
 
 -- name: schema_11_policy_scores
 -- Router scores per (sample, model), plus the two reference policies:
@@ -147,57 +151,173 @@ SELECT sample_id, model, 'all_cheap', 0.0 FROM sample_outcomes
 UNION ALL
 SELECT sample_id, model, 'oracle', CASE WHEN q >= 1.0 THEN 0.0 ELSE 1.0 END FROM sample_outcomes;
 
+-- name: schema_11b_stratum_frontier
+-- The frontier spend of each stratum's eligible requests, known exactly from `requests` (NULL
+-- when a request in it has no cost), so estimates report it rather than estimate it.
+CREATE OR REPLACE VIEW stratum_frontier AS
+SELECT stratum, CASE WHEN count(cost_usd) = count(*) THEN sum(cost_usd) END AS frontier_usd
+FROM requests WHERE eligible GROUP BY stratum;
+
 -- name: schema_12a_routed_strata
--- Per (router, threshold, model, stratum): N_h, n_h and the stratum means of the routed
--- quality (cheap ? q : 1), its variance, routed cost and frontier cost, at the given
--- thresholds. A request goes to the cheap model when score < threshold.
+-- Per (router, threshold, model, stratum): N_h, n_h and the sums over its samples of the routed
+-- loss l = (cheap ? 1 - q : 0), the strong indicator s, the routed cost c = (cheap ? c^m : c^F)
+-- and the frontier cost f (with squares and the cross product, for the variances), at the
+-- given thresholds. A request goes to the cheap model when score < threshold.
+-- Cost grows with the samples, not samples x thresholds: the samples of each (router, model,
+-- stratum) are summed per distinct score and accumulated in score order once; each threshold
+-- then takes the running sums of the last score below it (an ASOF join). A stratum's totals
+-- are what every sample costs on the frontier; the cheap side replaces its part.
 CREATE OR REPLACE MACRO routed_strata(thresholds) AS TABLE
-WITH g AS (
-    SELECT unnest(thresholds)::DOUBLE AS threshold
-), x AS (
-    SELECT ps.router, g.threshold, o.model, o.stratum, o.n_stratum, o.cf, o.cm, o.q,
-           ps.score < g.threshold AS cheap
-    FROM sample_outcomes o
-    JOIN policy_scores ps ON ps.sample_id = o.sample_id AND ps.model = o.model
-    CROSS JOIN g
+WITH c AS MATERIALIZED (
+    SELECT sample_id, model, stratum, n_stratum, q, cf, cm FROM completed_outcomes
+), o AS (
+    -- policy_scores, written out so that the outcomes above are read once, not per policy
+    SELECT rs.router, c.model, c.stratum, rs.score, c.n_stratum, c.q, c.cf, c.cm
+    FROM c JOIN router_scores rs ON rs.sample_id = c.sample_id
+    UNION ALL
+    SELECT 'all_cheap', model, stratum, 0.0, n_stratum, q, cf, cm FROM c
+    UNION ALL
+    SELECT 'oracle', model, stratum, CASE WHEN q >= 1.0 THEN 0.0 ELSE 1.0 END, n_stratum, q, cf, cm
+    FROM c
+), by_score AS (
+    SELECT router, model, stratum, score, any_value(n_stratum) AS big_n, count(*) AS k,
+           sum(1.0 - q) AS sl, sum((1.0 - q) * (1.0 - q)) AS sll, sum(cm) AS scm,
+           sum(cm * cm) AS scmm, sum(cm * cf) AS scmf, sum(cf) AS scf, sum(cf * cf) AS scff
+    FROM o GROUP BY router, model, stratum, score
+), tot AS (
+    SELECT router, model, stratum, any_value(big_n) AS big_n, sum(k) AS n,
+           sum(scf) AS sf, sum(scff) AS sff
+    FROM by_score GROUP BY ALL
+), cum AS (
+    SELECT router, model, stratum, score,
+           sum(k) OVER w AS k, sum(sl) OVER w AS sl, sum(sll) OVER w AS sll,
+           sum(scm) OVER w AS scm, sum(scmm) OVER w AS scmm, sum(scmf) OVER w AS scmf,
+           sum(scf) OVER w AS scf, sum(scff) OVER w AS scff
+    FROM by_score
+    WINDOW w AS (PARTITION BY router, model, stratum ORDER BY score
+                 ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
+), grid AS (
+    SELECT tot.*, g.threshold
+    FROM tot CROSS JOIN (SELECT unnest(thresholds)::DOUBLE AS threshold) g
+), r AS (
+    SELECT grid.router, grid.threshold, grid.model, grid.stratum, grid.big_n, grid.n,
+           grid.sf, grid.sff, coalesce(c.k, 0) AS k, coalesce(c.sl, 0.0) AS sl,
+           coalesce(c.sll, 0.0) AS sll, coalesce(c.scm, 0.0) AS scm,
+           coalesce(c.scmm, 0.0) AS scmm, coalesce(c.scmf, 0.0) AS scmf,
+           coalesce(c.scf, 0.0) AS scf, coalesce(c.scff, 0.0) AS scff
+    FROM grid ASOF LEFT JOIN cum c
+      ON grid.router = c.router AND grid.model = c.model AND grid.stratum = c.stratum
+     AND grid.threshold > c.score
 )
-SELECT router, threshold, model, stratum,
-       split_part(stratum, '|', 2) AS segment,
-       any_value(n_stratum) AS big_n, count(*) AS n,
-       avg(CASE WHEN cheap THEN q ELSE 1.0 END) AS mq,
-       coalesce(var_samp(CASE WHEN cheap THEN q ELSE 1.0 END), 0.25) AS vq,
-       avg(CASE WHEN cheap THEN cm ELSE cf END) AS mc,
-       avg(cf) AS mcf,
-       avg(CASE WHEN cheap THEN 0.0 ELSE 1.0 END) AS ms
-FROM x GROUP BY ALL;
+SELECT r.router, r.threshold, r.model, r.stratum,
+       split_part(r.stratum, '|', 2) AS segment,
+       r.big_n, r.n,
+       r.sl, r.sll,
+       (r.n - r.k)::DOUBLE AS ss,
+       r.scm + r.sf - r.scf AS sc,
+       r.scmm + r.sff - r.scff AS scc,
+       r.scmf + r.sff - r.scff AS scf,
+       r.sf, r.sff,
+       f.frontier_usd,
+       -- the stratum means of before (routed quality, its variance, routed and frontier cost,
+       -- strong share), for anyone who read them
+       1.0 - r.sl / r.n AS mq,
+       CASE WHEN r.n > 1 THEN greatest(0.0, (r.sll - r.sl * r.sl / r.n) / (r.n - 1))
+            ELSE 0.25 END AS vq,
+       (r.scm + r.sf - r.scf) / r.n AS mc,
+       r.sf / r.n AS mcf,
+       (r.n - r.k) / r.n AS ms
+FROM r LEFT JOIN stratum_frontier f ON f.stratum = r.stratum;
 
 -- name: schema_12b_grouped_savings_at
 -- Stratified estimates for every (router, threshold, model) at the given thresholds, per
 -- segment (the stratifying tag's value, e.g. task type) when by_segment, else over all
--- traffic. Quality is relative to the frontier (1 = as good); quality_se is the stratified
--- standard error (strata with one sample count as maximal variance 0.25).
-CREATE OR REPLACE MACRO grouped_savings_at(thresholds, by_segment) AS TABLE
-SELECT router, threshold, model,
-       CASE WHEN by_segment THEN segment END AS segment,
-       count(*) AS strata,
-       sum(n)::BIGINT AS samples,
-       sum(big_n)::BIGINT AS requests,
-       sum(big_n * mq) / sum(big_n) AS quality,
-       sqrt(sum(big_n * big_n * vq / n)) / sum(big_n) AS quality_se,
-       1 - sum(big_n * mc) / nullif(sum(big_n * mcf), 0) AS savings,
-       sum(big_n * ms) / sum(big_n) AS strong_share,
-       sum(big_n * mcf) AS frontier_usd,
-       sum(big_n * mc) AS routed_usd,
-       sum(big_n * mcf) - sum(big_n * mc) AS projected_usd_saved
-FROM routed_strata(thresholds) GROUP BY ALL;
+-- traffic, with two-sided intervals at the normal quantile z (1.96: 95%); the same figures as
+-- analytics.intervals.analytic (see there and docs/architecture.md "The estimator"):
+-- quality and strong share by Wilson with Kish's effective n and Jeffreys' half observations
+-- per stratum, savings and dollars by the delta method for the ratio, all with the
+-- finite-population correction. quality_se is the plain stratified standard error (strata with
+-- one sample count as maximal variance 0.25), kept for readers of earlier versions.
+CREATE OR REPLACE MACRO grouped_savings_at(thresholds, by_segment, z := 1.959963984540054) AS TABLE
+WITH g AS (
+    SELECT *, CASE WHEN by_segment THEN segment END AS grp,
+           greatest(0.0, 1.0 - n / big_n) AS fpc,
+           sum(big_n * sc / n) OVER w / nullif(sum(big_n * sf / n) OVER w, 0) AS ratio
+    FROM routed_strata(thresholds)
+    WINDOW w AS (PARTITION BY router, threshold, model, CASE WHEN by_segment THEN segment END)
+), h AS (
+    SELECT *,
+           -- a stratum whose samples all agree takes Jeffreys' regularised variance
+           (sl + 0.5) / (n + 1) AS ml_reg,
+           CASE WHEN sll / n - pow(sl / n, 2) > 1e-15 THEN sll / n - pow(sl / n, 2)
+                ELSE greatest(0.0, (sll + 0.5) / (n + 1) - pow((sl + 0.5) / (n + 1), 2))
+           END AS vl_reg,
+           (ss + 0.5) / (n + 1) AS ms_reg,
+           CASE WHEN ss / n - pow(ss / n, 2) > 1e-15 THEN ss / n - pow(ss / n, 2)
+                ELSE greatest(0.0, (ss + 0.5) / (n + 1) - pow((ss + 0.5) / (n + 1), 2))
+           END AS vs_reg,
+           -- residuals of the ratio e = c - R f, and of the dollars d = f - c
+           sc - ratio * sf AS se, scc - 2 * ratio * scf + ratio * ratio * sff AS see,
+           sf - sc AS sd, sff - 2 * scf + scc AS sdd
+    FROM g
+), a AS (
+    SELECT router, threshold, model, grp AS segment,
+           count(*) AS strata,
+           sum(n)::BIGINT AS samples,
+           sum(big_n)::BIGINT AS requests,
+           sum(big_n * sl / n) / sum(big_n) AS loss,
+           sqrt(sum(big_n * big_n * vq / n)) / sum(big_n) AS quality_se,
+           any_value(ratio) AS ratio,
+           sum(big_n * ss / n) / sum(big_n) AS strong_share,
+           sum(big_n * sf / n) AS frontier_est,
+           sum(big_n * sc / n) AS routed_est,
+           CASE WHEN count(frontier_usd) = count(*) THEN sum(frontier_usd) END AS frontier_exact,
+           -- z^2 / Kish's effective n, for the Wilson intervals
+           z * z * sum(big_n * big_n * fpc * vl_reg / n) / pow(sum(big_n), 2)
+             / (sum(big_n * ml_reg) / sum(big_n) * (1 - sum(big_n * ml_reg) / sum(big_n))) AS kl,
+           z * z * sum(big_n * big_n * fpc * vs_reg / n) / pow(sum(big_n), 2)
+             / (sum(big_n * ms_reg) / sum(big_n) * (1 - sum(big_n * ms_reg) / sum(big_n))) AS ks,
+           z * sqrt(sum(big_n * big_n * fpc * greatest(0.0, CASE WHEN n > 1
+                 THEN (see - se * se / n) / (n - 1) ELSE see / n END) / n))
+             / nullif(sum(big_n * sf / n), 0) AS half_ratio,
+           z * sqrt(sum(big_n * big_n * fpc * greatest(0.0, CASE WHEN n > 1
+                 THEN (sdd - sd * sd / n) / (n - 1) ELSE sdd / n END) / n)) AS half_usd
+    FROM h GROUP BY router, threshold, model, grp
+), b AS (
+    SELECT *, coalesce(frontier_exact, frontier_est) AS frontier_usd,
+           CASE WHEN frontier_exact IS NOT NULL THEN (1 - ratio) * frontier_exact
+                ELSE frontier_est - routed_est END AS saved,
+           -- Wilson: centre (p + k/2) / (1 + k), half sqrt(k p (1 - p) + k^2 / 4) / (1 + k)
+           (loss + kl / 2) / (1 + kl) AS cl, sqrt(kl * loss * (1 - loss) + kl * kl / 4) / (1 + kl) AS hl,
+           (strong_share + ks / 2) / (1 + ks) AS cs,
+           sqrt(ks * strong_share * (1 - strong_share) + ks * ks / 4) / (1 + ks) AS hs
+    FROM a
+)
+SELECT router, threshold, model, segment, strata, samples, requests,
+       1 - loss AS quality, quality_se,
+       1 - ratio AS savings, strong_share, frontier_usd,
+       frontier_usd - saved AS routed_usd,
+       saved AS projected_usd_saved,
+       greatest(0.0, 1 - least(1.0, cl + hl)) AS quality_lower,
+       least(1.0, 1 - greatest(0.0, cl - hl)) AS quality_upper,
+       1 - ratio - half_ratio AS savings_lower,
+       1 - ratio + half_ratio AS savings_upper,
+       greatest(0.0, cs - hs) AS strong_share_lower,
+       least(1.0, cs + hs) AS strong_share_upper,
+       CASE WHEN frontier_exact IS NOT NULL THEN (1 - ratio - half_ratio) * frontier_exact
+            ELSE saved - half_usd END AS projected_usd_saved_lower,
+       CASE WHEN frontier_exact IS NOT NULL THEN (1 - ratio + half_ratio) * frontier_exact
+            ELSE saved + half_usd END AS projected_usd_saved_upper,
+       frontier_exact IS NOT NULL AS frontier_usd_exact
+FROM b;
 
 -- name: schema_12c_savings_at
-CREATE OR REPLACE MACRO savings_at(thresholds) AS TABLE
-SELECT * EXCLUDE (segment) FROM grouped_savings_at(thresholds, false);
+CREATE OR REPLACE MACRO savings_at(thresholds, z := 1.959963984540054) AS TABLE
+SELECT * EXCLUDE (segment) FROM grouped_savings_at(thresholds, false, z := z);
 
 -- name: schema_12d_segment_savings_at
-CREATE OR REPLACE MACRO segment_savings_at(thresholds) AS TABLE
-SELECT * FROM grouped_savings_at(thresholds, true);
+CREATE OR REPLACE MACRO segment_savings_at(thresholds, z := 1.959963984540054) AS TABLE
+SELECT * FROM grouped_savings_at(thresholds, true, z := z);
 
 -- name: schema_13_savings
 -- The savings table people query: every router on a threshold grid 0, 0.05, ..., 1, and the
@@ -346,3 +466,38 @@ CREATE TABLE IF NOT EXISTS otlp_pending (
     first_seen_ms BIGINT,      -- when the key's first part was read: its join window starts
     payload       JSON
 );
+
+-- name: schema_50_router_pgr
+-- RouteLLM's metrics per (router, model) on the savings grid (analytics/curves.py has them
+-- with bootstrap intervals): PGR = (quality - q_weak) / (1 - q_weak), q_weak the quality of
+-- all_cheap; APGR the area under PGR against strong share, closed by (0, 0) and (1, 1);
+-- CPT(x) the smallest strong share on the grid reaching PGR >= x. Reference rows:
+-- random_expected (a random router recovers the share it sends strong: APGR 1/2, CPT(x) = x)
+-- and oracle (the gap closed at its strong share c: APGR 1 - c/2, CPT(x) = x c).
+CREATE OR REPLACE VIEW router_pgr AS
+SELECT s.router, s.threshold, s.model, s.strong_share, s.quality,
+       (s.quality - w.quality) / nullif(1 - w.quality, 0) AS pgr
+FROM savings s JOIN savings w ON w.model = s.model AND w.router = 'all_cheap'
+WHERE s.router NOT IN ('all_cheap', 'oracle');
+
+-- name: schema_51_router_metrics
+CREATE OR REPLACE VIEW router_metrics AS
+WITH pts AS (
+    SELECT router, model, strong_share AS x, pgr AS y FROM router_pgr
+    UNION ALL
+    SELECT DISTINCT router, model, 0.0, 0.0 FROM router_pgr
+    UNION ALL
+    SELECT DISTINCT router, model, 1.0, 1.0 FROM router_pgr
+), seg AS (
+    SELECT *, lag(x) OVER w AS px, lag(y) OVER w AS py
+    FROM pts WINDOW w AS (PARTITION BY router, model ORDER BY x, y)
+)
+SELECT router, model, sum((x - px) * (y + py) / 2) AS apgr,
+       min(x) FILTER (WHERE y >= 0.5 - 1e-12) AS cpt_50,
+       min(x) FILTER (WHERE y >= 0.8 - 1e-12) AS cpt_80
+FROM seg GROUP BY ALL
+UNION ALL
+SELECT 'random_expected', model, 0.5, 0.5, 0.8 FROM savings WHERE router = 'all_cheap'
+UNION ALL
+SELECT 'oracle', model, 1 - strong_share / 2, 0.5 * strong_share, 0.8 * strong_share
+FROM savings WHERE router = 'oracle';

@@ -97,7 +97,9 @@ def test_end_to_end(broker: Broker, topic: str, db_path: Path, tmp_path: Path) -
             xs = [x[0] for x in v]
             m = sum(xs) / len(xs)
             var += (big_n[h] / tot) ** 2 * (sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) / len(xs)
-        return quality, 1 - routed / front, front - routed, math.sqrt(var)
+        # The dollars: the savings ratio times the frontier spend every request logged.
+        spend = sum(t.cost_usd for t in truth.values() if t.feature in by_h)
+        return quality, 1 - routed / front, (1 - routed / front) * spend, math.sqrt(var)
 
     rows = q("SELECT router, threshold, model, quality, savings, projected_usd_saved, quality_se, "
              "samples FROM savings")
@@ -121,8 +123,13 @@ def test_end_to_end(broker: Broker, topic: str, db_path: Path, tmp_path: Path) -
             out = evaluate(store.query_table, GateRequest(router, thr, "cheap", min_q, min_n))
             return str(out["verdict"])
 
-        eq, _, _, ese = expect("rules", 0.3)
-        lo, hi = eq - 1.6449 * ese, eq + 1.6449 * ese
+        eq, _, _, _ = expect("rules", 0.3)
+        # The gate's one-sided 95% bounds: the two-sided 90% interval of the view.
+        _, bounds = store.query_table(
+            "SELECT quality_lower, quality_upper FROM savings_at([0.3], z := 1.6449) "
+            "WHERE router = 'rules' AND model = 'cheap'")
+        lo, hi = bounds[0]
+        assert lo < eq < hi
         assert verdict("rules", 0.3, round(lo - 0.01, 4), 10) == "pass"
         assert verdict("rules", 0.3, round(hi + 0.01, 4), 10) == "fail"
         assert verdict("rules", 0.3, round(eq, 4), 10) == "inconclusive"

@@ -59,8 +59,10 @@ def test_sql_and_gate_while_service_runs(broker: Broker, topic: str, db_path: Pa
             r = cli("gate", "--router", "all_cheap", "--threshold", "0.5", "--model", "cheap",
                     "--min-quality", "0.99", "--min-samples", "50", "--db", str(db_path))
             assert r.returncode == 1 and json.loads(r.stdout)["verdict"] == "fail"
+            # (segments unjudged: a segment shown below the bar would fail the gate anyway)
             r = cli("gate", "--router", "rules", "--threshold", "0.5", "--model", "cheap",
-                    "--min-samples", str(n_samples + 1), "--db", str(db_path))
+                    "--min-samples", str(n_samples + 1), "--min-segment-samples", "100000",
+                    "--db", str(db_path))
             assert r.returncode == 2 and json.loads(r.stdout)["verdict"] == "inconclusive"
             # The same verdict over HTTP, for Argo-style analysis.
             import httpx

@@ -1,0 +1,106 @@
+"""Analytics speed: savings curves over 1M samples and the bootstrap of 100k samples.
+
+Measures in the same run, on a fresh DuckDB file (seeded synthetic data: 1M completed samples
+in 50 strata, 2M eligible requests, 5 routers with scores on a 0.001 grid):
+  (a) `savings_curve_s`: `savings_at` over 50 thresholds for every router and the two reference
+      policies (one sort per (router, model, stratum) with running sums, then an ASOF join);
+  (b) `baseline_cross_join_s`: the same estimate computed as before, every sample joined with
+      every threshold (`savings_cross_join`);
+  (c) `bootstrap_s`: `analytics.intervals.bootstrap` of 100k samples x 1,000 replicates.
+Each figure is the best of `--repeats` runs. The last line printed is one JSON object.
+
+    python benchmarks/analytics.py [--samples 1000000] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import sql  # noqa: E402
+from analytics.intervals import StratifiedSample, bootstrap  # noqa: E402
+from analytics.store import Store  # noqa: E402
+
+
+def best(fn: object, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()  # type: ignore[operator]
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--samples", type=int, default=1_000_000)
+    ap.add_argument("--routers", type=int, default=5)
+    ap.add_argument("--thresholds", type=int, default=50)
+    ap.add_argument("--boot-samples", type=int, default=100_000)
+    ap.add_argument("--replicates", type=int, default=1000)
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    thresholds = [round(i / args.thresholds, 4) for i in range(args.thresholds)]
+
+    with tempfile.TemporaryDirectory() as tmp:
+        store = Store(Path(tmp) / "bench.duckdb")
+        t0 = time.perf_counter()
+        store.con.execute("SELECT setseed(0.42)")
+        for stmt in sql.query("bench_fill").split(";"):
+            if stmt.strip():
+                store.con.execute(stmt, {k: v for k, v in {
+                    "samples": args.samples, "strata": 50, "routers": args.routers}.items()
+                    if f"${k}" in stmt})
+        print(f"data: {args.samples:,} samples x {args.routers} routers in "
+              f"{time.perf_counter() - t0:.1f} s", flush=True)
+
+        def curve() -> int:
+            rows = store.con.execute("SELECT * FROM savings_at($t)", {"t": thresholds}).fetchall()
+            return len(rows)
+
+        def cross() -> int:
+            rows = store.con.execute(sql.query("savings_cross_join"),
+                                     {"thresholds": thresholds}).fetchall()
+            return len(rows)
+
+        n_curve, n_cross = curve(), cross()
+        assert n_curve == n_cross == (args.routers + 2) * len(thresholds), (n_curve, n_cross)
+        # Both give the same estimates.
+        a = {(r[0], r[1]): r[6:9] for r in store.con.execute(
+            "SELECT router, threshold, model, strata, samples, requests, quality, quality_se, "
+            "savings FROM savings_at($t)", {"t": thresholds}).fetchall()}
+        b = {(r[0], r[1]): r[6:9] for r in store.con.execute(
+            sql.query("savings_cross_join"), {"thresholds": thresholds}).fetchall()}
+        assert all(np.allclose(a[k], b[k]) for k in a), "the two computations disagree"
+        curve_s = best(curve, args.repeats)
+        print(f"savings curve ({args.thresholds} thresholds, {args.routers} routers + 2 "
+              f"reference policies): {curve_s:.3f} s", flush=True)
+        cross_s = best(cross, args.repeats)
+        print(f"baseline cross join: {cross_s:.3f} s", flush=True)
+        store.close()
+
+    rng = np.random.default_rng(0)
+    n = args.boot_samples
+    stratum = rng.integers(0, 50, n)
+    s = StratifiedSample.build(stratum, np.bincount(stratum, minlength=50) * 5.0,
+                               (rng.uniform(size=n) < 0.95).astype(float),
+                               rng.uniform(0.001, 0.02, n), rng.uniform(0.0001, 0.002, n),
+                               rng.uniform(size=n) < 0.6)
+    boot_s = best(lambda: bootstrap(s, replicates=args.replicates, seed=1), args.repeats)
+    print(f"bootstrap ({n:,} samples x {args.replicates:,} replicates): {boot_s:.3f} s")
+    print(json.dumps({"savings_curve_s": round(curve_s, 3), "bootstrap_s": round(boot_s, 3),
+                      "baseline_cross_join_s": round(cross_s, 3), "samples": args.samples,
+                      "routers": args.routers, "thresholds": args.thresholds,
+                      "boot_samples": n, "replicates": args.replicates}))
+
+
+if __name__ == "__main__":
+    main()
