@@ -511,3 +511,26 @@ def test_model_client_does_not_charge_the_stale_connection_retry() -> None:
         assert r.spend_usd == pytest.approx(cost)  # what the answer cost, not a worst case
     assert budget.spent_usd("day") == pytest.approx(4 * cost)
     assert seen.count(b"dropped") == 2
+
+
+def test_a_server_that_closes_each_connection_after_answering_costs_no_call() -> None:
+    """It answers as keep-alive, then closes: the client either sees the close before reusing
+    the connection, or sends onto it and sends again on a fresh one. Either way, no failure."""
+    seen: list[bytes] = []
+
+    async def close_after_answer(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        _, body = await read_request(r)
+        seen.append(body)
+        w.write(answer(b'{"n": %d}' % len(seen)))
+        await w.drain()
+
+    async def go() -> tuple[list[bytes], int]:
+        async with server(close_after_answer) as (url, conns), AiohttpClient() as http:
+            out = []
+            for _ in range(5):
+                out.append((await http.post(url, b"{}", {}, 5)).content)
+                await asyncio.sleep(0.01)
+            return out, conns[0]
+
+    out, conns = asyncio.run(go())
+    assert out == [b'{"n": %d}' % i for i in range(1, 6)] and conns == 5 and len(seen) == 5
