@@ -263,8 +263,12 @@ def main() -> None:
     if args.one:
         one(args)
         return
-    raise_fd_limit()  # inherited by the server and the children
     names = [c.strip() for c in args.clients.split(",") if c.strip()]
+    for flag, calls in (("--calls", args.calls), ("--other-calls", args.other_calls)):
+        if calls < 3 * args.in_flight and (flag == "--calls" or len(names) > 1):
+            raise SystemExit(f"{flag} must be at least 3 x --in-flight ({3 * args.in_flight}) "
+                             f"for a steady state between the first and the last round")
+    raise_fd_limit()  # inherited by the server and the children
     proc, url = start_server(args.latency_ms / 1000)
     results: dict[str, dict[str, Any]] = {}
     try:
