@@ -13,9 +13,11 @@ call needs that aiohttp leaves to its caller:
   the system's), or a per-deployment `ca_bundle` passed with each call;
 - a response size cap (`max_response_bytes`, after decompression): beyond it the call fails;
 - one safe retry: a request written onto a kept-alive connection that the server had just
-  closed fails before any response byte. The server never saw it, so it is sent again, once,
-  on a fresh connection, inside the client (aiohttp does this itself only for idempotent
-  methods, and a POST is not one).
+  closed fails before any response byte. The server never handled it, so it is sent again,
+  once, on a fresh connection, inside the client, and not charged (aiohttp does this itself
+  only for idempotent methods, and a POST is not one). A server that died while handling a
+  request on a reused connection looks the same: the rare price is one uncharged second call.
+  On a fresh connection the same failure is `ConnectionDropped`, sent, never resent here.
 
 Failures say whether the request may have reached the server (and may be billed): `sent` is
 false for `ConnectFailed` and `SendTimedOut`, true for `ResponseTimedOut`, `ConnectionDropped`
