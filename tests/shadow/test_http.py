@@ -396,7 +396,7 @@ def test_calls_go_through_the_environments_proxy_except_no_proxy_hosts(
     bundle = tmp_path / "ca.pem"
     ca.cert_pem.write_to_path(str(bundle))
 
-    async def go(proxy: Proxy) -> list[bytes]:
+    async def go() -> list[bytes]:
         async with server(echo_keepalive) as (plain, plain_conns), \
                 server(echo_keepalive, tls_server_context(ca)) as (tls, _), \
                 AiohttpClient() as http:
@@ -412,7 +412,7 @@ def test_calls_go_through_the_environments_proxy_except_no_proxy_hosts(
         monkeypatch.setenv("HTTP_PROXY", proxy.url)
         monkeypatch.setenv("HTTPS_PROXY", proxy.url)
         monkeypatch.setenv("NO_PROXY", "localhost,example.internal")
-        answers = asyncio.run(go(proxy))
+        answers = asyncio.run(go())
         seen = list(proxy.seen)
     assert answers[:3] == [b'{"echo": 1}', b'{"echo": 2}', b'{"echo": 3}']
     assert answers[3] == b"2"  # one connection from the proxy, one direct
