@@ -351,12 +351,13 @@ class ModelClient:
                        attempts: int) -> _Attempt:
         d = lease.deployment
         try:
-            resp = await self.http.post(d.url, body, self._headers(d), d.spec.timeout_s)
+            resp = await self.http.post(d.url, body, self._headers(d), d.spec.timeout_s,
+                                        ca_bundle=d.spec.ca_bundle or None)
         except SendTimedOut as e:
             return _Attempt(error=f"timeout sending the request ({e})", retriable=True)
         except HttpFailure as e:
-            # Sent, then no answer: the provider may have billed it.
-            return _Attempt(error=str(e), retriable=True, unknown_cost=e.sent)
+            # Sent, then no (usable) answer: the provider may have billed it.
+            return _Attempt(error=str(e), retriable=e.retriable, unknown_cost=e.sent)
         status = resp.status
         if status == 200:
             res = self._parse(resp.content, d, bound, cap, start, attempts)

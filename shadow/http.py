@@ -1,43 +1,55 @@
-"""HTTP for shadow calls: a lean keep-alive HTTP/1.1 client on asyncio, or httpx behind a proxy.
+"""HTTP for shadow calls: aiohttp behind a small protocol, failures typed by what billing needs.
 
-The shadow stage makes thousands of small POSTs a second to a handful of origins. httpx costs
-~1-1.5 ms of CPU per call here (anyio, h11, the pool's scans), which caps one process at ~600
-calls/s on these cores; `PooledHttp` costs ~0.05 ms: one `asyncio.Protocol` per connection,
-responses parsed by `httptools` (llhttp, the parser uvicorn uses: Content-Length, chunked and
-read-until-close bodies), idle connections kept per origin, TLS from the standard library with
-certifi's CA bundle. It does only what a shadow call needs: POST, HTTP/1.1, no redirects, no
-cookies, no proxies. `HttpxHttp` wraps an `httpx.AsyncClient` for what it does not do (an HTTP
-proxy from `HTTPS_PROXY` and friends); `make_http` picks one (`shadow.http_client`).
+The shadow stage keeps ~1,000 slow (0.3-5 s) POSTs in flight to a handful of origins.
+`benchmarks/shadow_overhead.py` measured the candidates at 1,000 in flight and 1 s latency
+(docs/architecture.md): aiohttp keeps up at a fraction of a millisecond of CPU per call, httpx
+with a 1,000-connection pool does not (its pool's per-request scans grow with the pool). So
+`AiohttpClient` wraps one `aiohttp.ClientSession` with a tuned pool, and adds what a shadow
+call needs that aiohttp leaves to its caller:
 
-Failures are typed by what the caller needs to know: whether the request may have reached the
-server (and may be billed). `sent` is false for `ConnectFailed` and `SendTimedOut`, true for
-`ResponseTimedOut` and `ConnectionDropped` (a malformed response counts as a dropped one).
+- proxies from the environment (`HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY`, `NO_PROXY`; HTTPS
+  through a proxy with CONNECT), resolved once per URL;
+- the CA bundle: `SSL_CERT_FILE`/`SSL_CERT_DIR` when set (else certifi's when installed, else
+  the system's), or a per-deployment `ca_bundle` passed with each call;
+- a response size cap (`max_response_bytes`, after decompression): beyond it the call fails;
+- one safe retry: a request written onto a kept-alive connection that the server had just
+  closed fails before any response byte. The server never handled it, so it is sent again,
+  once, on a fresh connection, inside the client, and not charged (aiohttp does this itself
+  only for idempotent methods, and a POST is not one). A server that died while handling a
+  request on a reused connection looks the same: the rare price is one uncharged second call.
+  On a fresh connection the same failure is `ConnectionDropped`, sent, never resent here.
+
+Failures say whether the request may have reached the server (and may be billed): `sent` is
+false for `ConnectFailed` and `SendTimedOut`, true for `ResponseTimedOut`, `ConnectionDropped`
+(a malformed response counts as a dropped one) and `ResponseTooLarge`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
 import ssl
-import time
-import urllib.request
-import zlib
-from collections import deque
+import weakref
 from collections.abc import Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Protocol, cast
-from urllib.parse import urlsplit
+from typing import Any, Protocol
 
-import httptools
-import httpx
+import aiohttp
+from aiohttp.helpers import get_env_proxy_for_url
+from yarl import URL
 
-USER_AGENT = b"shadowroute"
-KEEPALIVE_S = 5.0  # an idle connection older than this is closed, not reused: servers drop them
+USER_AGENT = "shadowroute"
+KEEPALIVE_S = 4.0  # an idle connection older than this is not reused: servers drop them (uvicorn: 5 s)
+MAX_RESPONSE_BYTES = 4 * 1024 * 1024
+HTTP_CLIENTS = ("aiohttp",)
 
 
 @dataclass(frozen=True, slots=True)
 class HttpResponse:
     status: int
-    headers: Mapping[str, str]  # names lower-cased
+    headers: Mapping[str, str]  # looked up case-insensitively
     content: bytes
 
     @property
@@ -46,9 +58,11 @@ class HttpResponse:
 
 
 class HttpFailure(Exception):
-    """A request that got no HTTP response. `sent`: the server may have received it."""
+    """A request that got no usable HTTP response. `sent`: the server may have received it.
+    `retriable`: another attempt may fare better."""
 
     sent = True
+    retriable = True
 
 
 class ConnectFailed(HttpFailure):
@@ -69,347 +83,258 @@ class ConnectionDropped(HttpFailure):
     pass
 
 
+class ResponseTooLarge(HttpFailure):
+    """The answer is bigger than the cap: the model answered (it may bill it), and asking again
+    would most likely bring the same."""
+
+    retriable = False
+
+
 class HttpClient(Protocol):
-    async def post(self, url: str, body: bytes, headers: Mapping[str, str], timeout: float
-                   ) -> HttpResponse: ...
+    async def post(self, url: str, body: bytes, headers: Mapping[str, str], timeout: float,
+                   *, ca_bundle: str | None = None) -> HttpResponse: ...
 
     async def aclose(self) -> None: ...
 
 
-@dataclass(frozen=True, slots=True)
-class _Target:
-    key: tuple[str, str, int]
-    host: str
-    port: int
-    tls: bool
-    head: bytes  # request line + Host + User-Agent
+def default_ssl_context() -> ssl.SSLContext:
+    """`SSL_CERT_FILE`/`SSL_CERT_DIR` when set (as OpenSSL, curl and httpx read them), else
+    certifi's bundle when installed, else the system's store."""
+    cafile, capath = os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR")
+    if cafile or capath:
+        return ssl.create_default_context(cafile=cafile or None, capath=capath or None)
+    try:
+        import certifi
+    except ImportError:
+        return ssl.create_default_context()
+    return ssl.create_default_context(cafile=certifi.where())
 
 
-def _target(url: str) -> _Target:
-    u = urlsplit(url)
-    if u.scheme not in ("http", "https") or not u.hostname:
-        raise ValueError(f"not an http(s) URL: {url!r}")
-    tls = u.scheme == "https"
-    port = u.port or (443 if tls else 80)
-    path = (u.path or "/") + (f"?{u.query}" if u.query else "")
-    host = u.hostname
-    host_header = host if u.port is None else f"{host}:{port}"
-    if ":" in host:  # IPv6 literal
-        host_header = f"[{host}]" if u.port is None else f"[{host}]:{port}"
-    head = (f"POST {path} HTTP/1.1\r\nHost: {host_header}\r\n").encode("ascii") \
-        + b"User-Agent: " + USER_AGENT + b"\r\n"
-    return _Target((u.scheme, host, port), host, port, tls, head)
+class _Call:
+    """What the connector learned about one request."""
+
+    __slots__ = ("reused", "sent")
+
+    def __init__(self) -> None:
+        self.reused = False
+        self.sent = False
 
 
-def _header_lines(headers: Mapping[str, str]) -> bytes:
-    out = []
-    for k, v in headers.items():
-        line = f"{k}: {v}\r\n"
-        if line.count("\n") != 1 or "\r" in line[:-2]:
-            raise ValueError(f"header {k!r} has a line break in its name or value")
-        out.append(line)
-    return "".join(out).encode("latin-1")
+# The call being made by the current task: the connector marks it (aiohttp's `TraceConfig`
+# could too, but its per-request signals cost ~0.1 ms of CPU per call).
+_CALL: ContextVar[_Call | None] = ContextVar("shadow_http_call", default=None)
 
 
-class _Conn(asyncio.Protocol):
-    """One keep-alive connection; at most one request on it at a time."""
+class _Connector(aiohttp.TCPConnector):
+    """Tells the current call whether its connection was reused from the pool. Once it has a
+    connection, the request is written at once: from then on it counts as sent."""
 
-    def __init__(self, pool: _Pool) -> None:
-        self.pool = pool
-        self.transport: asyncio.Transport | None = None
-        self.closed = False
-        self.idle_since = 0.0
-        self.waiter: asyncio.Future[HttpResponse] | None = None
-        self.timer: asyncio.TimerHandle | None = None
-        self._reset()
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
+        self._used: weakref.WeakSet[Any] = weakref.WeakSet()
 
-    def _reset(self) -> None:
-        self.parser = httptools.HttpResponseParser(self)
-        self.status = 0
-        self.headers: dict[str, str] = {}
-        self.body: list[bytes] = []
-        self.got_headers = False
-
-    # asyncio.Protocol
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)
-
-    def data_received(self, data: bytes) -> None:
-        if self.waiter is None:  # bytes nobody asked for: the connection is not reusable
-            self.close()
-            return
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserError as e:
-            self._fail(ConnectionDropped(f"malformed HTTP response: {e}"))
-            self.close()
-
-    def eof_received(self) -> bool:
-        return False
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        self.pool.lost(self)
-        if self.waiter is not None and not self.waiter.done():
-            h = self.headers
-            if self.got_headers and "content-length" not in h and "chunked" not in \
-                    h.get("transfer-encoding", "").lower():
-                self._finish(keep=False)  # a body that ends with the connection
-            else:
-                self._fail(ConnectionDropped(
-                    "connection dropped before a full response"
-                    + (f" ({type(exc).__name__})" if exc is not None else "")))
-
-    # httptools callbacks
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
-
-    def on_headers_complete(self) -> None:
-        self.status = self.parser.get_status_code()
-        self.got_headers = True
-
-    def on_body(self, body: bytes) -> None:
-        self.body.append(body)
-
-    def on_message_complete(self) -> None:
-        if 100 <= self.status < 200:  # an interim response: the real one follows
-            self._reset()
-            return
-        self._finish(keep=self.parser.should_keep_alive())
-
-    # the request
-    def _finish(self, *, keep: bool) -> None:
-        waiter = self.waiter
-        content = b"".join(self.body)
-        enc = self.headers.get("content-encoding", "").lower()
-        if enc in ("gzip", "deflate"):
-            try:
-                content = zlib.decompress(content, 47)  # gzip or zlib header, detected
-            except zlib.error as e:
-                keep = False
-                self._fail(ConnectionDropped(f"malformed {enc} response body: {e}"))
-                waiter = None
-        if waiter is not None and not waiter.done():
-            waiter.set_result(HttpResponse(self.status, self.headers, content))
-        self._stop_timer()
-        self.waiter = None
-        self._reset()
-        if keep and not self.closed:
-            self.pool.release(self)
-        else:
-            self.close()
-
-    def _fail(self, exc: HttpFailure) -> None:
-        self._stop_timer()
-        w, self.waiter = self.waiter, None
-        if w is not None and not w.done():
-            w.set_exception(exc)
-
-    def _stop_timer(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-
-    def _timed_out(self, timeout: float) -> None:
-        self.timer = None
-        self._fail(ResponseTimedOut(f"timeout after {timeout:g}s with no response"))
-        self.close()
-
-    def send(self, data: bytes, wait: float, timeout: float) -> asyncio.Future[HttpResponse]:
-        """Send a request; its answer is awaited `wait` seconds (what is left of `timeout`)."""
-        assert self.transport is not None
-        loop = self.pool.loop
-        self.waiter = loop.create_future()
-        self.timer = loop.call_later(wait, self._timed_out, timeout)
-        self.transport.write(data)
-        return self.waiter
-
-    def close(self) -> None:
-        if not self.closed:
-            self.closed = True
-            self.pool.lost(self)
-            if self.transport is not None:
-                self.transport.close()
-
-
-class _Pool:
-    """The connections to one origin."""
-
-    def __init__(self, target: _Target, max_connections: int, ssl_context: ssl.SSLContext | None,
-                 loop: asyncio.AbstractEventLoop) -> None:
-        self.target = target
-        self.max = max_connections
-        self.ssl = ssl_context
-        self.loop = loop
-        self.idle: list[_Conn] = []
-        self.open: set[_Conn] = set()
-        self.waiting: deque[asyncio.Future[None]] = deque()
-
-    async def acquire(self, deadline: float) -> _Conn:
-        while True:
-            now = time.monotonic()
-            while self.idle:
-                c = self.idle.pop()
-                if not c.closed and now - c.idle_since < KEEPALIVE_S:
-                    return c
-                c.close()
-            if len(self.open) < self.max:
-                break
-            fut = self.loop.create_future()  # woken by a release or a closed connection
-            self.waiting.append(fut)
-            try:
-                await asyncio.wait_for(fut, max(0.0, deadline - now))
-            except TimeoutError:
-                raise SendTimedOut(f"no free connection to {self.target.host} "
-                                   f"within the timeout ({self.max} in use)") from None
-            finally:
-                if not fut.done():
-                    fut.cancel()
-        conn = _Conn(self)
-        self.open.add(conn)
-        t = self.target
-        try:
-            transport, _ = await asyncio.wait_for(self.loop.create_connection(
-                lambda: conn, t.host, t.port, ssl=self.ssl if t.tls else None,
-                server_hostname=t.host if t.tls else None),
-                max(0.001, deadline - time.monotonic()))
-        except TimeoutError:
-            self.lost(conn)
-            raise SendTimedOut(f"connecting to {t.host}:{t.port} timed out") from None
-        except (OSError, ssl.SSLError) as e:
-            self.lost(conn)
-            raise ConnectFailed(f"connection error: cannot connect to {t.host}:{t.port} "
-                                f"({e.strerror or type(e).__name__})") from None
-        except BaseException:
-            conn.close()
-            raise
-        conn.transport = transport
+    async def connect(self, req: Any, traces: Any, timeout: Any) -> Any:
+        conn = await super().connect(req, traces, timeout)
+        call = _CALL.get()
+        if call is not None:
+            proto = conn.protocol
+            call.reused = proto in self._used
+            self._used.add(proto)
+            call.sent = True
         return conn
 
-    def release(self, conn: _Conn) -> None:
-        conn.idle_since = time.monotonic()
-        self.idle.append(conn)
-        self._wake()
 
-    def lost(self, conn: _Conn) -> None:
-        if conn in self.open:
-            self.open.discard(conn)
-            self._wake()
-
-    def _wake(self) -> None:
-        while self.waiting:
-            w = self.waiting.popleft()
-            if not w.done():
-                w.set_result(None)
-                return
+class _Stale(Exception):
+    """The request failed on a reused connection before any byte of a response."""
 
 
-class PooledHttp:
-    """Keep-alive HTTP/1.1 POSTs, at most `max_connections` open per origin."""
+def _check_headers(headers: Mapping[str, str]) -> None:
+    for k, v in headers.items():
+        if "\n" in k or "\r" in k or "\n" in v or "\r" in v:
+            raise ValueError(f"header {k!r} has a line break in its name or value")
 
-    def __init__(self, max_connections: int = 256, *, ssl_context: ssl.SSLContext | None = None
-                 ) -> None:
+
+class AiohttpClient:
+    """Keep-alive POSTs through aiohttp, at most `max_connections` open (all origins)."""
+
+    def __init__(self, max_connections: int = 256, *,
+                 max_response_bytes: int = MAX_RESPONSE_BYTES, keepalive_s: float = KEEPALIVE_S,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         self.max_connections = max_connections
+        self.max_response_bytes = max_response_bytes
+        self.keepalive_s = keepalive_s
         self._ssl = ssl_context
-        self._targets: dict[str, _Target] = {}
-        self._header_bytes: dict[tuple[tuple[str, str], ...], bytes] = {}
-        self._pools: dict[tuple[str, str, int], _Pool] = {}
+        self._ca: dict[str, ssl.SSLContext] = {}
+        self._proxies: dict[str, tuple[URL | None, aiohttp.BasicAuth | None]] = {}
+        self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
+        self._checked: set[tuple[tuple[str, str], ...]] = set()
+        self._session: aiohttp.ClientSession | None = None
+        self._fresh: aiohttp.ClientSession | None = None
 
-    def _ssl_context(self) -> ssl.SSLContext:
+    def _new_session(self, *, force_close: bool) -> aiohttp.ClientSession:
         if self._ssl is None:
+            self._ssl = default_ssl_context()
+        connector = _Connector(
+            limit=self.max_connections, limit_per_host=0, ssl=self._ssl,
+            keepalive_timeout=None if force_close else self.keepalive_s, force_close=force_close,
+            ttl_dns_cache=300)
+        # The environment's proxies are looked up here, once per URL (`_proxy`), not per call.
+        return aiohttp.ClientSession(
+            connector=connector, trust_env=False,
+            headers={"User-Agent": USER_AGENT}, cookie_jar=aiohttp.DummyCookieJar(),
+            skip_auto_headers=("Content-Type",))  # the caller's, or none: not octet-stream
+
+    def _ssl_for(self, ca_bundle: str | None) -> ssl.SSLContext | bool:
+        if not ca_bundle:
+            return True  # the connector's context
+        ctx = self._ca.get(ca_bundle)
+        if ctx is None:
             try:
-                import certifi
-                self._ssl = ssl.create_default_context(cafile=certifi.where())
-            except ImportError:  # the system's CA store
-                self._ssl = ssl.create_default_context()
-        return self._ssl
+                ctx = self._ca[ca_bundle] = ssl.create_default_context(cafile=ca_bundle)
+            except (OSError, ssl.SSLError) as e:
+                raise ConnectFailed(f"connection error: cannot load CA bundle {ca_bundle!r} "
+                                    f"({e.strerror or type(e).__name__})") from None
+        return ctx
 
-    async def post(self, url: str, body: bytes, headers: Mapping[str, str], timeout: float
-                   ) -> HttpResponse:
-        t = self._targets.get(url)
+    def _proxy(self, url: str) -> tuple[URL | None, aiohttp.BasicAuth | None]:
+        p = self._proxies.get(url)
+        if p is None:
+            try:  # honours NO_PROXY
+                p = get_env_proxy_for_url(URL(url))
+            except LookupError:
+                p = (None, None)
+            if len(self._proxies) > 1024:
+                self._proxies.clear()
+            self._proxies[url] = p
+        return p
+
+    def _timeout(self, timeout: float) -> aiohttp.ClientTimeout:
+        t = self._timeouts.get(timeout)
         if t is None:
-            t = self._targets[url] = _target(url)
-        pool = self._pools.get(t.key)
-        if pool is None:
-            pool = self._pools[t.key] = _Pool(
-                t, self.max_connections, self._ssl_context() if t.tls else None,
-                asyncio.get_running_loop())
+            if len(self._timeouts) > 256:
+                self._timeouts.clear()
+            t = self._timeouts[timeout] = aiohttp.ClientTimeout(total=timeout)
+        return t
+
+    async def post(self, url: str, body: bytes, headers: Mapping[str, str], timeout: float,
+                   *, ca_bundle: str | None = None) -> HttpResponse:
         key = tuple(headers.items())
-        lines = self._header_bytes.get(key)
-        if lines is None:  # a handful of distinct header sets: one per deployment and key
-            if len(self._header_bytes) > 256:
-                self._header_bytes.clear()
-            lines = self._header_bytes[key] = _header_lines(headers)
-        data = b"".join((t.head, lines, b"Content-Length: %d\r\n\r\n" % len(body), body))
-        deadline = time.monotonic() + timeout
-        conn = await pool.acquire(deadline)
-        fut = conn.send(data, max(0.001, deadline - time.monotonic()), timeout)
+        if key not in self._checked:  # a handful of distinct header sets: one per deployment
+            _check_headers(headers)
+            if len(self._checked) > 256:
+                self._checked.clear()
+            self._checked.add(key)
+        session = self._session
+        if session is None:
+            session = self._session = self._new_session(force_close=False)
+        ssl_ctx = self._ssl_for(ca_bundle)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         try:
-            return await fut
-        except asyncio.CancelledError:
-            conn.close()  # the answer would arrive on a connection nobody reads
-            raise
-
-    async def aclose(self) -> None:
-        for pool in self._pools.values():
-            for c in list(pool.open):
-                c.close()
-        self._pools.clear()
-
-    async def __aenter__(self) -> PooledHttp:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
-
-
-class HttpxHttp:
-    """The same calls through httpx (HTTP proxies from the environment, HTTP/1.1)."""
-
-    def __init__(self, client: httpx.AsyncClient | None = None, max_connections: int = 256
-                 ) -> None:
-        self.client = client or httpx.AsyncClient(trust_env=True, limits=httpx.Limits(
-            max_connections=max_connections, max_keepalive_connections=max_connections))
-
-    async def post(self, url: str, body: bytes, headers: Mapping[str, str], timeout: float
-                   ) -> HttpResponse:
+            return await self._send(session, url, body, headers, timeout, ssl_ctx)
+        except _Stale:
+            pass
+        # Sent again once, on a connection of its own: the pool may hold more stale ones.
+        if self._fresh is None:
+            self._fresh = self._new_session(force_close=True)
+        left = deadline - loop.time()
+        if left <= 0:
+            raise SendTimedOut(f"timeout after {timeout:g}s: a kept-alive connection was "
+                               f"closed by the server, no time left to send again")
         try:
-            r = await self.client.post(url, content=body, headers=dict(headers), timeout=timeout)
-        except (httpx.ConnectError, httpx.ConnectTimeout) as e:
-            raise ConnectFailed(f"connection error: {type(e).__name__}") from None
-        except (httpx.WriteTimeout, httpx.PoolTimeout) as e:
-            raise SendTimedOut(f"timeout sending the request ({type(e).__name__})") from None
-        except httpx.TimeoutException:
+            return await self._send(self._fresh, url, body, headers, left, ssl_ctx)
+        except _Stale:  # not reused: unreachable, but never loop
+            raise ConnectionDropped("connection dropped before a full response") from None
+
+    async def _send(self, session: aiohttp.ClientSession, url: str, body: bytes,
+                    headers: Mapping[str, str], timeout: float, ssl_ctx: ssl.SSLContext | bool
+                    ) -> HttpResponse:
+        call = _Call()
+        token = _CALL.set(call)
+        proxy, proxy_auth = self._proxy(url)
+        try:
+            async with session.post(url, data=body, headers=headers, ssl=ssl_ctx,
+                                    timeout=self._timeout(timeout), proxy=proxy,
+                                    proxy_auth=proxy_auth, allow_redirects=False) as resp:
+                return HttpResponse(resp.status, resp.headers, await self._read(resp))
+        except aiohttp.ConnectionTimeoutError:
+            host = URL(url).host
+            raise SendTimedOut(f"connecting to {host} timed out") from None
+        except aiohttp.ClientConnectorError as e:  # before ClientOSError: one of them
+            reason = e.os_error.strerror or type(e.os_error).__name__
+            if isinstance(e, aiohttp.ClientConnectorCertificateError):
+                reason = f"certificate not trusted: {e.certificate_error.__class__.__name__}"
+            raise ConnectFailed(f"connection error: cannot connect to {e.host}:{e.port} "
+                                f"({reason})") from None
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as e:
+            if call.reused and _before_any_byte(e):
+                raise _Stale from None
+            raise ConnectionDropped(f"connection dropped before a full response "
+                                    f"({type(e).__name__})") from None
+        except TimeoutError:  # the total timeout (aiohttp.ServerTimeoutError is one too)
+            if not call.sent:
+                raise SendTimedOut(f"timeout after {timeout:g}s before the request was sent "
+                                   f"(no free connection, or a slow connect)") from None
             raise ResponseTimedOut(f"timeout after {timeout:g}s with no response") from None
-        except httpx.TransportError as e:
-            raise ConnectionDropped(f"connection dropped: {type(e).__name__}") from None
-        return HttpResponse(r.status_code, {k.lower(): v for k, v in r.headers.items()},
-                            r.content)
+        except aiohttp.ClientPayloadError as e:
+            raise ConnectionDropped(f"connection dropped before a full response "
+                                    f"({_short(e)})") from None
+        except aiohttp.ClientResponseError as e:  # the status line or headers did not parse
+            raise ConnectionDropped(f"malformed HTTP response: {_short(e.message)}") from None
+        except aiohttp.InvalidURL:
+            raise ValueError(f"not an http(s) URL: {url!r}") from None
+        except aiohttp.ClientError as e:
+            raise ConnectionDropped(f"connection error: {type(e).__name__}") from None
+        finally:
+            _CALL.reset(token)
+
+    async def _read(self, resp: aiohttp.ClientResponse) -> bytes:
+        cap = self.max_response_bytes
+        n = resp.content_length
+        if n is not None and n > cap and "content-encoding" not in resp.headers:
+            resp.close()
+            raise ResponseTooLarge(f"response of {n} bytes is over the "
+                                   f"{cap}-byte cap (shadow.max_response_bytes)")
+        chunks: list[bytes] = []
+        size = 0
+        while chunk := await resp.content.readany():
+            size += len(chunk)
+            if size > cap:
+                resp.close()  # the rest is not read: the connection is not reused
+                raise ResponseTooLarge(f"response over the {cap}-byte cap "
+                                       f"(shadow.max_response_bytes)")
+            chunks.append(chunk)
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     async def aclose(self) -> None:
-        await self.client.aclose()
+        for s in (self._session, self._fresh):
+            if s is not None:
+                await s.close()
+        self._session = self._fresh = None
 
-    async def __aenter__(self) -> HttpxHttp:
+    async def __aenter__(self) -> AiohttpClient:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
 
-HTTP_CLIENTS = ("auto", "builtin", "httpx")
+def _before_any_byte(e: aiohttp.ClientError) -> bool:
+    """Whether the connection failed before any byte of a response: a clean close with nothing
+    parsed ("Server disconnected", not a partial message), or a reset/broken pipe."""
+    if isinstance(e, aiohttp.ServerDisconnectedError):
+        return isinstance(e.message, str)
+    return isinstance(e, aiohttp.ClientOSError) and e.errno in (errno.ECONNRESET, errno.EPIPE)
 
 
-def proxied() -> bool:
-    """Whether the environment names an HTTP(S) proxy (`HTTPS_PROXY`, `ALL_PROXY`, ...)."""
-    return any(k in ("http", "https", "all") for k in urllib.request.getproxies_environment())
+def _short(e: object) -> str:
+    return " ".join(str(e).split())[:200]
 
 
-def make_http(kind: str, max_connections: int) -> HttpClient:
-    """`builtin`: `PooledHttp`; `httpx`: `HttpxHttp`; `auto`: httpx when the environment names a
-    proxy (the builtin client does not speak to proxies), else builtin."""
+def make_http(kind: str, max_connections: int, max_response_bytes: int = MAX_RESPONSE_BYTES
+              ) -> HttpClient:
+    """The configured client (`shadow.http_client`; `aiohttp` is the only one)."""
     if kind not in HTTP_CLIENTS:
         raise ValueError(f"shadow.http_client must be one of {', '.join(HTTP_CLIENTS)}, "
                          f"not {kind!r}")
-    if kind == "httpx" or (kind == "auto" and proxied()):
-        return HttpxHttp(max_connections=max_connections)
-    return PooledHttp(max_connections)
+    return AiohttpClient(max_connections, max_response_bytes=max_response_bytes)

@@ -154,6 +154,8 @@ class DeploymentConfig:
     extra_headers: Mapping[str, str] = field(default_factory=dict)
     """Headers sent with every call, over the model's `extra_headers` (not for keys: those only
     come from `api_key_env`)."""
+    ca_bundle: str = ""
+    """PEM file of the CAs trusted for this endpoint's HTTPS (empty: the model's)."""
 
 
 @dataclass(frozen=True)
@@ -195,6 +197,9 @@ class ModelConfig:
     """Most calls in flight per deployment (0: only `shadow.concurrency` bounds it)."""
     extra_headers: Mapping[str, str] = field(default_factory=dict)
     """Headers sent with every call (not for keys: those only come from `api_key_env`)."""
+    ca_bundle: str = ""
+    """PEM file of the CAs trusted for this model's HTTPS endpoints, instead of the default ones
+    (empty: `SSL_CERT_FILE`/`SSL_CERT_DIR` when set, else certifi's or the system's)."""
     deployments: tuple[DeploymentConfig, ...] = ()
     """Endpoints serving this model; calls go to the least busy healthy one and fall back to the
     others when one fails (empty: one deployment from the fields above)."""
@@ -221,6 +226,7 @@ class ModelConfig:
                                        else d.cached_input_per_mtok),
                 output_per_mtok=self.output_per_mtok if d.output_per_mtok < 0 else d.output_per_mtok,
                 extra_headers=types.MappingProxyType({**self.extra_headers, **d.extra_headers}),
+                ca_bundle=d.ca_bundle or self.ca_bundle,
             ))
         return tuple(out)
 
@@ -272,9 +278,12 @@ class ShadowConfig:
     are written); then the rest are cancelled, their samples stay pending for the next start and
     their attempts are recorded at worst-case cost in `shadow_attempts`. Keep it below the
     supervisor's kill timeout (Docker: 10 s)."""
-    http_client: str = "auto"
-    """`builtin` (lean keep-alive HTTP/1.1, ~20x less CPU per call), `httpx` (speaks to HTTP
-    proxies), or `auto`: httpx when `HTTPS_PROXY`/`HTTP_PROXY`/`ALL_PROXY` is set, else builtin."""
+    http_client: str = "aiohttp"
+    """HTTP client of the shadow calls: `aiohttp` (the one kept: see docs/architecture.md).
+    Proxies come from `HTTPS_PROXY`/`HTTP_PROXY`/`ALL_PROXY`/`NO_PROXY`."""
+    max_response_bytes: int = 4 * 1024 * 1024
+    """Largest answer body read (after decompression); a bigger one fails the call, charged as
+    sent and not retried."""
 
 
 @dataclass(frozen=True)
@@ -701,9 +710,10 @@ def _validate_shadow(sh: ShadowConfig) -> None:
     at_least("shadow.first_probe_s", sh.first_probe_s, 0)
     at_least("shadow.max_wait_s", sh.max_wait_s, 0)
     at_least("shadow.reuse_window_s", sh.reuse_window_s, 0)
-    if sh.http_client not in ("auto", "builtin", "httpx"):
-        raise ConfigError("shadow.http_client", f"must be 'auto', 'builtin' or 'httpx', "
-                          f"got {sh.http_client!r}")
+    if sh.http_client != "aiohttp":
+        raise ConfigError("shadow.http_client", f"must be 'aiohttp' (the built-in client and "
+                          f"httpx were retired), got {sh.http_client!r}")
+    at_least("shadow.max_response_bytes", sh.max_response_bytes, 1024)
     if sh.max_queue < 2 * sh.concurrency:
         raise ConfigError("shadow.max_queue", f"must be at least 2 x shadow.concurrency "
                           f"({2 * sh.concurrency}, the samples in flight), got {sh.max_queue}")
@@ -736,6 +746,8 @@ def _validate_shadow(sh: ShadowConfig) -> None:
             if d.max_tokens_field not in MAX_TOKENS_FIELDS:
                 raise ConfigError(f"{dkey}.max_tokens_field", "must be 'max_tokens' or "
                                   f"'max_completion_tokens', got {d.max_tokens_field!r}")
+            if d.ca_bundle and not os.path.isfile(d.ca_bundle):
+                raise ConfigError(f"{dkey}.ca_bundle", f"no such file: {d.ca_bundle!r}")
             names.add(d.name)
             if m.deployments:
                 raw = m.deployments[j]

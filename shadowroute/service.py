@@ -385,7 +385,7 @@ class Service:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, self.stop_event.set)
         sh = self.cfg.shadow
-        self.http = make_http(sh.http_client, max(16, sh.concurrency * 2))
+        self.http = make_http(sh.http_client, max(16, sh.concurrency * 2), sh.max_response_bytes)
         run_id = uuid.uuid4().hex  # this run's rows in the budget's journal
         self.budget = Budget(sh.budget.usd_per_hour, sh.budget.usd_per_day,
                              journal=functools.partial(self.store.lease_budget, run_id))

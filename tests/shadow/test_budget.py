@@ -7,9 +7,9 @@ from __future__ import annotations
 import asyncio
 import math
 import random
+from collections.abc import Mapping
 from typing import Any
 
-import httpx
 import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from shadow.budget import NANO, Budget, to_nano
 from shadow.client import ModelClient
-from shadow.http import HttpxHttp
+from shadow.http import HttpResponse
 from shadowroute.config import ModelConfig
 
 
@@ -137,29 +137,37 @@ calls = st.lists(st.tuples(
 def test_concurrent_calls_never_overshoot_the_cap(spec: list[tuple[Any, ...]], cap: float) -> None:
     by_prompt = {f"p{i}-" + "x" * n: s for i, (n, *s) in enumerate(spec)}
 
-    async def handler(request: httpx.Request) -> httpx.Response:
-        body = orjson.loads(request.content)
+    class FakeHttp:
+        """A fake transport: this tests the budget's arithmetic under concurrency, not HTTP."""
+
+        async def post(self, url: str, body: bytes, headers: Mapping[str, str],
+                       timeout: float, *, ca_bundle: str | None = None) -> HttpResponse:
+            return await handler(body)
+
+        async def aclose(self) -> None:
+            pass
+
+    async def handler(content: bytes) -> HttpResponse:
+        body = orjson.loads(content)
         mt, out_share, in_share, with_usage, latency = by_prompt[body["messages"][0]["content"]]
         await asyncio.sleep(latency)
         out: dict[str, Any] = {"choices": [{"message": {"role": "assistant", "content": "y" * 3}}]}
         if with_usage:
             # Billed prompt tokens never exceed the body size (byte-level BPE); output <= max_tokens.
-            out["usage"] = {"prompt_tokens": int(len(request.content) * in_share),
+            out["usage"] = {"prompt_tokens": int(len(content) * in_share),
                             "completion_tokens": int(body["max_tokens"] * out_share)}
-        return httpx.Response(200, content=orjson.dumps(out))
+        return HttpResponse(200, {}, orjson.dumps(out))
 
     async def go() -> tuple[Budget, list[Any]]:
         budget = Budget(usd_per_hour=cap)
         cfg = ModelConfig(name="m", base_url="http://model.test/v1", input_per_mtok=0.5,
                           cached_input_per_mtok=0.25, output_per_mtok=4.0, max_tokens=1500)
-        # A fake transport: this tests the budget's arithmetic under concurrency, not HTTP.
-        async with HttpxHttp(httpx.AsyncClient(transport=httpx.MockTransport(handler))) as http:
-            client = ModelClient(cfg, http, budget=budget)
-            prompts = list(by_prompt)
-            random.Random(len(prompts)).shuffle(prompts)
-            results = await asyncio.gather(*(
-                client.complete([{"role": "user", "content": p}],
-                                {"max_tokens": by_prompt[p][0]}) for p in prompts))
+        client = ModelClient(cfg, FakeHttp(), budget=budget)
+        prompts = list(by_prompt)
+        random.Random(len(prompts)).shuffle(prompts)
+        results = await asyncio.gather(*(
+            client.complete([{"role": "user", "content": p}],
+                            {"max_tokens": by_prompt[p][0]}) for p in prompts))
         return budget, list(results)
 
     budget, results = asyncio.run(go())

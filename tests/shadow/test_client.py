@@ -12,7 +12,7 @@ import pytest
 
 from shadow.budget import Budget
 from shadow.client import CallResult, ModelClient
-from shadow.http import PooledHttp, make_http
+from shadow.http import AiohttpClient
 from shadow.tokens import prompt_token_bound
 from shadowroute.config import DeploymentConfig, ModelConfig
 from tests.support.model_server import ModelBehaviour, ModelServer, closed_port_url
@@ -27,18 +27,14 @@ def model(url: str = "", **kw: Any) -> ModelConfig:
 
 
 async def call(cfg: ModelConfig, params: dict[str, Any] | None = None, n: int = 1,
-               http_client: str = "builtin", **kw: Any) -> list[CallResult]:
+               **kw: Any) -> list[CallResult]:
     kw.setdefault("backoff_s", 0.01)
-    http = make_http(http_client, 16)
+    http = AiohttpClient(16)
     try:
         client = ModelClient(cfg, http, **kw)
         return [await client.complete(MSGS, params or {}) for _ in range(n)]
     finally:
         await http.aclose()
-
-
-# The fault tests run through both HTTP clients: their failures must mean the same.
-BOTH = pytest.mark.parametrize("http_client", ["builtin", "httpx"])
 
 
 def test_replays_the_production_request_faithfully(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -109,33 +105,28 @@ def test_a_hang_times_out_is_retried_and_charged_its_worst_case() -> None:
     assert budget.spent_usd("hour") == pytest.approx(r.spend_usd, abs=1e-8)
 
 
-@BOTH
-def test_timeouts_exhaust_retries(http_client: str) -> None:
+def test_timeouts_exhaust_retries() -> None:
     with ModelServer(ModelBehaviour(hang=True)) as ms:
-        [r] = asyncio.run(call(model(ms.url, timeout_s=0.2), retries=1, http_client=http_client))
+        [r] = asyncio.run(call(model(ms.url, timeout_s=0.2), retries=1))
     assert r.outcome == "error" and r.attempts == 2 and "timeout after 0.2s" in (r.error or "")
 
 
-@BOTH
-def test_a_dropped_connection_is_retried(http_client: str) -> None:
+def test_a_dropped_connection_is_retried() -> None:
     with ModelServer(ModelBehaviour(script=["drop"])) as ms:
-        [r] = asyncio.run(call(model(ms.url), http_client=http_client))
+        [r] = asyncio.run(call(model(ms.url)))
     assert r.outcome == "ok" and r.attempts == 2
 
 
-@BOTH
-def test_a_malformed_answer_is_retried_then_reported(http_client: str) -> None:
+def test_a_malformed_answer_is_retried_then_reported() -> None:
     with ModelServer(ModelBehaviour(malformed=True)) as ms:
-        [r] = asyncio.run(call(model(ms.url), retries=1, http_client=http_client))
+        [r] = asyncio.run(call(model(ms.url), retries=1))
     assert r.outcome == "error" and r.attempts == 2 and "malformed" in (r.error or "")
 
 
-@BOTH
-def test_no_usage_charges_upper_bounds(http_client: str) -> None:
+def test_no_usage_charges_upper_bounds() -> None:
     with ModelServer(ModelBehaviour(no_usage=True, answer=lambda p: "four")) as ms:
         budget = Budget(usd_per_day=1.0)
-        [r] = asyncio.run(call(model(ms.url, max_tokens=64), budget=budget,
-                               http_client=http_client))
+        [r] = asyncio.run(call(model(ms.url, max_tokens=64), budget=budget))
         body = ms.behaviour.requests[0]
     assert r.outcome == "ok" and r.usage_estimated
     import orjson
@@ -146,9 +137,8 @@ def test_no_usage_charges_upper_bounds(http_client: str) -> None:
     assert budget.spent_usd("day") == pytest.approx(r.cost_usd, abs=1e-8)
 
 
-@BOTH
-def test_a_server_that_is_down(http_client: str) -> None:
-    [r] = asyncio.run(call(model(closed_port_url()), retries=2, http_client=http_client))
+def test_a_server_that_is_down() -> None:
+    [r] = asyncio.run(call(model(closed_port_url()), retries=2))
     assert r.outcome == "error" and r.attempts == 3 and "connection error" in (r.error or "")
     assert r.spend_usd == 0  # never sent, never billed
 
@@ -159,7 +149,7 @@ def test_failing_deployment_goes_on_cooldown_and_the_group_falls_back() -> None:
                                  DeploymentConfig(base_url=good.url, name="up")))
 
         async def go() -> tuple[list[CallResult], ModelClient]:
-            async with PooledHttp() as http:
+            async with AiohttpClient() as http:
                 c = ModelClient(cfg, http, allowed_fails=2, cooldown_s=60, backoff_s=0.01)
                 out = [await c.complete(MSGS, {}) for _ in range(6)]
                 return out, c
@@ -180,7 +170,7 @@ def test_whole_group_down_the_call_is_given_up_as_unavailable() -> None:
                              DeploymentConfig(base_url=closed_port_url())))
 
     async def go() -> list[CallResult]:
-        async with PooledHttp() as http:
+        async with AiohttpClient() as http:
             c = ModelClient(cfg, http, allowed_fails=1, cooldown_s=30, backoff_s=0.01,
                             max_wait_s=0.3, retries=5)
             first = await c.complete(MSGS, {})
@@ -199,7 +189,7 @@ def test_whole_group_down_the_call_is_given_up_as_unavailable() -> None:
 def test_after_the_cooldown_one_probe_decides() -> None:
     with ModelServer(ModelBehaviour(script=[503, 503])) as ms:
         async def go() -> tuple[list[CallResult], ModelClient]:
-            async with PooledHttp() as http:
+            async with AiohttpClient() as http:
                 c = ModelClient(model(ms.url), http, allowed_fails=2, cooldown_s=0.3,
                                 retries=1, backoff_s=0.01, max_wait_s=5)
                 r1 = await c.complete(MSGS, {})  # 503, 503: cooldown
@@ -216,7 +206,7 @@ def test_after_the_cooldown_one_probe_decides() -> None:
 def test_rpm_limit_holds_calls_back() -> None:
     with ModelServer() as ms:
         async def go() -> list[CallResult]:
-            async with PooledHttp() as http:
+            async with AiohttpClient() as http:
                 c = ModelClient(model(ms.url, rpm=2), http, max_wait_s=0.3)
                 return list(await asyncio.gather(*(c.complete(MSGS, {}) for _ in range(3))))
 
@@ -229,7 +219,7 @@ def test_rpm_limit_holds_calls_back() -> None:
 def test_max_concurrency_per_deployment() -> None:
     with ModelServer(ModelBehaviour(delay_s=0.15)) as ms:
         async def go() -> float:
-            async with PooledHttp() as http:
+            async with AiohttpClient() as http:
                 c = ModelClient(model(ms.url, max_concurrency=1), http)
                 t0 = time.monotonic()
                 rs = await asyncio.gather(*(c.complete(MSGS, {}) for _ in range(3)))
@@ -252,7 +242,7 @@ def test_budget_exhausted_skips_the_call() -> None:
 def test_identical_replays_reuse_the_first_answer() -> None:
     with ModelServer(ModelBehaviour(delay_s=0.1, answer=lambda p: "4")) as ms:
         async def go() -> list[CallResult]:
-            async with PooledHttp() as http:
+            async with AiohttpClient() as http:
                 c = ModelClient(model(ms.url), http, reuse_window_s=60)
                 same = await asyncio.gather(*(c.complete(MSGS, {"temperature": 0},
                                                          sample_id=f"s{i}") for i in range(3)))
@@ -272,7 +262,7 @@ def test_reuse_window_expires() -> None:
     now = [0.0]
     with ModelServer() as ms:
         async def go() -> list[CallResult]:
-            async with PooledHttp() as http:
+            async with AiohttpClient() as http:
                 c = ModelClient(model(ms.url), http, reuse_window_s=10, clock=lambda: now[0])
                 a = await c.complete(MSGS, {}, sample_id="a")
                 now[0] = 5
@@ -308,7 +298,7 @@ def test_tpm_counts_the_estimate_up_front_and_usage_after() -> None:
     actual = (len("Be brief.\nWhat is 2 + 2?") // 4 + 1) + (len("ok") // 4 + 1)  # server's usage
     with ModelServer() as ms:
         async def go() -> list[CallResult]:
-            async with PooledHttp() as http:
+            async with AiohttpClient() as http:
                 c = ModelClient(model(ms.url, tpm=estimate + 2 * actual, max_tokens=cap), http,
                                 max_wait_s=0.5)
                 return list(await asyncio.gather(*(c.complete(MSGS, {}) for _ in range(4))))
@@ -348,7 +338,7 @@ def test_the_cap_goes_in_the_field_the_deployment_takes() -> None:
             DeploymentConfig(base_url=b.url)))
 
         async def go() -> list[CallResult]:
-            async with PooledHttp() as http:
+            async with AiohttpClient() as http:
                 c = ModelClient(cfg, http)
                 return list(await asyncio.gather(
                     *(c.complete(MSGS, {"max_tokens": 500}) for _ in range(4))))

@@ -89,6 +89,23 @@ extra_headers = { "X-Region" = "eu" }
     assert dict(c.extra_headers) == {"X-Team": "shadow", "X-Region": "eu"}
 
 
+def test_ca_bundle_per_model_and_per_deployment(tmp_path: Path) -> None:
+    (tmp_path / "a.pem").write_text("")
+    (tmp_path / "b.pem").write_text("")
+    cfg = load_config(write(tmp_path, f"""
+[shadow]
+max_response_bytes = 65536
+[[shadow.models]]
+name = "m"
+base_url = "https://a.example.com/v1"
+ca_bundle = "{tmp_path / 'a.pem'}"
+deployments = [{{ name = "x" }}, {{ name = "y", ca_bundle = "{tmp_path / 'b.pem'}" }}]
+"""), env={})
+    x, y = cfg.shadow.models[0].resolved_deployments()
+    assert (x.ca_bundle, y.ca_bundle) == (str(tmp_path / "a.pem"), str(tmp_path / "b.pem"))
+    assert (cfg.shadow.http_client, cfg.shadow.max_response_bytes) == ("aiohttp", 65536)
+
+
 def test_budget_from_the_environment(tmp_path: Path) -> None:
     cfg = load_config(None, env={"SHADOWROUTE_SHADOW__BUDGET__USD_PER_DAY": "25",
                                  "SHADOWROUTE_SHADOW__BUDGET__USD_PER_HOUR": "inf"})
@@ -116,6 +133,15 @@ def test_budget_from_the_environment(tmp_path: Path) -> None:
      "shadow.models[0].tpm", "must not be negative"),
     ("[[shadow.models]]\nname = \"m\"\nbase_url = \"http://a\"\ndeployments = [{ rpn = 5 }]\n",
      "shadow.models[0].deployments[0].rpn", "unknown key (did you mean 'rpm'?)"),
+    ("[shadow]\nhttp_client = \"builtin\"\n", "shadow.http_client",
+     "must be 'aiohttp' (the built-in client and httpx were retired), got 'builtin'"),
+    ("[shadow]\nmax_response_bytes = 10\n", "shadow.max_response_bytes",
+     "must be at least 1024, got 10"),
+    ("[[shadow.models]]\nname = \"m\"\nbase_url = \"https://a\"\nca_bundle = \"/nonexistent.pem\"\n",
+     "shadow.models[0].ca_bundle", "no such file: '/nonexistent.pem'"),
+    ("[[shadow.models]]\nname = \"m\"\nbase_url = \"https://a\"\n"
+     "deployments = [{ ca_bundle = \"/nonexistent.pem\" }]\n",
+     "shadow.models[0].deployments[0].ca_bundle", "no such file: '/nonexistent.pem'"),
 ])
 def test_mistakes_name_the_key(tmp_path: Path, text: str, key: str, problem: str) -> None:
     with pytest.raises(ConfigError) as e:

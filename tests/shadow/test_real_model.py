@@ -15,7 +15,7 @@ import pytest
 
 from shadow.budget import Budget
 from shadow.client import CallResult, ModelClient
-from shadow.http import PooledHttp
+from shadow.http import AiohttpClient
 from shadowroute.config import DeploymentConfig, ModelConfig
 from shadowroute.localmodel import LocalModelServer, find_gguf
 
@@ -41,7 +41,7 @@ def test_real_prompts_through_the_shadow_client(local_model: LocalModelServer) -
     budget = Budget(usd_per_hour=1.0)
 
     async def go() -> tuple[list[CallResult], float]:
-        async with PooledHttp() as http:
+        async with AiohttpClient() as http:
             client = ModelClient(cfg, http, budget=budget)
             t0 = time.monotonic()
             results = await asyncio.gather(*(client.complete(

@@ -16,7 +16,7 @@ from analytics.store import Store
 from analytics.store_process import StoreProcess
 from shadow.budget import Budget
 from shadow.client import ModelClient
-from shadow.http import PooledHttp
+from shadow.http import AiohttpClient
 from shadow.routers import build_routers
 from shadow.runner import SAMPLE_STATUSES, ShadowRunner
 from shadowroute.config import ModelConfig, RouterConfig
@@ -66,7 +66,7 @@ async def run_all(db: Path, models: Sequence[ModelConfig], *, budget: Budget | N
                   writer: str = "thread", **client_kw: Any) -> ShadowRunner:
     store = open_store(db, writer)
     try:
-        async with PooledHttp() as http:
+        async with AiohttpClient() as http:
             clients = [ModelClient(m, http, budget=budget, backoff_s=0.01, **client_kw)
                        for m in models]
             runner = ShadowRunner(store, build_routers((RouterConfig("random", "random"),)),
@@ -177,7 +177,7 @@ def test_a_restart_resumes_pending_samples_and_writes_each_result_once(tmp_path:
     with ModelServer(ModelBehaviour(answer=answer, delay_s=0.05)) as ms:
         async def interrupted() -> None:
             st = open_store(db, writer)
-            async with PooledHttp() as http:
+            async with AiohttpClient() as http:
                 runner = ShadowRunner(st, [], [ModelClient(model(ms.url), http)], concurrency=3,
                                       flush_every_s=0.05)
                 task = asyncio.create_task(runner.run())
@@ -248,7 +248,7 @@ def test_results_are_written_when_flush_at_wait_not_only_on_the_timer(
         async def go() -> int:
             st = AsyncStore(Store(db))
             try:
-                async with PooledHttp() as http:
+                async with AiohttpClient() as http:
                     runner = ShadowRunner(st, [], [ModelClient(model(ms.url), http)],
                                           concurrency=4, flush_every_s=60, flush_at=4, ramp_s=0.0)
                     task = asyncio.create_task(runner.run())
@@ -341,7 +341,7 @@ def test_metrics_of_the_shadow_stage(tmp_path: Path) -> None:
             svc._on_result(SampleResult("s2", "skipped_budget", calls=[
                 CallResult("cheap", None, None, None, None, None, 0.1, "budget", 0, "budget")]))
             svc._on_shed(3)
-            async with PooledHttp() as http:
+            async with AiohttpClient() as http:
                 client = ModelClient(model("http://127.0.0.1:9/v1"), http)
                 client.deployments[0].cooldown_until = 1e18
                 svc.runner = ShadowRunner(svc.store, [], [client], concurrency=1)
@@ -392,7 +392,7 @@ def test_failing_writes_hold_new_work_and_lose_nothing(tmp_path: Path) -> None:
         async def go() -> tuple[int, int]:
             st = FlakyStore(Store(db), fail=3)
             try:
-                async with PooledHttp() as http:
+                async with AiohttpClient() as http:
                     runner = ShadowRunner(st, [], [ModelClient(model(ms.url), http)],
                                           concurrency=4, flush_every_s=0.02, flush_max=10,
                                           ramp_s=0.0)

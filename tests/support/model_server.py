@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import resource
 import threading
 import urllib.parse
 from collections.abc import Callable
@@ -285,6 +286,11 @@ def main() -> None:
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--delay-s", type=float, default=0.0)
     args = ap.parse_args()
+    # The benchmark holds 1,000+ connections open: more descriptors than a soft limit of 1,024.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (65536 if hard == resource.RLIM_INFINITY
+                                                    else hard, hard))
 
     async def serve() -> None:
         loop = asyncio.get_running_loop()
