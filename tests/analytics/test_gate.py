@@ -382,15 +382,19 @@ def test_sql_estimate_matches_the_formula(shared_store: Store,
     assert out["quality_lower"] == pytest.approx(e["quality_lower"], abs=1e-9)
     assert out["quality_upper"] == pytest.approx(e["quality_upper"], abs=1e-9)
     assert out["savings"] == pytest.approx(e["savings"], abs=1e-9)
-    assert out["savings_lower"] == pytest.approx(e["savings_lower"], abs=1e-9)
-    assert out["savings_upper"] == pytest.approx(e["savings_upper"], abs=1e-9)
+    assert out["savings_lower"] == pytest.approx(e["savings_lower"], abs=1e-7)
+    assert out["savings_upper"] == pytest.approx(e["savings_upper"], abs=1e-7)
     cols, rows = shared_store.query_table(
         "SELECT * FROM savings_at([$t], z := $z) WHERE router = $r", {"t": threshold, "z": Z95,
                                                                        "r": ROUTER})
     view = dict(zip(cols, rows[0], strict=True))
     for k in ("quality", "quality_se", "quality_lower", "quality_upper", "savings",
               "savings_lower", "savings_upper", "strong_share"):
-        assert view[k] == pytest.approx(e[k], abs=1e-9), k
+        # A bound's half-width is the square root of a variance that cancels to ~0 in a stratum
+        # of one sample, where SQL's and numpy's rounding differ by ~1e-17: its square root
+        # moves the bound by ~1e-8. Point estimates agree to 1e-9.
+        assert view[k] == pytest.approx(e[k], abs=1e-7 if k.endswith(("_lower", "_upper"))
+                                        else 1e-9), k
     assert out["strong_share"] == pytest.approx(e["strong_share"], abs=1e-9)
     assert 0.0 <= out["quality_lower"] <= out["quality"] <= out["quality_upper"] <= 1.0  # type: ignore[operator]
     assert out["verdict"] in EXIT_CODES
