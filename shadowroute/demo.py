@@ -241,23 +241,25 @@ def _report(db: Path, opts: DemoOptions, model: str, console: Console) -> int:
                           + (f"; for example: {why}" if why else ""), style="red",
                           markup=False, soft_wrap=True)
             return 1
-        z = 1.6449
+        # Lower bounds are the estimator's own (Wilson with Jeffreys' half observations per
+        # stratum): a handful of perfect samples never shows a lower bound of 100%.
         cols, rows = store.query_table(
-            "SELECT segment, samples, requests, quality, quality_se, savings, projected_usd_saved "
+            "SELECT segment, samples, requests, quality, quality_lower, savings, "
+            "projected_usd_saved "
             "FROM segment_savings WHERE router = 'all_cheap' AND model = $model ORDER BY quality DESC",
             {"model": model})
         t = Table(title=f"If every request of a task type went to {model} (all_cheap)",
-                  caption="quality relative to the frontier answer; ± is a one-sided 95% bound")
+                  caption="quality relative to the frontier answer; 95% lower: the lower end of "
+                          "its 95% interval")
         for c in ("task type", "samples", "requests", "quality", "95% lower", "savings",
                   "projected USD saved"):
             t.add_column(c, justify="left" if c == "task type" else "right")
-        for seg, n, big_n, q, se, sav, usd in rows:
-            lower = None if q is None or se is None else max(0.0, q - z * se)
+        for seg, n, big_n, q, lower, sav, usd in rows:
             style = "green" if lower is not None and lower >= opts.min_quality else None
             t.add_row(seg, str(n), str(big_n), _pct(q), _pct(lower), _pct(sav), f"${usd:,.4f}",
                       style=style)
         cols, rows = store.query_table(
-            "SELECT router, threshold, samples, quality, quality_se, savings, strong_share, "
+            "SELECT router, threshold, samples, quality, quality_lower, savings, strong_share, "
             "projected_usd_saved FROM savings WHERE model = $model", {"model": model})
         all_rows = [dict(zip(cols, r, strict=True)) for r in rows]
         overall = [r for r in all_rows if r["router"] in ("all_cheap", "oracle")]
@@ -265,7 +267,7 @@ def _report(db: Path, opts: DemoOptions, model: str, console: Console) -> int:
         # lower bound and saves the most, or else (none does) is the closest to the target.
         moving = [r for r in all_rows if r["router"] not in ("all_cheap", "oracle")
                   and r["quality"] is not None and (r["savings"] or 0) > 0]
-        qualifying = [r for r in moving if r["quality"] - z * r["quality_se"] >= opts.min_quality]
+        qualifying = [r for r in moving if (r["quality_lower"] or 0.0) >= opts.min_quality]
         best = (max(qualifying, key=lambda r: (r["savings"], -r["threshold"]), default=None)
                 or max(moving, key=lambda r: (r["quality"], r["savings"]), default=None))
         o = Table(title="All traffic")
