@@ -45,7 +45,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(build_app(store, cfg, Metrics(), lambda: {}),
+    srv = uvicorn.Server(uvicorn.Config(build_app(store, cfg, Metrics(), lambda: {}, port=port),
                                         host="127.0.0.1", port=port, log_level="warning",
                                         lifespan="off"))
     t = threading.Thread(target=srv.run, daemon=True)
@@ -125,7 +125,8 @@ def test_flagger_webhook_gets_200_only_on_pass(server: str) -> None:
                 query=f"?router={ROUTER}&model={MODEL}&min_samples=100&threshold=0.95")
     assert r.status_code == 200
     # Not a webhook payload, or missing parameters: 400, which Flagger counts as a failure.
-    assert httpx.post(server + "/v1/verdict", content=b"[1]").status_code == 400
+    assert httpx.post(server + "/v1/verdict", content=b"[1]",
+                      headers={"Content-Type": "application/json"}).status_code == 400
     r = flagger(server, {"router": ROUTER})
     assert r.status_code == 400 and r.json()["error"] == "parameter threshold is required"
 
