@@ -305,6 +305,10 @@ class StoreProcess:
                 reply = _recv(sock)
             except OSError as e:
                 raise self._gone(str(e)) from None
+        return self._answer_of(reply)
+
+    def _answer_of(self, reply: Any) -> Any:
+        """The child's answer to a blocking call: its value, or the error it raised."""
         if reply is None:
             raise self._gone("connection closed")
         kind, value = reply
@@ -331,12 +335,7 @@ class StoreProcess:
                 raise StoreError(self._user_broken) from None
             except OSError as e:
                 raise self._gone(str(e)) from None
-        if reply is None:
-            raise self._gone("connection closed")
-        kind, value = reply
-        if kind == "err":
-            raise value
-        return value
+        return self._answer_of(reply)
 
     def _gone(self, why: str) -> StoreError:
         code = self.proc.poll()

@@ -705,11 +705,13 @@ class NotOtlpProtobuf(DecodeError):
     auto-detection can say what else they are not."""
 
 
-def _not_protobuf(value: bytes, detail: str) -> NotOtlpProtobuf:
+def not_protobuf(value: bytes, detail: str, export: str = "trace") -> NotOtlpProtobuf:
+    """`NotOtlpProtobuf` for an `export` ("trace", "logs"), quoting the bytes' start when it is
+    text (a JSON record sent to a protobuf topic says so)."""
     head = value[:24]
     text = (f"; it starts with {head.decode()!r}"
             if all(32 <= b < 127 or b in (9, 10, 13) for b in head) else "")
-    return NotOtlpProtobuf(f"not an OTLP protobuf trace export ({detail}){text}")
+    return NotOtlpProtobuf(f"not an OTLP protobuf {export} export ({detail}){text}")
 
 
 def decode_proto(value: bytes, msg: RawMessage) -> Decoded:
@@ -719,9 +721,9 @@ def decode_proto(value: bytes, msg: RawMessage) -> Decoded:
         req.ParseFromString(value)
     except Exception:  # protobuf's DecodeError, or anything its C parser raises; its message
         # says no more than this and changes between protobuf versions
-        raise _not_protobuf(value, "invalid protobuf wire format") from None
+        raise not_protobuf(value, "invalid protobuf wire format") from None
     if value and not req.resource_spans:  # e.g. text that happens to parse as unknown fields
-        raise _not_protobuf(value, "no resourceSpans in it")
+        raise not_protobuf(value, "no resourceSpans in it")
     return _guarded(_decode_proto, req, msg)
 
 

@@ -25,7 +25,6 @@ from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 
 from consumers.formats.common import convert_as, decode_json_as
 from consumers.formats.otlp import (
-    NotOtlpProtobuf,
     _guarded,
     _hex_id,
     _JAny,
@@ -34,6 +33,7 @@ from consumers.formats.otlp import (
     _jv,
     _nanos,
     _pv,
+    not_protobuf,
 )
 from consumers.records import Decoded, DecodeError, RawMessage, SpanContent
 
@@ -139,22 +139,15 @@ def looks_like_logs(value: bytes) -> bool:
         return False
 
 
-def _not_protobuf(value: bytes, detail: str) -> NotOtlpProtobuf:
-    head = value[:24]
-    text = (f"; it starts with {head.decode()!r}"
-            if all(32 <= b < 127 or b in (9, 10, 13) for b in head) else "")
-    return NotOtlpProtobuf(f"not an OTLP protobuf logs export ({detail}){text}")
-
-
 def decode_proto(value: bytes, msg: RawMessage) -> Decoded:
     """An `ExportLogsServiceRequest` (or `LogsData`) in protobuf binary."""
     req = ExportLogsServiceRequest()
     try:
         req.ParseFromString(value)
     except Exception:  # protobuf's DecodeError or anything its C parser raises
-        raise _not_protobuf(value, "invalid protobuf wire format") from None
+        raise not_protobuf(value, "invalid protobuf wire format", "logs") from None
     if value and not req.resource_logs:
-        raise _not_protobuf(value, "no resourceLogs in it")
+        raise not_protobuf(value, "no resourceLogs in it", "logs")
     return _guarded(_decode_proto, req, msg)
 
 
