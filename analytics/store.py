@@ -24,9 +24,9 @@ import polars as pl
 import pyarrow as pa
 
 import sql
+from analytics.errors import StoreError, StoreLockedError, StoreWriteError
 from consumers.ingest import IngestBatch
 from consumers.records import OffsetReset
-from shadowroute.errors import StoreError, StoreLockedError, StoreWriteError
 
 FETCH_CHUNK = 128  # rows per fetch of pending samples; see `pending_samples`
 USER_CLOSE_WAIT_S = 10.0  # longest a close waits for interrupted user queries to end

@@ -43,7 +43,7 @@ from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from shadowroute.errors import StoreError
+from analytics.errors import StoreError
 
 HEADER = struct.Struct("!Q")  # payload length
 START_TIMEOUT_S = 120.0  # opening a large file replays its write-ahead log first

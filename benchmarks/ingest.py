@@ -36,10 +36,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from analytics.store import Store  # noqa: E402
 from consumers.ingest import Ingestor  # noqa: E402
 from consumers.kafka_source import KafkaSource  # noqa: E402
-from shadowroute.broker import Broker  # noqa: E402
 from shadowroute.config import load_config  # noqa: E402
+from shadowroute.demo.broker import Broker  # noqa: E402
+from shadowroute.demo.traffic import TrafficGenerator  # noqa: E402
 from shadowroute.service import run_loop  # noqa: E402
-from shadowroute.traffic import TrafficGenerator  # noqa: E402
 
 PARTITIONS = 4
 FORMATS = ("openai_chat", "litellm", "otlp_json", "otlp_proto")

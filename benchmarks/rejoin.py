@@ -30,12 +30,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from shadowroute.broker import Broker  # noqa: E402
+from shadowroute.demo.broker import Broker  # noqa: E402
 
 MEMBER = r"""
 import asyncio, sys, time
 from consumers.kafka_source import KafkaSource
-from shadowroute.config import KafkaConfig
+from consumers.config import KafkaConfig
 
 async def main() -> None:
     t0 = time.monotonic()

@@ -63,19 +63,17 @@ from analytics.store import Store  # noqa: E402
 from analytics.store_process import StoreProcess  # noqa: E402
 from shadow.budget import Budget  # noqa: E402
 from shadow.client import ModelClient  # noqa: E402
-from shadow.http import (  # noqa: E402
-    AiohttpClient,
+from shadow.config import ModelConfig, ShadowConfig  # noqa: E402
+from shadow.errors import (  # noqa: E402
     ConnectFailed,
     ConnectionDropped,
-    HttpClient,
-    HttpResponse,
     ResponseTimedOut,
     SendTimedOut,
 )
-from shadow.routers import build_routers  # noqa: E402
+from shadow.http import AiohttpClient, HttpClient, HttpResponse  # noqa: E402
+from shadow.routers import RandomRouterConfig, build_routers  # noqa: E402
 from shadow.runner import SampleResult, ShadowRunner  # noqa: E402
-from shadowroute.broker import free_port  # noqa: E402
-from shadowroute.config import ModelConfig, RouterConfig, ShadowConfig  # noqa: E402
+from shadowroute.demo.broker import free_port  # noqa: E402
 from shadowroute.service import open_store, run_loop  # noqa: E402
 
 CHOSEN = "aiohttp"
@@ -189,7 +187,7 @@ async def shadow_run(client_name: str, url: str, n: int, in_flight: int, db: Pat
     http = make_client(client_name, in_flight)
     try:
         client = ModelClient.from_config(model, shadow, http, budget)
-        runner = ShadowRunner(store, build_routers((RouterConfig("random", "random"),)), [client],
+        runner = ShadowRunner(store, build_routers((RandomRouterConfig("random"),)), [client],
                               concurrency=in_flight, max_queue=shadow.max_queue,
                               on_result=on_result)
         child0 = proc_cpu_s(child) if child else 0.0

@@ -43,9 +43,9 @@ import orjson
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from shadowroute.broker import Broker  # noqa: E402
+from shadowroute.demo.broker import Broker  # noqa: E402
+from shadowroute.demo.traffic import TrafficGenerator  # noqa: E402
 from shadowroute.service import service_file  # noqa: E402
-from shadowroute.traffic import TrafficGenerator  # noqa: E402
 from tests.support.model_server import ModelBehaviour, ModelServer  # noqa: E402
 
 TOPIC = "soak"

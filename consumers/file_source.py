@@ -16,13 +16,11 @@ from pathlib import Path
 
 import orjson
 
+from consumers.errors import ReplayFileError
 from consumers.formats.openai_batch import join_batch_files
 from consumers.records import RawMessage
-from shadowroute.errors import ShadowrouteError
 
-
-class ReplayFileError(ShadowrouteError):
-    """A file given to `replay` cannot be read (missing, unreadable, not a supported file)."""
+__all__ = ["FileSource", "ReplayFileError"]
 
 
 def _topic(path: Path) -> str:

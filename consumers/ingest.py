@@ -17,14 +17,56 @@ from typing import Any, Protocol
 import orjson
 import polars as pl
 
+from consumers.config import FormatsConfig, Price, SamplingConfig
 from consumers.formats import Decoders, message_text
 from consumers.formats.mapping import build_mapping_formats
 from consumers.join import JOIN_ROW_FIELDS, Origin, SpanJoin
 from consumers.records import Decoded, DecodeError, RawMessage, Request, SpanContent
 from consumers.sampling import Sampler, stratum_of
-from shadowroute.config import Config, Price
 
 log = logging.getLogger("shadowroute.ingest")
+
+
+class RecordLimits(Protocol):
+    @property
+    def max_record_bytes(self) -> int: ...
+    @property
+    def max_raw_bytes(self) -> int: ...
+
+
+class ScorerChoice(Protocol):
+    """Which scorer a sample gets, from its tags (the shadow stage's `[scoring]`)."""
+
+    @property
+    def tag(self) -> str: ...
+    @property
+    def default(self) -> str: ...
+    @property
+    def by_tag(self) -> Mapping[str, str]: ...
+
+
+class ToolReplay(Protocol):
+    @property
+    def replay_tools(self) -> bool: ...
+
+
+class IngestConfig(Protocol):
+    """What ingest reads of the assembled configuration (`shadowroute.config.Config` is one):
+    its own sections, and the few keys of other stages' sections that decide what a sample
+    row holds."""
+
+    @property
+    def sampling(self) -> SamplingConfig: ...
+    @property
+    def formats(self) -> FormatsConfig: ...
+    @property
+    def prices(self) -> Mapping[str, Price]: ...
+    @property
+    def storage(self) -> RecordLimits: ...
+    @property
+    def scoring(self) -> ScorerChoice: ...
+    @property
+    def shadow(self) -> ToolReplay: ...
 
 REQUESTS_SCHEMA: dict[str, Any] = {
     "request_id": pl.Utf8, "ts": pl.Datetime("ms"), "topic": pl.Utf8, "partition": pl.Int32,
@@ -137,7 +179,7 @@ def frame(rows: list[tuple[Any, ...]], schema: dict[str, Any]) -> pl.DataFrame:
 
 
 class Ingestor:
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: IngestConfig) -> None:
         self.cfg = cfg
         self.sampler = Sampler(cfg.sampling.default_rate, cfg.sampling.rates, cfg.sampling.salt)
         self.tag = cfg.sampling.stratify_tag

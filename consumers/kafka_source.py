@@ -37,9 +37,9 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError, NoOffsetForPartitionError, OffsetOutOfRangeError
 
+from consumers.config import KafkaConfig, secret_from_env
+from consumers.errors import SourceUnavailable
 from consumers.records import OffsetReset, RawMessage
-from shadowroute.config import KafkaConfig, secret_from_env
-from shadowroute.errors import SourceUnavailable
 
 log = logging.getLogger("shadowroute.kafka")
 

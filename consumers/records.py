@@ -5,6 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from consumers.errors import DecodeError
+
+__all__ = ["Decoded", "DecodeError", "OffsetReset", "RawMessage", "Request", "SpanContent"]
+
 
 @dataclass(frozen=True, slots=True)
 class RawMessage:
@@ -73,18 +77,6 @@ class Decoded(NamedTuple):
     requests: list[Request]
     skipped: int = 0
     content: tuple[SpanContent, ...] = ()
-
-
-class DecodeError(ValueError):
-    """A record cannot become a request; the message is the reason a person reads in `rejected`.
-    Reasons quote values, so they are cut to one readable line."""
-
-    MAX_CHARS = 300
-
-    def __init__(self, reason: str) -> None:
-        if len(reason) > self.MAX_CHARS:
-            reason = reason[: self.MAX_CHARS - 1] + "…"
-        super().__init__(reason)
 
 
 @dataclass(frozen=True, slots=True)

@@ -40,12 +40,14 @@ from typing import Any
 
 import orjson
 
+from consumers.config import secret_from_env
 from shadow.budget import Budget
-from shadow.deployments import Deployment, DeploymentGroup, GroupUnavailable, Lease
-from shadow.http import HttpClient, HttpFailure, SendTimedOut
+from shadow.config import ModelConfig, ShadowConfig
+from shadow.deployments import Deployment, DeploymentGroup, Lease
+from shadow.errors import GroupUnavailable, HttpFailure, SendTimedOut
+from shadow.http import HttpClient
 from shadow.reuse import ReuseCache, reuse_key
 from shadow.tokens import prompt_token_bound, prompt_token_estimate
-from shadowroute.config import ModelConfig, ShadowConfig, secret_from_env
 
 RETRY_STATUS = {408, 409, 429}  # and every 5xx
 HEALTH_STATUS = {401, 403, 404}  # not retried, but they say the deployment is misconfigured

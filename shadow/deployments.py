@@ -29,14 +29,11 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 
+from shadow.config import DeploymentConfig
+from shadow.errors import GroupUnavailable
 from shadow.limits import Entry, RateWindow
-from shadowroute.config import DeploymentConfig
 
 log = logging.getLogger("shadowroute.shadow")
-
-
-class GroupUnavailable(Exception):
-    """No deployment of the group could take the call before its deadline."""
 
 
 class Deployment:

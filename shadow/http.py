@@ -40,6 +40,14 @@ import aiohttp
 from aiohttp.helpers import get_env_proxy_for_url
 from yarl import URL
 
+from shadow.errors import (
+    ConnectFailed,
+    ConnectionDropped,
+    ResponseTimedOut,
+    ResponseTooLarge,
+    SendTimedOut,
+)
+
 USER_AGENT = "shadowroute"
 KEEPALIVE_S = 4.0  # an idle connection older than this is not reused: servers drop them (uvicorn: 5 s)
 MAX_RESPONSE_BYTES = 4 * 1024 * 1024
@@ -55,39 +63,6 @@ class HttpResponse:
     @property
     def text(self) -> str:
         return self.content.decode("utf-8", "replace")
-
-
-class HttpFailure(Exception):
-    """A request that got no usable HTTP response. `sent`: the server may have received it.
-    `retriable`: another attempt may fare better."""
-
-    sent = True
-    retriable = True
-
-
-class ConnectFailed(HttpFailure):
-    sent = False
-
-
-class SendTimedOut(HttpFailure):
-    """No connection free, or the connection or the write took longer than the timeout."""
-
-    sent = False
-
-
-class ResponseTimedOut(HttpFailure):
-    pass
-
-
-class ConnectionDropped(HttpFailure):
-    pass
-
-
-class ResponseTooLarge(HttpFailure):
-    """The answer is bigger than the cap: the model answered (it may bill it), and asking again
-    would most likely bring the same."""
-
-    retriable = False
 
 
 class HttpClient(Protocol):

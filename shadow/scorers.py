@@ -51,11 +51,13 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
+from consumers.errors import ConfigError
+from shadow.config import ScoringConfig
+from shadow.errors import ScoreFailed
+
 Scorer = Callable[[str, str], float]
 
 
-class ScoreFailed(ValueError):
-    """The scorer cannot judge this pair; the message says why (stored, not a score)."""
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _WS = re.compile(r"\s+")
@@ -404,3 +406,15 @@ def score(name: str, candidate: str, reference: str, open_ended: str = "token_f1
           ) -> tuple[str, float | None, str | None]:
     """`Scoring.score` with no fitted scorer (a `tfidf_cosine` pair records a failure)."""
     return Scoring(open_ended).score(name, candidate, reference)
+
+
+def check_scoring(sc: ScoringConfig, key: str = "scoring") -> None:
+    """The `[scoring]` section: every scorer named is known."""
+    for k, scorer in [(f"{key}.default", sc.default),
+                      *((f"{key}.by_tag.{t}", v) for t, v in sc.by_tag.items())]:
+        if not known(scorer):
+            raise ConfigError(k, f"unknown scorer {scorer!r}; known: "
+                                 f"{', '.join(names())}, json_match:<paths>")
+    if sc.open_ended not in OPEN_ENDED:
+        raise ConfigError(f"{key}.open_ended", f"must be one of {', '.join(OPEN_ENDED)}, got "
+                                               f"{sc.open_ended!r}")

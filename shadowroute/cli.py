@@ -418,7 +418,7 @@ def demo(n_requests: int, samples: int, db: str, model_url: str | None, model_na
     Needs no Kafka and no API keys. Ends with a savings table per task type, the gate verdict,
     and the DuckDB file to query.
     """
-    from shadowroute.demo import DemoOptions, run_demo
+    from shadowroute.demo.run import DemoOptions, run_demo
 
     if model_name and not model_url:
         fail("--model-name goes with --model-url")
@@ -483,7 +483,7 @@ def serve_model(gguf: str | None, alias: str | None, host: str, port: int, paral
     """
     import os
 
-    from shadowroute.localmodel import (
+    from shadowroute.demo.localmodel import (
         MODEL_NAME,
         LocalModelError,
         check_runtime_installed,

@@ -1,62 +1,59 @@
-"""Errors of shadowroute, under one root.
+"""Errors of shadowroute, under one root. Each stage defines its own in its `errors` module (the
+root in `consumers.errors`, the bottom stage, so that no stage imports this package); this
+module adds the composition root's own and names them all:
 
-    ShadowrouteError
-    ├── ConfigError            a key or value in the config / environment / CLI is wrong
-    ├── StoreError             the DuckDB file cannot be opened or queried
-    │   ├── StoreLockedError   another process (the running service) holds the file
-    │   └── StoreWriteError    a write failed (disk full, I/O error): retriable
-    ├── ServiceUnreachable     the running service's local HTTP API did not answer
-    ├── SourceUnavailable      the log source (Kafka) cannot be reached or subscribed
-    └── ModelCallError         a shadow call to a cheap model failed (carries `retriable`)
+    ShadowrouteError                 consumers.errors
+    ├── ConfigError                  a key or value in the config / environment / CLI is wrong
+    ├── SourceUnavailable            the log source (Kafka) cannot be reached or subscribed
+    ├── DecodeError                  a record cannot become a request (its reason in `rejected`)
+    ├── ReplayFileError              a file given to `replay` cannot be read
+    ├── HttpFailure                  shadow.errors: a shadow call got no usable HTTP response
+    │   ├── ConnectFailed            (never sent: not charged)
+    │   ├── SendTimedOut             (never sent: not charged)
+    │   ├── ResponseTimedOut
+    │   ├── ConnectionDropped
+    │   └── ResponseTooLarge
+    ├── GroupUnavailable             no deployment of a model could take a call in time
+    ├── ScoreFailed                  a scorer cannot judge a pair
+    ├── StoreError                   analytics.errors: the DuckDB file cannot be opened or queried
+    │   ├── StoreLockedError         another process (the running service) holds the file
+    │   └── StoreWriteError          a write failed (disk full, I/O error): retriable
+    ├── ServiceUnreachable           the running service's local HTTP API did not answer
+    └── LocalModelError              shadowroute.demo: the demo's local model cannot run
+        └── LocalModelDied
 
-Every error carries the context a person needs (the key, the path, the model) in its message.
+Every error carries the context a person needs (the key, the path, the model) in its message,
+and `retriable` says whether trying again can help.
 """
 
 from __future__ import annotations
 
+from analytics.errors import StoreError, StoreLockedError, StoreWriteError
+from consumers.errors import (
+    ConfigError,
+    DecodeError,
+    ReplayFileError,
+    ShadowrouteError,
+    SourceUnavailable,
+)
+from shadow.errors import (
+    ConnectFailed,
+    ConnectionDropped,
+    GroupUnavailable,
+    HttpFailure,
+    ResponseTimedOut,
+    ResponseTooLarge,
+    ScoreFailed,
+    SendTimedOut,
+)
 
-class ShadowrouteError(Exception):
-    """Root of every error shadowroute raises on purpose."""
-
-
-class ConfigError(ShadowrouteError):
-    """A configuration key or value is wrong; the message names the key and what to fix."""
-
-    def __init__(self, key: str, problem: str) -> None:
-        self.key = key
-        self.problem = problem
-        super().__init__(f"{key}: {problem}" if key else problem)
-
-
-class StoreError(ShadowrouteError):
-    """The DuckDB store could not be opened or a query failed."""
-
-
-class StoreLockedError(StoreError):
-    """The DuckDB file is held for writing by another process (usually the running service)."""
-
-
-class StoreWriteError(StoreError):
-    """A transaction could not be written (no space left, an I/O error); the message is one line:
-    what failed, where, and the free space there. Nothing of it was stored, so it can be retried
-    once the cause is gone."""
-
-    retriable = True
+__all__ = ["ConfigError", "ConnectFailed", "ConnectionDropped", "DecodeError", "GroupUnavailable",
+           "HttpFailure", "ReplayFileError", "ResponseTimedOut", "ResponseTooLarge",
+           "ScoreFailed", "SendTimedOut", "ServiceUnreachable", "ShadowrouteError",
+           "SourceUnavailable", "StoreError", "StoreLockedError", "StoreWriteError"]
 
 
 class ServiceUnreachable(ShadowrouteError):
     """The running service's local HTTP API could not be reached."""
 
-
-class SourceUnavailable(ShadowrouteError):
-    """The log source cannot be reached (e.g. no Kafka broker at kafka.bootstrap_servers)."""
-
-
-class ModelCallError(ShadowrouteError):
-    """A call to a model endpoint failed. `retriable` says whether trying again can help."""
-
-    def __init__(self, model: str, reason: str, *, retriable: bool) -> None:
-        self.model = model
-        self.reason = reason
-        self.retriable = retriable
-        super().__init__(f"{model}: {reason}")
+    retriable = True

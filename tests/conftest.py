@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from shadowroute.broker import Broker
+from shadowroute.demo.broker import Broker
 
 
 @pytest.fixture(scope="session")

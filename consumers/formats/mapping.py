@@ -24,11 +24,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
-from consumers.formats import Format
+from consumers.config import FormatsConfig, MappingConfig
+from consumers.errors import ConfigError
+from consumers.formats import FORMATS, Format
 from consumers.formats.common import (
     MAX_TOKENS_SANE,
     PARAM_KEYS,
@@ -42,10 +44,7 @@ from consumers.formats.common import (
 from consumers.formats.litellm import decode_each, is_many
 from consumers.records import Decoded, DecodeError, RawMessage, Request
 
-if TYPE_CHECKING:
-    from shadowroute.config import FormatsConfig, MappingConfig
-
-__all__ = ["FieldPath", "MappingDecoder", "build_mapping_formats", "compile_path"]
+__all__ = ["FieldPath", "MappingDecoder", "build_mapping_formats", "check_formats", "compile_path"]
 
 _MAX_AMOUNT = 1e12
 # MappingConfig fields that are not field paths.
@@ -387,3 +386,45 @@ def _kind(v: Any) -> str:
 def build_mapping_formats(cfg: FormatsConfig) -> dict[str, Format]:
     """One `Format` per configured mapping, by name, for `Decoders(extra=...)`."""
     return {name: MappingDecoder(name, m).format() for name, m in cfg.mappings.items()}
+
+
+def check_formats(fc: FormatsConfig, key: str = "formats") -> None:
+    """The `[formats]` section: mapping names free, their paths compilable, every topic's
+    format known."""
+    for name, m in fc.mappings.items():
+        mkey = f"{key}.mappings.{name}"
+        if name == "auto" or name in FORMATS:
+            raise ConfigError(mkey, f"name {name!r} is taken by a built-in format")
+        for f in fields(m):
+            path = getattr(m, f.name)
+            if f.name in NOT_PATHS or (not path and f.name != "model"):
+                continue
+            try:
+                compile_path(path)
+            except ValueError as e:
+                raise ConfigError(f"{mkey}.{f.name}", str(e)) from None
+        for tag, path in m.tags.items():
+            try:
+                compile_path(path)
+            except ValueError as e:
+                raise ConfigError(f"{mkey}.tags.{tag}", str(e)) from None
+        if m.messages and m.prompt:
+            raise ConfigError(f"{mkey}.prompt", "set either messages or prompt, not both")
+        if m.system and not m.prompt:
+            raise ConfigError(f"{mkey}.system", "goes with prompt (a plain-string prompt); "
+                              "with messages the system prompt is one of the messages")
+        if m.latency_unit not in ("ms", "s"):
+            raise ConfigError(f"{mkey}.latency_unit", f"must be 'ms' or 's', got {m.latency_unit!r}")
+        if m.status and not m.ok_values:
+            raise ConfigError(f"{mkey}.ok_values", "must list at least one value when status is set")
+    if not 0 <= fc.otlp_join_window_s < float("inf"):  # also refuses NaN
+        raise ConfigError(f"{key}.otlp_join_window_s",
+                          f"must be a number of seconds >= 0, got {fc.otlp_join_window_s}")
+    if not fc.otlp_join_max_pending >= 1:
+        raise ConfigError(f"{key}.otlp_join_max_pending",
+                          f"must be at least 1, got {fc.otlp_join_max_pending}")
+    names = sorted({"auto", *FORMATS, *fc.mappings})
+    for topic, fmt in fc.by_topic.items():
+        if fmt not in names:
+            raise ConfigError(f"{key}.by_topic.{topic}",
+                              f"unknown format {fmt!r}; known: {', '.join(names)}")

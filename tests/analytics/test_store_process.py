@@ -15,11 +15,11 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from analytics.errors import StoreError, StoreLockedError
 from analytics.store import Store
 from analytics.store_process import StoreProcess
 from shadow.client import CallResult
 from shadow.runner import SampleResult
-from shadowroute.errors import StoreError, StoreLockedError
 from shadowroute.service import open_store
 from tests.shadow.test_runner import add_samples
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 import analytics.store as store_module
+from analytics.errors import StoreError
 from analytics.store import Store
-from shadowroute.errors import StoreError
 
 RUNAWAY = "SELECT count(*) FROM range(10000000000000) a, range(1000) b WHERE a.range + b.range < 0"
 

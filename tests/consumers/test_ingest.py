@@ -15,10 +15,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from analytics.config import StorageConfig
 from analytics.store import Store
+from consumers.config import Price, SamplingConfig
 from consumers.ingest import IngestBatch, Ingestor
 from consumers.records import DecodeError, RawMessage
-from shadowroute.config import Config, Price, SamplingConfig, StorageConfig
+from shadowroute.config import Config
 
 MAX_RAW = 64
 MAX_RECORD = 20_000

@@ -14,12 +14,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from consumers.config import FormatsConfig, Price, SamplingConfig
 from consumers.formats import Decoders, litellm
 from consumers.ingest import IngestBatch, Ingestor
 from consumers.records import Decoded, DecodeError, RawMessage, Request
-from shadowroute.config import Config, FormatsConfig, Price, SamplingConfig, load_config
-from shadowroute.encoders.litellm import encode_litellm
-from shadowroute.traffic import TrafficGenerator
+from shadowroute.config import Config, load_config
+from shadowroute.demo.encoders.litellm import encode_litellm
+from shadowroute.demo.traffic import TrafficGenerator
 
 SETTINGS = settings(max_examples=150, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

@@ -11,12 +11,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from consumers.config import FormatsConfig, MappingConfig
+from consumers.errors import ConfigError
 from consumers.formats import Decoders
 from consumers.formats.mapping import MappingDecoder, build_mapping_formats, compile_path
 from consumers.ingest import Ingestor
 from consumers.records import DecodeError, RawMessage, Request
-from shadowroute.config import Config, FormatsConfig, MappingConfig, load_config
-from shadowroute.errors import ConfigError
+from shadowroute.config import Config, load_config
 from tests.consumers.test_litellm import SETTINGS, check_every_message_lands, dumps, json_values
 
 TOPIC = "inhouse-llm"

@@ -10,10 +10,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from consumers.config import FormatsConfig
 from consumers.formats import Decoders, openai_batch
 from consumers.formats.openai_batch import join_batch_files
 from consumers.records import Decoded, DecodeError, RawMessage, Request
-from shadowroute.config import Config, FormatsConfig
+from shadowroute.config import Config
 from tests.consumers.test_litellm import SETTINGS, dumps, ingest, json_values
 
 MSG = RawMessage("batch-results", 1, 5, None, timestamp_ms=1_700_000_000_000)

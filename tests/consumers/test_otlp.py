@@ -37,7 +37,7 @@ from consumers.formats.otlp import (
 from consumers.ingest import Ingestor
 from consumers.records import Decoded, DecodeError, RawMessage, Request
 from shadowroute.config import load_config
-from shadowroute.encoders.otlp import (
+from shadowroute.demo.encoders.otlp import (
     FAILURE,
     STYLES,
     any_value,
@@ -47,7 +47,7 @@ from shadowroute.encoders.otlp import (
     request_id_of,
     style_of,
 )
-from shadowroute.traffic import TrafficGenerator
+from shadowroute.demo.traffic import TrafficGenerator
 
 SETTINGS = settings(max_examples=150, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

@@ -18,14 +18,15 @@ from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs, ScopeL
 
 import sql
 from analytics.store import Store
+from consumers.config import Price
 from consumers.formats import Decoders
 from consumers.formats.otlp import NO_CONTENT
 from consumers.formats.otlp_logs import decode_json, decode_proto, looks_like_logs
 from consumers.ingest import IngestBatch, Ingestor
 from consumers.join import LATE_CONTENT, ORPHAN_CONTENT, no_content_waited
 from consumers.records import Decoded, DecodeError, RawMessage
-from shadowroute.config import Config, Price, load_config
-from shadowroute.encoders.otlp import (
+from shadowroute.config import Config, load_config
+from shadowroute.demo.encoders.otlp import (
     any_value,
     build_logs,
     build_request,
@@ -33,7 +34,7 @@ from shadowroute.encoders.otlp import (
     logs_to_otlp_json,
     request_id_of,
 )
-from shadowroute.traffic import Call, TrafficGenerator
+from shadowroute.demo.traffic import Call, TrafficGenerator
 
 MSG = RawMessage("otlp_logs", 0, 3, None)
 T0 = 1_800_000_000_000  # ms

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from shadowroute.broker import Broker
-from shadowroute.traffic import TrafficGenerator
+from shadowroute.demo.broker import Broker
+from shadowroute.demo.traffic import TrafficGenerator
 from tests.e2e.test_formats_json import run
 from tests.support.kafka import produce
 

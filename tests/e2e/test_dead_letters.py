@@ -11,9 +11,9 @@ from pathlib import Path
 import duckdb
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from shadowroute.broker import Broker
 from shadowroute.config import load_config
-from shadowroute.traffic import TrafficGenerator
+from shadowroute.demo.broker import Broker
+from shadowroute.demo.traffic import TrafficGenerator
 from tests.e2e.test_formats_json import produce_with_headers
 from tests.support.configs import write_config
 from tests.support.kafka import create_topic

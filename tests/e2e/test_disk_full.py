@@ -18,9 +18,9 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from shadowroute.broker import Broker
+from analytics.errors import StoreWriteError
 from shadowroute.config import Config, load_config
-from shadowroute.errors import StoreWriteError
+from shadowroute.demo.broker import Broker
 from shadowroute.service import Service, service_file
 from tests.support.configs import write_config
 from tests.support.kafka import produce

@@ -14,10 +14,10 @@ import orjson
 from aiokafka import AIOKafkaProducer
 
 from consumers.formats.openai_batch import join_batch_files
-from shadowroute.broker import Broker
 from shadowroute.config import load_config
-from shadowroute.encoders.litellm import encode_litellm
-from shadowroute.traffic import TrafficGenerator
+from shadowroute.demo.broker import Broker
+from shadowroute.demo.encoders.litellm import encode_litellm
+from shadowroute.demo.traffic import TrafficGenerator
 from tests.support.configs import write_config
 from tests.support.kafka import produce
 from tests.support.model_server import ModelBehaviour, ModelServer

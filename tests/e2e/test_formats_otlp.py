@@ -15,9 +15,9 @@ import orjson
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from consumers.formats.otlp import NO_CONTENT
-from shadowroute.broker import Broker
 from shadowroute.config import load_config
-from shadowroute.encoders.otlp import (
+from shadowroute.demo.broker import Broker
+from shadowroute.demo.encoders.otlp import (
     build_request,
     encode_otlp_json,
     encode_otlp_proto,
@@ -25,7 +25,7 @@ from shadowroute.encoders.otlp import (
     style_of,
     to_otlp_json,
 )
-from shadowroute.traffic import Call, TrafficGenerator
+from shadowroute.demo.traffic import Call, TrafficGenerator
 from tests.support.configs import write_config
 from tests.support.kafka import produce
 from tests.support.model_server import ModelBehaviour, ModelServer

@@ -14,17 +14,17 @@ import orjson
 import pytest
 
 from consumers.join import ORPHAN_CONTENT, no_content_waited
-from shadowroute.broker import Broker
 from shadowroute.config import Config, load_config
-from shadowroute.encoders.otlp import (
+from shadowroute.demo.broker import Broker
+from shadowroute.demo.encoders.otlp import (
     build_logs,
     build_request,
     logs_to_otlp_json,
     request_id_of,
     to_otlp_json,
 )
+from shadowroute.demo.traffic import Call, TrafficGenerator
 from shadowroute.service import Service
-from shadowroute.traffic import Call, TrafficGenerator
 from tests.support.configs import write_config
 from tests.support.kafka import create_topic, produce
 from tests.support.model_server import ModelBehaviour, ModelServer

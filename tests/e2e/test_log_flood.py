@@ -12,7 +12,7 @@ import re
 import time
 from pathlib import Path
 
-from shadowroute.broker import Broker, free_port
+from shadowroute.demo.broker import Broker, free_port
 from tests.support.configs import write_config
 from tests.support.kafka import create_topic, produce
 from tests.support.model_server import ModelBehaviour, ModelServer

@@ -12,8 +12,8 @@ import pytest
 
 from analytics.gate import GateRequest, evaluate
 from analytics.store import Store
-from shadowroute.broker import Broker
 from shadowroute.config import load_config
+from shadowroute.demo.broker import Broker
 from tests.support.configs import CHEAP_IN, CHEAP_OUT, write_config
 from tests.support.kafka import produce
 from tests.support.model_server import ModelBehaviour, ModelServer

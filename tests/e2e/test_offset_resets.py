@@ -14,8 +14,8 @@ from pathlib import Path
 import duckdb
 import httpx
 
-from shadowroute.broker import Broker, free_port
 from shadowroute.config import load_config
+from shadowroute.demo.broker import Broker, free_port
 from shadowroute.service import Service
 from tests.support.configs import write_config
 from tests.support.kafka import create_topic, produce

@@ -10,8 +10,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from shadowroute.broker import Broker
 from shadowroute.config import load_config
+from shadowroute.demo.broker import Broker
 from tests.support.configs import write_config
 from tests.support.kafka import produce
 from tests.support.model_server import ModelBehaviour, ModelServer

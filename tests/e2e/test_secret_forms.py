@@ -14,7 +14,7 @@ from pathlib import Path
 
 import duckdb
 
-from shadowroute.broker import Broker
+from shadowroute.demo.broker import Broker
 from tests.support.configs import write_config
 from tests.support.kafka import produce
 from tests.support.model_server import ModelBehaviour, ModelServer

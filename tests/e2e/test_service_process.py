@@ -11,8 +11,8 @@ from pathlib import Path
 
 import duckdb
 
-from shadowroute.broker import Broker
-from shadowroute.errors import StoreLockedError
+from analytics.errors import StoreLockedError
+from shadowroute.demo.broker import Broker
 from shadowroute.service import service_file
 from tests.support.configs import write_config
 from tests.support.kafka import produce

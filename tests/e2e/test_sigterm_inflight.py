@@ -15,7 +15,7 @@ from pathlib import Path
 import duckdb
 
 import sql
-from shadowroute.broker import Broker
+from shadowroute.demo.broker import Broker
 from tests.support.configs import write_config
 from tests.support.kafka import produce
 from tests.support.model_server import ModelBehaviour, ModelServer

@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
-from shadowroute.broker import Broker
+from shadowroute.demo.broker import Broker
 from shadowroute.service import service_file
 from tests.support.configs import write_config
 from tests.support.kafka import create_topic, produce

@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 
 from shadow.budget import NANO, Budget, to_nano
 from shadow.client import ModelClient
+from shadow.config import ModelConfig
 from shadow.http import HttpResponse
-from shadowroute.config import ModelConfig
 
 
 def max_window_spend(charges: list[tuple[float, int]], span: float) -> int:

@@ -12,9 +12,9 @@ import pytest
 
 from shadow.budget import Budget
 from shadow.client import CallResult, ModelClient
+from shadow.config import DeploymentConfig, ModelConfig
 from shadow.http import AiohttpClient
 from shadow.tokens import prompt_token_bound
-from shadowroute.config import DeploymentConfig, ModelConfig
 from tests.support.model_server import ModelBehaviour, ModelServer, closed_port_url
 
 MSGS = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2 + 2?"}]

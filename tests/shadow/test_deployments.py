@@ -8,10 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from shadow.deployments import Deployment, DeploymentGroup, GroupUnavailable
+from consumers.errors import ConfigError
+from shadow.config import DeploymentConfig, ModelConfig
+from shadow.deployments import Deployment, DeploymentGroup
+from shadow.errors import GroupUnavailable
 from shadow.limits import RateWindow
-from shadowroute.config import DeploymentConfig, ModelConfig, load_config
-from shadowroute.errors import ConfigError
+from shadowroute.config import load_config
 
 
 def write(tmp_path: Path, text: str) -> Path:

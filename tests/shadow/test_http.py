@@ -17,17 +17,16 @@ import trustme
 
 from shadow.budget import Budget
 from shadow.client import ModelClient
-from shadow.http import (
-    AiohttpClient,
+from shadow.config import ModelConfig
+from shadow.errors import (
     ConnectFailed,
     ConnectionDropped,
     HttpFailure,
     ResponseTimedOut,
     ResponseTooLarge,
     SendTimedOut,
-    make_http,
 )
-from shadowroute.config import ModelConfig
+from shadow.http import AiohttpClient, make_http
 from tests.support.model_server import closed_port_url, completion
 from tests.support.proxy import Proxy
 

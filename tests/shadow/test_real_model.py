@@ -15,9 +15,9 @@ import pytest
 
 from shadow.budget import Budget
 from shadow.client import CallResult, ModelClient
+from shadow.config import DeploymentConfig, ModelConfig
 from shadow.http import AiohttpClient
-from shadowroute.config import DeploymentConfig, ModelConfig
-from shadowroute.localmodel import LocalModelServer, find_gguf
+from shadowroute.demo.localmodel import LocalModelServer, find_gguf
 
 PROMPTS = ["What is 2 + 2? Answer with a number.", "Name the capital of France in one word.",
            "Say hello.", "What colour is the sky on a clear day?"]

@@ -10,8 +10,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shadow.routers import ROUTER_KINDS, RandomRouter, RouteInput, RulesRouter, build_routers
-from shadowroute.config import RouterConfig
+from shadow.routers import (
+    ROUTER_KINDS,
+    RandomRouter,
+    RandomRouterConfig,
+    RouteInput,
+    RulesRouter,
+    RulesRouterConfig,
+    build_routers,
+)
 
 SETTINGS = settings(max_examples=200, deadline=None)
 
@@ -30,9 +37,9 @@ def scores(router: Any, inputs: list[RouteInput]) -> list[float]:
 # -- random ----------------------------------------------------------------------------------
 
 def test_random_router_is_deterministic_per_seed_and_id() -> None:
-    a = RandomRouter(RouterConfig(name="random", kind="random", seed=1))
-    b = RandomRouter(RouterConfig(name="random", kind="random", seed=1))
-    c = RandomRouter(RouterConfig(name="random", kind="random", seed=2))
+    a = RandomRouter(RandomRouterConfig(name="random", seed=1))
+    b = RandomRouter(RandomRouterConfig(name="random", seed=1))
+    c = RandomRouter(RandomRouterConfig(name="random", seed=2))
     assert a.name == "random"
     assert score(a, rid="x") == score(b, rid="x")
     assert score(a, rid="x") == score(a, "a different prompt", rid="x", model="o3")
@@ -41,7 +48,7 @@ def test_random_router_is_deterministic_per_seed_and_id() -> None:
 
 
 def test_random_router_is_uniform() -> None:
-    r = RandomRouter(RouterConfig(name="random", kind="random"))
+    r = RandomRouter(RandomRouterConfig(name="random"))
     n = 10_000
     xs = scores(r, [RouteInput(f"req-{i}", "gpt-4o", "") for i in range(n)])
     assert all(0.0 <= x < 1.0 for x in xs)
@@ -57,7 +64,7 @@ def test_random_router_is_uniform() -> None:
 # -- rules -----------------------------------------------------------------------------------
 
 def rules(**kw: Any) -> RulesRouter:
-    return RulesRouter(RouterConfig(name="rules", kind="rules", **kw))
+    return RulesRouter(RulesRouterConfig(name="rules", **kw))
 
 
 def test_rules_length_part() -> None:
@@ -140,13 +147,13 @@ def test_rules_score_is_in_unit_interval(prompt: str, long: int, strong: list[st
 @SETTINGS
 @given(st.text(max_size=40), st.integers(-(2**31), 2**31))
 def test_random_score_is_in_unit_interval(rid: str, seed: int) -> None:
-    r = RandomRouter(RouterConfig(name="random", kind="random", seed=seed))
+    r = RandomRouter(RandomRouterConfig(name="random", seed=seed))
     assert 0.0 <= score(r, rid=rid) < 1.0
 
 
 def test_build_routers_by_kind() -> None:
     assert set(ROUTER_KINDS) == {"random", "rules"}
-    built = build_routers((RouterConfig(name="a", kind="random"),
-                           RouterConfig(name="b", kind="rules")))
+    built = build_routers((RandomRouterConfig(name="a"),
+                           RulesRouterConfig(name="b")))
     assert [type(r) for r in built] == [RandomRouter, RulesRouter]
     assert [r.name for r in built] == ["a", "b"]

@@ -16,10 +16,10 @@ from analytics.store import Store
 from analytics.store_process import StoreProcess
 from shadow.budget import Budget
 from shadow.client import ModelClient
+from shadow.config import ModelConfig
 from shadow.http import AiohttpClient
-from shadow.routers import build_routers
+from shadow.routers import RandomRouterConfig, build_routers
 from shadow.runner import SAMPLE_STATUSES, ShadowRunner
-from shadowroute.config import ModelConfig, RouterConfig
 from shadowroute.service import AsyncStore, open_store
 from tests.support.model_server import ModelBehaviour, ModelServer, closed_port_url
 
@@ -69,7 +69,7 @@ async def run_all(db: Path, models: Sequence[ModelConfig], *, budget: Budget | N
         async with AiohttpClient() as http:
             clients = [ModelClient(m, http, budget=budget, backoff_s=0.01, **client_kw)
                        for m in models]
-            runner = ShadowRunner(store, build_routers((RouterConfig("random", "random"),)),
+            runner = ShadowRunner(store, build_routers((RandomRouterConfig("random"),)),
                                   clients, concurrency=concurrency, flush_every_s=0.05,
                                   max_queue=max_queue, replay_tools=replay_tools)
             await finish(runner, asyncio.create_task(runner.run()), store)
@@ -323,9 +323,10 @@ class _NoSource:
 def test_metrics_of_the_shadow_stage(tmp_path: Path) -> None:
     from prometheus_client import generate_latest
 
+    from analytics.config import StorageConfig
     from shadow.client import CallResult
     from shadow.runner import SampleResult
-    from shadowroute.config import Config, StorageConfig
+    from shadowroute.config import Config
     from shadowroute.service import Service
 
     async def go() -> str:

@@ -10,9 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from consumers.config import Price
+from consumers.errors import ConfigError, ShadowrouteError
+from shadow.config import ModelConfig
+from shadow.routers import RandomRouterConfig, RulesRouterConfig
 from shadow.scorers import SCORERS
-from shadowroute.config import Config, ModelConfig, Price, RouterConfig, load_config
-from shadowroute.errors import ConfigError, ShadowrouteError
+from shadowroute.config import Config, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 KNOWN_SCORERS = ", ".join(sorted([*SCORERS, "auto", "tfidf_cosine"])) + ", json_match:<paths>"
@@ -85,7 +88,7 @@ def test_load_from_toml(tmp_path: Path) -> None:
     assert [m.name for m in cfg.shadow.models] == ["mini", "local"]
     assert cfg.shadow.models[0] == ModelConfig(name="mini", base_url="https://api.example.com/v1",
                                                api_key_env="EXAMPLE_KEY", input_per_mtok=0.15)
-    assert cfg.routers == (RouterConfig(name="rules", kind="rules", weak_keywords=("extract",),
+    assert cfg.routers == (RulesRouterConfig(name="rules", weak_keywords=("extract",),
                                         force_strong_tags={"tenant": ("acme",)}),)
     assert dict(cfg.scoring.by_tag) == {"math": "final_number"}
 
@@ -234,6 +237,16 @@ def test_os_environ_is_the_default(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     ("[gate]\nconfidence = 1.0\n", "gate.confidence", "must be in [0.5, 1), got 1.0"),
     ("[prices]\n\"gpt-4o\" = { input = 2.5, outptu = 10 }\n", "prices.gpt-4o.outptu",
      "unknown key (did you mean 'output'?)"),
+
+    # A router table is built as its kind's type: another kind's keys are unknown there.
+    ("[[routers]]\nname = \"r\"\nkind = \"random\"\nstrong_keywords = [\"prove\"]\n",
+     "routers[0].strong_keywords", "unknown key; known keys: name, kind, seed"),
+    ("[[routers]]\nname = \"r\"\nkind = 3\n", "routers[0].kind",
+     "unknown router kind 3; known: random, rules"),
+    ("[prices]\n\"gpt-4o\" = { input = -2.5, output = 10 }\n", "prices.gpt-4o.input",
+     "must be at least 0, got -2.5"),
+    ("[gate]\nsegment_min_quality = { legal = 1.5 }\n", "gate.segment_min_quality.legal",
+     "must be between 0 and 1, got 1.5"),
 ])
 def test_mistakes_name_the_key(tmp_path: Path, text: str, key: str, problem: str) -> None:
     e = error(tmp_path, text)
@@ -319,3 +332,14 @@ def test_cli_config_from_env_variable_and_env_override(tmp_path: Path) -> None:
     assert p.returncode == 2
     assert p.stderr.strip().splitlines() == [
         "shadowroute: config error: sampling.default_rate: must be between 0 and 1, got 7.0"]
+
+
+def test_each_router_table_is_built_as_its_kinds_type() -> None:
+    cfg = load_config(None, env={"SHADOWROUTE_ROUTERS__0__NAME": "r", "SHADOWROUTE_ROUTERS__0__KIND":
+                                 "random", "SHADOWROUTE_ROUTERS__0__SEED": "7",
+                                 "SHADOWROUTE_ROUTERS__1__NAME": "k",
+                                 "SHADOWROUTE_ROUTERS__1__STRONG_KEYWORDS": "prove"})
+    assert cfg.routers == (RandomRouterConfig(name="r", seed=7),
+                           RulesRouterConfig(name="k", strong_keywords=("prove",)))
+    # The default, when no router is configured, is RouteLLM's random baseline.
+    assert load_config(None, env={}).routers == (RandomRouterConfig(name="random"),)

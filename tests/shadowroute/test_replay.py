@@ -8,7 +8,8 @@ import duckdb
 import orjson
 import polars as pl
 
-from shadowroute.traffic import TrafficGenerator, encode_openai_chat
+from shadowroute.demo.encoders.openai_chat import encode_openai_chat
+from shadowroute.demo.traffic import TrafficGenerator
 from tests.support.configs import write_config
 from tests.support.model_server import ModelBehaviour, ModelServer
 from tests.support.process import cli
@@ -91,7 +92,7 @@ def test_replay_of_a_missing_file_says_so(tmp_path: Path) -> None:
 
 def test_replay_joins_otel_spans_to_their_log_records_and_ends_what_waits(tmp_path: Path) -> None:
     from consumers.join import no_content_waited
-    from shadowroute.encoders.otlp import (
+    from shadowroute.demo.encoders.otlp import (
         build_logs,
         build_request,
         logs_to_otlp_json,

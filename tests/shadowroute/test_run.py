@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from shadowroute.broker import free_port
+from shadowroute.demo.broker import free_port
 from shadowroute.service import service_file
 from tests.support.process import cli
 

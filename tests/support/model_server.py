@@ -29,7 +29,7 @@ from typing import Any, cast
 
 import orjson
 
-from shadowroute.broker import free_port
+from shadowroute.demo.broker import free_port
 
 Step = str | int | tuple[int, str]
 

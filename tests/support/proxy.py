@@ -14,7 +14,7 @@ import contextlib
 import threading
 from urllib.parse import urlsplit
 
-from shadowroute.broker import free_port
+from shadowroute.demo.broker import free_port
 
 
 async def _read_message(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:

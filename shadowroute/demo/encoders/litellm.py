@@ -11,12 +11,11 @@ hash of its request id), so a call is always encoded the same way.
 from __future__ import annotations
 
 import hashlib
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
-if TYPE_CHECKING:  # traffic.py registers the encoders: no import cycle at run time
-    from shadowroute.traffic import Call
+from shadowroute.demo.calls import Call
 
 API_BASE = "https://api.openai.com/v1"
 TEAMS = ("search", "support", "growth", "platform")

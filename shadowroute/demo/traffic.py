@@ -12,10 +12,12 @@ from __future__ import annotations
 import datetime as dt
 import random
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
+from shadowroute.demo import encoders
+from shadowroute.demo.calls import Call, Task
+
+__all__ = ["FORMATS", "FRONTIER", "MIX", "SCORER_BY_TASK", "Call", "Task", "TrafficGenerator"]
 
 FRONTIER = {  # model -> (USD per 1M input, cached input, output)
     "gpt-4o": (2.5, 1.25, 10.0),
@@ -52,35 +54,6 @@ REVIEWS = {
 }
 MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August",
           "September", "October", "November", "December"]
-
-
-@dataclass
-class Task:
-    task: str
-    system: str
-    prompt: str
-    answer: str
-
-
-@dataclass
-class Call:
-    """One generated production call, with everything a log record holds."""
-
-    request_id: str
-    ts: float
-    model: str
-    task: Task
-    input_tokens: int
-    cached_input_tokens: int
-    output_tokens: int
-    cost_usd: float
-    latency_ms: float
-    tags: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def messages(self) -> list[dict[str, str]]:
-        return [{"role": "system", "content": self.task.system},
-                {"role": "user", "content": self.task.prompt}]
 
 
 def _extraction(r: random.Random) -> tuple[str, str]:
@@ -180,42 +153,10 @@ class TrafficGenerator:
                       "tenant": f"t{r.randint(1, 25)}"})
 
     def encoded(self, n: int) -> Iterator[bytes]:
-        if len(ENCODERS) < len(FORMATS):
-            ENCODERS.update(_encoders())
         for i, call in enumerate(self.calls(n)):
             fmt = self.formats[i % len(self.formats)]
             yield ENCODERS[fmt](call, self.rnd.random() < self.error_rate)
 
 
-def encode_openai_chat(c: Call, failed: bool = False) -> bytes:
-    rec: dict[str, Any] = {
-        "request_id": c.request_id, "ts": c.ts, "provider": "openai",
-        "request": {"model": c.model, "messages": c.messages, "temperature": 0, "max_tokens": 512},
-        "latency_ms": c.latency_ms, "tags": c.tags,
-    }
-    if failed:
-        rec["status"] = "error"
-        rec["error"] = "RateLimitError: 429 Too Many Requests"
-    else:
-        rec["response"] = {
-            "id": f"chatcmpl-{c.request_id}", "object": "chat.completion", "model": c.model,
-            "choices": [{"index": 0, "finish_reason": "stop",
-                         "message": {"role": "assistant", "content": c.task.answer}}],
-            "usage": {"prompt_tokens": c.input_tokens, "completion_tokens": c.output_tokens,
-                      "total_tokens": c.input_tokens + c.output_tokens,
-                      "prompt_tokens_details": {"cached_tokens": c.cached_input_tokens}}}
-        rec["cost_usd"] = c.cost_usd
-    return orjson.dumps(rec)
-
-
-def _encoders() -> dict[str, Callable[[Call, bool], bytes]]:
-    # Imported here: the encoders import `Call` from this module.
-    from shadowroute.encoders.litellm import encode_litellm
-    from shadowroute.encoders.otlp import encode_otlp_json, encode_otlp_proto
-
-    return {"openai_chat": encode_openai_chat, "litellm": encode_litellm,
-            "otlp_json": encode_otlp_json, "otlp_proto": encode_otlp_proto}
-
-
-ENCODERS: dict[str, Callable[[Call, bool], bytes]] = {"openai_chat": encode_openai_chat}
-FORMATS = ("openai_chat", "litellm", "otlp_json", "otlp_proto")
+ENCODERS = encoders.ENCODERS
+FORMATS = tuple(ENCODERS)

@@ -35,11 +35,11 @@ from rich.text import Text
 
 from analytics.gate import GateRequest, evaluate
 from analytics.store import Store
-from shadowroute.broker import Broker
 from shadowroute.config import Config, load_config
+from shadowroute.demo.broker import Broker
+from shadowroute.demo.localmodel import LocalModelDied, LocalModelError, LocalModelServer
+from shadowroute.demo.traffic import FRONTIER, SCORER_BY_TASK, TrafficGenerator
 from shadowroute.errors import StoreError
-from shadowroute.localmodel import LocalModelDied, LocalModelError, LocalModelServer
-from shadowroute.traffic import FRONTIER, SCORER_BY_TASK, TrafficGenerator
 
 TOPIC = "demo-llm-logs"
 FORMATS = ("openai_chat", "litellm", "otlp_json", "otlp_proto")

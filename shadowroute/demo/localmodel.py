@@ -33,7 +33,7 @@ from typing import IO, Any
 import httpx
 import orjson
 
-from shadowroute.broker import free_port
+from shadowroute.demo.broker import free_port
 from shadowroute.errors import ShadowrouteError
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -115,7 +115,7 @@ class LocalModelServer:
                 "port": self.port, "threads": self.n_threads, "parallel": self.parallel,
                 "n_ctx": self.n_ctx}
         # `-c`, not `-m`: runpy would warn that the module is already in sys.modules.
-        return [sys.executable, "-c", "import sys; from shadowroute.localmodel import serve; "
+        return [sys.executable, "-c", "import sys; from shadowroute.demo.localmodel import serve; "
                 "serve(sys.argv[1])", orjson.dumps(spec).decode()]
 
     def start(self) -> LocalModelServer:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import base64
 import functools
 import hashlib
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 from google.protobuf.json_format import MessageToDict
@@ -40,8 +40,7 @@ from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs, ScopeL
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
 
-if TYPE_CHECKING:  # traffic.py registers these encoders: no import cycle at run time
-    from shadowroute.traffic import Call
+from shadowroute.demo.calls import Call
 
 __all__ = ["STYLES", "build_request", "encode_otlp_json", "encode_otlp_proto", "request_id_of",
            "style_of", "to_otlp_json", "any_value", "key_values", "build_logs", "logs_to_otlp_json"]

@@ -1,0 +1,74 @@
+"""The analytics stage's sections of the configuration: `[storage]` (the DuckDB file) and
+`[gate]` (the rollout gate's defaults), with their checks.
+
+Frozen types read by `shadowroute.config`, which assembles them with the other stages' sections.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from consumers.config import check_choice, check_positive, check_rate
+from consumers.errors import ConfigError
+
+# DuckDB size literals; checked, since `SET memory_limit` takes no bound parameter.
+MEMORY_LIMIT = re.compile(r"\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    db_path: str = "shadowroute.duckdb"
+    """DuckDB file that holds every table. Only the service writes it while it runs."""
+    max_raw_bytes: int = 4096
+    """How many bytes of a rejected record are kept in `rejected.raw`."""
+    max_record_bytes: int = 1_048_576
+    """Records larger than this are rejected without being parsed."""
+    writer: str = "process"
+    """Where the service runs DuckDB: `process` (a child process that owns the file, so DuckDB
+    never holds up the event loop; the default) or `thread` (a thread of the service's own
+    process: one process fewer, but every call in flight waits while DuckDB holds the GIL)."""
+    threads: int = 0
+    """DuckDB's worker threads in the service. 0: one fewer than the machine's cores (at least
+    one), so a write or a long `/v1/sql` query never takes every core from the event loop."""
+    memory_limit: str = "512MB"
+    """DuckDB's memory limit in the service's store (e.g. `256MB`, `2GB`; empty: DuckDB's
+    default, 80% of RAM). DuckDB keeps the blocks it read or wrote cached up to this limit, so
+    the store process grows towards it under steady load and stays there; larger queries spill
+    to a temporary directory beside the file."""
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    min_quality: float = 0.95
+    """Default lower bound on quality relative to the frontier model."""
+    min_samples: int = 200
+    """Default number of scored samples below which the verdict is `inconclusive`."""
+    confidence: float = 0.95
+    """One-sided confidence of the quality bound the gate compares."""
+    min_segment_samples: int = 100
+    """A segment (tag value) with at least this many scored samples fails the gate when its
+    quality upper bound is below its bar."""
+    segment_min_quality: Mapping[str, float] = field(default_factory=dict)
+    """Per-segment quality bars (`{"legal" = 0.99}`; `model|tag` when segmenting by model
+    too); other segments use the global bar."""
+
+
+def check_storage(st: StorageConfig, key: str = "storage") -> None:
+    if st.memory_limit and not MEMORY_LIMIT.fullmatch(st.memory_limit):
+        raise ConfigError(f"{key}.memory_limit", "must be a size like '512MB' or '2GB' (or empty "
+                          f"for DuckDB's default), got {st.memory_limit!r}")
+    check_positive(f"{key}.max_record_bytes", st.max_record_bytes)
+    check_choice(f"{key}.writer", st.writer, ("process", "thread"))
+    if st.threads < 0:
+        raise ConfigError(f"{key}.threads",
+                          f"must be 0 (one fewer than the cores) or more, got {st.threads}")
+
+
+def check_gate(g: GateConfig, key: str = "gate") -> None:
+    check_rate(f"{key}.min_quality", g.min_quality)
+    if not 0.5 <= g.confidence < 1.0:
+        raise ConfigError(f"{key}.confidence", f"must be in [0.5, 1), got {g.confidence}")
+    for seg, bar in g.segment_min_quality.items():
+        check_rate(f"{key}.segment_min_quality.{seg}", bar)
