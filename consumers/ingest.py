@@ -119,12 +119,6 @@ class IngestBatch:
         return not self.offsets
 
 
-class IngestSink(Protocol):
-    """Persists a whole `IngestBatch`, offsets included, atomically."""
-
-    def write_ingest(self, batch: IngestBatch) -> None: ...
-
-
 def frontier_cost(price: Price, inp: int | None, cached: int | None, out: int | None) -> float | None:
     if inp is None and out is None:
         return None
@@ -389,7 +383,3 @@ class Ingestor:
                 return f"unknown cost: {r.cost_unknown}, and no price for model {r.model!r} in [prices]"
             return f"no cost in the log and no price for model {r.model!r} in [prices]"
         return None
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)

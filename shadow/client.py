@@ -118,27 +118,12 @@ def replay_params(params: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def replay_body(model: ModelConfig, messages: list[dict[str, Any]], params: dict[str, Any]
-                ) -> dict[str, Any]:
-    """The production request, as faithfully as the cheap model allows: same messages and
-    sampling parameters, `max_tokens` capped, never streamed."""
-    body: dict[str, Any] = {"model": model.model or model.name, "messages": messages,
-                            **replay_params(params)}
-    body[model.max_tokens_field] = capped_max_tokens(params, model.max_tokens)
-    return body
-
-
 def capped_max_tokens(params: dict[str, Any], cap: int) -> int:
     asked = params.get("max_tokens") or params.get("max_completion_tokens")
     try:
         return min(int(asked), cap) if asked else cap
     except (TypeError, ValueError):
         return cap
-
-
-def cost_of(model: ModelConfig, inp: int, cached: int, out: int) -> float:
-    return (max(inp - cached, 0) * model.input_per_mtok + cached * model.cached_input_per_mtok
-            + out * model.output_per_mtok) / 1e6
 
 
 class _Attempt:

@@ -206,7 +206,6 @@ class Service:
         self.started_at = time.time()
         self.consumed = 0
         self.rejected = 0
-        self.source_done = False
         sc = cfg.scoring
         self._score_tag = sc.tag or cfg.sampling.stratify_tag
         self.scoring = Scoring(sc.open_ended, TfidfCosine(sc.tfidf_min_docs))
@@ -375,7 +374,6 @@ class Service:
                                   on_persisted=self._on_persisted,
                                   dead_letters=self._dead_letters())
         await pipeline.run(self.stop_event)
-        self.source_done = pipeline.exhausted
 
     async def run(self, *, install_signals: bool = True, until_drained: bool = False) -> None:
         """Run until SIGINT/SIGTERM (or, with `until_drained`, until a finite source is

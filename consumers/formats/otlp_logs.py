@@ -24,17 +24,9 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsSer
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 
 from consumers.formats.common import convert_as, decode_json_as
-from consumers.formats.otlp import (
-    _guarded,
-    _hex_id,
-    _JAny,
-    _JKv,
-    _json_reason,
-    _jv,
-    _nanos,
-    _pv,
-    not_protobuf,
-)
+from consumers.formats.otlp.conventions import _guarded, _hex_id
+from consumers.formats.otlp.proto import _pv, not_protobuf
+from consumers.formats.otlp.wire_json import _JAny, _JKv, _json_reason, _jv, _nanos
 from consumers.records import Decoded, DecodeError, RawMessage, SpanContent
 
 __all__ = ["GENAI_EVENTS", "decode_proto", "decode_json", "decode_json_obj", "looks_like_logs"]

@@ -1,90 +1,34 @@
-"""`otlp_proto` and `otlp_json`: OpenTelemetry GenAI spans, as the OpenTelemetry Collector's Kafka
-exporter writes them (encoding `otlp_proto`, its default, or `otlp_json`).
-
-One message is one `ExportTraceServiceRequest` (on the wire the same as `TracesData`):
-``resourceSpans[] -> scopeSpans[] -> spans[]``. Each span that is one model call becomes one
-`Request`; every other span (HTTP, database, tool and agent spans) is counted in `Decoded.skipped`.
-
-Which spans are model calls
-    A span with `gen_ai.operation.name` is one, unless the operation is not a single model call:
-    `execute_tool`, `invoke_agent`, `create_agent` and `embeddings` are skipped (an agent span
-    would count its model calls a second time; an embedding cannot be replayed on a chat model).
-    Spans from instrumentations older than that attribute are model calls when they have
-    `gen_ai.system`, `gen_ai.provider.name` or `gen_ai.request.model`.
-
-Attributes, current semantic conventions first, older names after
-    model            gen_ai.request.model, else gen_ai.response.model (one of them required)
-    served model     gen_ai.response.model (the dated snapshot that answered)
-    provider         gen_ai.provider.name | gen_ai.system ("unknown" without either)
-    tokens           gen_ai.usage.input_tokens | prompt_tokens, output_tokens | completion_tokens,
-                     gen_ai.usage.cache_read.input_tokens (counts, range-checked)
-    prompt           gen_ai.system_instructions + gen_ai.input.messages (JSON string or structured
-                     value, messages of `parts`) | gen_ai.prompt (JSON or plain text) |
-                     gen_ai.prompt.N.role/.content | events gen_ai.{system,user,assistant,tool}.message
-                     (attribute `content` or `body`) and gen_ai.content.prompt
-    answer           gen_ai.output.messages | gen_ai.completion | gen_ai.completion.N.content |
-                     events gen_ai.choice (`message` or `content`) and gen_ai.content.completion
-    finish reason    gen_ai.response.finish_reasons, else the answer's own
-    parameters       gen_ai.request.temperature, top_p, max_tokens, seed, stop_sequences,
-                     frequency_penalty, presence_penalty, choice.count
-    cost             gen_ai.usage.cost if present, else None (the ingest prices it)
-    status           span status code 2 (or an `error.type` on an unset status) is an error, with
-                     the status message (or the error type)
-    request id       `{traceId}:{spanId}` in hex; time from the start (the Kafka timestamp if
-                     the span has none), latency = end - start
-    tags             resource `service.name` -> `service`, `deployment.environment[.name]` ->
-                     `environment`; resource and span attributes `app.*` / `tag.*`, prefix stripped
-
-Bad input
-    A `Decoded` holds no per-span rejections, so a message is all or nothing: if any model-call span
-    cannot become a valid request, the whole message is rejected with a reason that names the span
-    (its index among all spans of the message, from 0, and its ids), e.g. ``span 3 (trace
-    4bf92f3577b34da6a3ce929d0e0e4736, span 00f067aa0ba902b7): missing field gen_ai.request.model``.
-    A message that holds no span at all is rejected too, so that every message is accounted for.
-    Bytes that are no OTLP protobuf export at all raise `NotOtlpProtobuf` (a `DecodeError`), so
-    auto-detection can tell them from an export with a bad span. An unexpected exception becomes a
-    rejection that says it is a decoder bug, never a crash of the ingest.
-    Message *content* is different: it is needed only to replay, and a call without it is still
-    real traffic (it counts in the strata sizes and the cost), so content that is missing,
-    truncated (an attribute length limit cuts JSON) or malformed marks the request
-    `not_replayable` with the reason instead of rejecting it.
-
-OTLP/JSON is read as the OTLP spec writes it (hex ids, `intValue` as a string, enums as numbers)
-and, leniently, as protobuf's generic JSON mapping writes it (base64 ids, enum names). It is
-parsed and type-checked in one pass by msgspec; protobuf's own `json_format.Parse` is ~25 times
-slower. Either way most of the time goes to the Python walk over the attributes (an OTLP span
-keeps them as a list of key/value objects), so keys are classified once per set of keys (`_Plan`)
-and only the values of model-call spans, and of the resource's tag attributes, are converted.
-"""
+"""The GenAI semantic conventions: which spans are model calls, and one span's attributes (and
+events) -> a `Request`; ids and status; and the one span loop every encoding shares
+(`decode_spans`, over a `SpanWalk` of the encoding). See the package docstring for the
+attribute table."""
 
 from __future__ import annotations
 
 import base64
 import binascii
 import math
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any, NamedTuple, TypeVar
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any, NamedTuple, Protocol, TypeVar
 
-import msgspec
 import orjson
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from consumers.formats.common import MAX_TOKENS_SANE, MAX_TS_MS, convert_as, decode_json_as
+from consumers.formats.common import MAX_TOKENS_SANE, MAX_TS_MS
 from consumers.records import Decoded, DecodeError, RawMessage, Request
-
-__all__ = ["decode_proto", "decode_json", "decode_json_obj", "NotOtlpProtobuf", "NO_CONTENT",
-           "NOT_CALLS", "join_content"]
 
 NO_CONTENT = ("span has no captured message content "
               "(enable OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT)")
 # Operations that are not one model call: counted as skipped, like any non-GenAI span.
 NOT_CALLS = frozenset({"execute_tool", "invoke_agent", "create_agent", "embeddings"})
-_MARKERS = frozenset({"gen_ai.operation.name", "gen_ai.system", "gen_ai.provider.name",
+MARKERS = frozenset({"gen_ai.operation.name", "gen_ai.system", "gen_ai.provider.name",
                       "gen_ai.request.model"})
 _INT64 = 2**63
 _MAX_DEPTH = 32  # nesting of array/kvlist attribute values; deeper is corrupt, not a prompt
 _BUG = "this is a decoder bug"
 _T = TypeVar("_T")
+_E = TypeVar("_E", contravariant=True)
+_R = TypeVar("_R")
+_S = TypeVar("_S")
 
 
 class _Unusable(Exception):
@@ -245,7 +189,7 @@ def _plan(keys: tuple[str, ...]) -> _Plan:
 def _is_call(a: Attrs) -> bool:
     op = a.get("gen_ai.operation.name")
     if op is None:
-        return any(a.get(k) is not None for k in _MARKERS)
+        return any(a.get(k) is not None for k in MARKERS)
     if type(op) is not str:
         raise DecodeError(f"attribute gen_ai.operation.name must be a string, got {_show(op)}")
     return op not in NOT_CALLS
@@ -676,62 +620,11 @@ def _where(i: int, trace_id: Any, span_id: Any) -> str:
 _STATUS_NAMES = {"STATUS_CODE_UNSET": 0, "STATUS_CODE_OK": 1, "STATUS_CODE_ERROR": 2}
 
 
-# -- otlp_proto ----------------------------------------------------------------------------------
-
-def _pv(v: Any, key: str, depth: int = 0) -> Any:
-    """A protobuf `AnyValue` as a Python value (None when unset)."""
-    kind = v.WhichOneof("value")
-    if kind == "string_value":
-        return v.string_value
-    if kind == "int_value":
-        return v.int_value
-    if kind == "double_value":
-        return v.double_value
-    if kind == "bool_value":
-        return v.bool_value
-    if depth > _MAX_DEPTH:
-        raise DecodeError(f"attribute {key:.100} is nested too deeply")
-    if kind == "array_value":
-        return [_pv(x, key, depth + 1) for x in v.array_value.values]
-    if kind == "kvlist_value":
-        return {kv.key: _pv(kv.value, key, depth + 1) for kv in v.kvlist_value.values}
-    if kind == "bytes_value":
-        return v.bytes_value
-    return None
-
-
-class NotOtlpProtobuf(DecodeError):
-    """The bytes are not an OTLP protobuf export at all (as opposed to one with a bad span), so
-    auto-detection can say what else they are not."""
-
-
-def not_protobuf(value: bytes, detail: str, export: str = "trace") -> NotOtlpProtobuf:
-    """`NotOtlpProtobuf` for an `export` ("trace", "logs"), quoting the bytes' start when it is
-    text (a JSON record sent to a protobuf topic says so)."""
-    head = value[:24]
-    text = (f"; it starts with {head.decode()!r}"
-            if all(32 <= b < 127 or b in (9, 10, 13) for b in head) else "")
-    return NotOtlpProtobuf(f"not an OTLP protobuf {export} export ({detail}){text}")
-
-
-def decode_proto(value: bytes, msg: RawMessage) -> Decoded:
-    """An `ExportTraceServiceRequest` (or `TracesData`) in protobuf binary."""
-    req = ExportTraceServiceRequest()
+def _guarded(decode: Callable[..., Decoded], *args: Any) -> Decoded:
+    """`decode(*args)`, any exception but a `DecodeError` turned into one: never crash the ingest;
+    the reason says it is ours to fix."""
     try:
-        req.ParseFromString(value)
-    except Exception:  # protobuf's DecodeError, or anything its C parser raises; its message
-        # says no more than this and changes between protobuf versions
-        raise not_protobuf(value, "invalid protobuf wire format") from None
-    if value and not req.resource_spans:  # e.g. text that happens to parse as unknown fields
-        raise not_protobuf(value, "no resourceSpans in it")
-    return _guarded(_decode_proto, req, msg)
-
-
-def _guarded(decode: Callable[[_T, RawMessage], Decoded], parsed: _T, msg: RawMessage) -> Decoded:
-    """`decode(parsed, msg)`, any exception but a `DecodeError` turned into one: never crash the
-    ingest; the reason says it is ours to fix."""
-    try:
-        return decode(parsed, msg)
+        return decode(*args)
     except DecodeError:
         raise
     except RecursionError:
@@ -741,269 +634,53 @@ def _guarded(decode: Callable[[_T, RawMessage], Decoded], parsed: _T, msg: RawMe
                           ) from None
 
 
-def _decode_proto(req: ExportTraceServiceRequest, msg: RawMessage) -> Decoded:
+class SpanWalk(Protocol[_E, _R, _S]):
+    """How one encoding reaches an export's resources, their spans and a span's parts; the span
+    loop (`decode_spans`) is the same for every encoding."""
+
+    format: str
+
+    def resources(self, export: _E) -> Iterable[_R]: ...
+    def spans(self, resource: _R) -> Iterator[_S]: ...
+    def attributes(self, span: _S) -> Attrs | None:
+        """The span's attributes as Python values, or None when no key marks a GenAI span (a
+        cheap check first: most spans of a trace are not model calls)."""
+        ...
+    def resource_tags(self, resource: _R) -> dict[str, str]: ...
+    def ids(self, span: _S) -> tuple[Any, Any]:
+        """(trace id, span id) as the encoding holds them (bytes, or hex/base64 text)."""
+        ...
+    def timing(self, span: _S) -> tuple[int, int, int, str]:
+        """(start ns, end ns, status code, status message)."""
+        ...
+    def events(self, span: _S) -> Events: ...
+
+
+def decode_spans(walk: SpanWalk[_E, _R, _S], export: _E, msg: RawMessage) -> Decoded:
+    """Every model-call span of an export -> a `Request`; other spans counted as skipped. A bad
+    model-call span rejects the whole message, with a reason that names it."""
     requests: list[Request] = []
     skipped = 0
     i = -1
-    for rs in req.resource_spans:
+    for resource in walk.resources(export):
         res_tags: dict[str, str] | None = None
-        for ss in rs.scope_spans:
-            for span in ss.spans:
-                i += 1
-                attrs = span.attributes
-                for kv in attrs:  # keys only: reading a value is as costly as a key
-                    if kv.key in _MARKERS:
-                        break
-                else:
+        for span in walk.spans(resource):
+            i += 1
+            try:
+                a = walk.attributes(span)
+                if a is None or not _is_call(a):
                     skipped += 1
                     continue
-                raw = {kv.key: kv.value for kv in attrs}
-                try:
-                    a = {k: v.string_value if v.WhichOneof("value") == "string_value"
-                         else _pv(v, k) for k, v in raw.items()}
-                    if not _is_call(a):
-                        skipped += 1
-                        continue
-                    if res_tags is None:
-                        res_tags = _proto_resource_tags(rs.resource)
-                    trace_id = _hex_id(span.trace_id, 16, "traceId")
-                    span_id = _hex_id(span.span_id, 8, "spanId")
-                    requests.append(_request(
-                        a, _proto_events(span), trace_id, span_id, span.start_time_unix_nano,
-                        span.end_time_unix_nano, span.status.code, span.status.message, res_tags,
-                        "otlp_proto", msg))
-                except DecodeError as e:
-                    raise DecodeError(f"{_where(i, span.trace_id, span.span_id)}: {e}") from None
+                if res_tags is None:
+                    res_tags = walk.resource_tags(resource)
+                raw_trace, raw_span = walk.ids(span)
+                trace_id = _hex_id(raw_trace, 16, "traceId")
+                span_id = _hex_id(raw_span, 8, "spanId")
+                start, end, code, message = walk.timing(span)
+                requests.append(_request(a, walk.events(span), trace_id, span_id, start, end,
+                                         code, message, res_tags, walk.format, msg))
+            except DecodeError as e:
+                raise DecodeError(f"{_where(i, *walk.ids(span))}: {e}") from None
     if i < 0:
         raise DecodeError("OTLP message holds no spans")
     return Decoded(requests, skipped)
-
-
-# Serialized resource -> its tags: a producer sends the same resource in every export, and reading
-# its ~15 attributes through protobuf costs more than serializing it.
-_PROTO_RESOURCE_TAGS: dict[bytes, dict[str, str]] = {}
-
-
-def _proto_resource_tags(resource: Any) -> dict[str, str]:
-    """`_resource_tags` of a protobuf `Resource`; the dict is shared, never to be changed."""
-    key = resource.SerializeToString()
-    tags = _PROTO_RESOURCE_TAGS.get(key)
-    if tags is None:
-        tags = _resource_tags(resource.attributes, _pv)
-        if len(key) <= 16_384:
-            if len(_PROTO_RESOURCE_TAGS) >= 256:
-                _PROTO_RESOURCE_TAGS.clear()
-            _PROTO_RESOURCE_TAGS[key] = tags
-    return tags
-
-
-def _proto_events(span: Any) -> Events:
-    done: list[list[tuple[str, Attrs]]] = []
-
-    def events() -> list[tuple[str, Attrs]]:  # converted once, only if attributes lack content
-        if not done:
-            done.append([(ev.name, {kv.key: _pv(kv.value, kv.key) for kv in ev.attributes})
-                         for ev in span.events])
-        return done[0]
-    return events
-
-
-# -- otlp_json -------------------------------------------------------------------------------------
-
-class _JAny(msgspec.Struct, gc=False):
-    stringValue: str | None = None
-    intValue: int | str | None = None  # int64 is a string in OTLP/JSON; numbers are accepted too
-    doubleValue: float | str | None = None  # "NaN", "Infinity" as strings
-    boolValue: bool | None = None
-    arrayValue: _JArray | None = None
-    kvlistValue: _JKvList | None = None
-    bytesValue: str | None = None
-
-
-class _JArray(msgspec.Struct, gc=False):
-    values: list[_JAny] | None = None
-
-
-class _JKv(msgspec.Struct, gc=False):
-    key: str = ""  # proto3 JSON leaves out an empty key
-    value: _JAny | None = None
-
-
-class _JKvList(msgspec.Struct, gc=False):
-    values: list[_JKv] | None = None
-
-
-class _JEvent(msgspec.Struct, gc=False):
-    name: str = ""
-    attributes: list[_JKv] | None = None
-
-
-class _JStatus(msgspec.Struct, gc=False):
-    code: int | str | None = None
-    message: str | None = None
-
-
-class _JSpan(msgspec.Struct, gc=False):
-    traceId: str = ""
-    spanId: str = ""
-    startTimeUnixNano: int | str | None = None
-    endTimeUnixNano: int | str | None = None
-    attributes: list[_JKv] | None = None
-    events: list[_JEvent] | None = None
-    status: _JStatus | None = None
-
-
-class _JScopeSpans(msgspec.Struct, gc=False):
-    spans: list[_JSpan] | None = None
-
-
-class _JResource(msgspec.Struct, gc=False):
-    attributes: list[_JKv] | None = None
-
-
-class _JResourceSpans(msgspec.Struct, gc=False):
-    resource: _JResource | None = None
-    scopeSpans: list[_JScopeSpans] | None = None
-
-
-class _JTraces(msgspec.Struct, gc=False):
-    resourceSpans: list[_JResourceSpans] | None = None  # `{}` is an empty export, as in protobuf
-
-
-_json_decoder = msgspec.json.Decoder(_JTraces)
-_DOUBLE_WORDS = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
-
-
-def _jv(v: _JAny | None, key: str, depth: int = 0) -> Any:
-    """An OTLP/JSON `AnyValue` as a Python value (None when unset)."""
-    if v is None:
-        return None
-    if v.stringValue is not None:
-        return v.stringValue
-    if v.intValue is not None:
-        n = v.intValue
-        if type(n) is str:
-            digits = n[1:] if n[:1] == "-" else n
-            if not (digits.isdigit() and digits.isascii()):
-                raise DecodeError(f"attribute {key:.100}: intValue {n!r:.40} is not an integer")
-            n = int(n) if len(digits) <= 19 else _INT64  # more digits: out of range, not parsed
-        if not -_INT64 <= n < _INT64:  # type: ignore[operator]
-            raise DecodeError(f"attribute {key:.100}: intValue {v.intValue!r:.40} is out of the "
-                              f"int64 range")
-        return n
-    if v.doubleValue is not None:
-        d = v.doubleValue
-        if type(d) is str:
-            if d not in _DOUBLE_WORDS:
-                raise DecodeError(f"attribute {key:.100}: doubleValue {d!r:.40} is not a number")
-            return _DOUBLE_WORDS[d]
-        return float(d)
-    if v.boolValue is not None:
-        return v.boolValue
-    if depth > _MAX_DEPTH:
-        raise DecodeError(f"attribute {key:.100} is nested too deeply")
-    if v.arrayValue is not None:
-        return [_jv(x, key, depth + 1) for x in v.arrayValue.values or ()]
-    if v.kvlistValue is not None:
-        return {kv.key: _jv(kv.value, key, depth + 1) for kv in v.kvlistValue.values or ()}
-    if v.bytesValue is not None:
-        try:
-            return base64.b64decode(v.bytesValue, validate=True)
-        except (binascii.Error, ValueError):
-            raise DecodeError(f"attribute {key:.100}: bytesValue is not base64") from None
-    return None
-
-
-def _nanos(v: int | str | None, name: str) -> int:
-    if v is None:
-        return 0
-    if type(v) is str:
-        if not v.isdigit() or not v.isascii() or len(v) > 20:
-            raise DecodeError(f"{name} is not a time in nanoseconds: {v!r:.40}")
-        v = int(v)
-    if v < 0:  # type: ignore[operator]
-        raise DecodeError(f"{name} is not a time in nanoseconds: {v!r:.40}")
-    return v  # type: ignore[return-value]
-
-
-def _status_code(s: _JStatus | None) -> int:
-    if s is None or s.code is None:
-        return 0
-    if type(s.code) is str:
-        if s.code not in _STATUS_NAMES:
-            raise DecodeError(f"span status code {s.code!r:.40} is not a status code")
-        return _STATUS_NAMES[s.code]
-    return s.code  # type: ignore[return-value]
-
-
-def _json_reason(e: Exception) -> str:
-    """msgspec's message, phrased for people: `missing field resourceSpans`,
-    `field resourceSpans[0].scopeSpans[0].spans[1].traceId: Expected str, got int`."""
-    text = str(e)
-    message, _, where = text.partition(" - at `$")
-    path = where.rstrip("`").lstrip(".")
-    if message.startswith("Object missing required field `"):
-        name = message.split("`")[1]
-        return f"missing field {path + '.' if path else ''}{name}"
-    if isinstance(e, msgspec.ValidationError):
-        return (f"field {path}: {message}" if path else f"record: {message}").replace("`", "")
-    return f"invalid JSON: {text}"[:300]
-
-
-def decode_json(value: bytes, msg: RawMessage) -> Decoded:
-    """OTLP/JSON: `{"resourceSpans": [...]}`."""
-    return _guarded(_decode_json, decode_json_as(_json_decoder, value, _json_reason), msg)
-
-
-def decode_json_obj(obj: Any, msg: RawMessage) -> Decoded:
-    """The same for an already parsed object (an element of a JSON array, a file record)."""
-    return _guarded(_decode_json, convert_as(obj, _JTraces, _json_reason), msg)
-
-
-def _decode_json(traces: _JTraces, msg: RawMessage) -> Decoded:
-    requests: list[Request] = []
-    skipped = 0
-    i = -1
-    for rs in traces.resourceSpans or ():
-        res_tags: dict[str, str] | None = None
-        for ss in rs.scopeSpans or ():
-            for span in ss.spans or ():
-                i += 1
-                raw = {kv.key: kv.value for kv in span.attributes or ()}
-                if _MARKERS.isdisjoint(raw):
-                    skipped += 1
-                    continue
-                try:
-                    a = {k: v.stringValue if v is not None and v.stringValue is not None
-                         else _jv(v, k) for k, v in raw.items()}
-                    if not _is_call(a):
-                        skipped += 1
-                        continue
-                    if res_tags is None:
-                        res_attrs = rs.resource.attributes if rs.resource is not None else None
-                        res_tags = _resource_tags(res_attrs or (), _jv)
-                    trace_id = _hex_id(span.traceId, 16, "traceId")
-                    span_id = _hex_id(span.spanId, 8, "spanId")
-                    status = span.status
-                    requests.append(_request(
-                        a, _json_events(span), trace_id, span_id,
-                        _nanos(span.startTimeUnixNano, "startTimeUnixNano"),
-                        _nanos(span.endTimeUnixNano, "endTimeUnixNano"), _status_code(status),
-                        (status.message or "") if status is not None else "", res_tags,
-                        "otlp_json", msg))
-                except DecodeError as e:
-                    raise DecodeError(f"{_where(i, span.traceId, span.spanId)}: {e}") from None
-    if i < 0:
-        raise DecodeError("OTLP message holds no spans")
-    return Decoded(requests, skipped)
-
-
-def _json_events(span: _JSpan) -> Events:
-    done: list[list[tuple[str, Attrs]]] = []
-
-    def events() -> list[tuple[str, Attrs]]:  # converted once, only if attributes lack content
-        if not done:
-            done.append([(ev.name, {kv.key: _jv(kv.value, kv.key) for kv in ev.attributes or ()})
-                         for ev in span.events or ()])
-        return done[0]
-    return events
