@@ -20,13 +20,16 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import orjson
 import polars as pl
 import pyarrow as pa
 
 import sql
 from analytics.errors import StoreError, StoreLockedError, StoreWriteError
+from analytics.frames import results_to_frames
 from consumers.ingest import IngestBatch
 from consumers.records import OffsetReset
+from shadow.results import PendingSample, SampleResult
 
 FETCH_CHUNK = 128  # rows per fetch of pending samples; see `pending_samples`
 USER_CLOSE_WAIT_S = 10.0  # longest a close waits for interrupted user queries to end
@@ -235,18 +238,29 @@ class Store:
         return {(t, p): (o, ts, crc) for t, p, o, ts, crc in rows}
 
     # -- shadow results -------------------------------------------------------------------
-    def pending_samples(self, limit: int, exclude: Sequence[str] = ()) -> list[dict[str, Any]]:
-        """The oldest `limit` pending samples, leaving out the ids in `exclude`."""
+    def pending_samples(self, limit: int, exclude: Sequence[str] = ()) -> list[PendingSample]:
+        """The oldest `limit` pending samples, leaving out the ids in `exclude`; their messages,
+        parameters and tags parsed here, once, off the event loop."""
         with self._lock:
             cur = self.con.execute(sql.query("pending_samples"),
                                    {"limit": limit, "exclude": list(exclude)})
-            cols = [d[0] for d in cur.description]
-            out: list[dict[str, Any]] = []
+            out: list[PendingSample] = []
             # In chunks: DuckDB builds the Python rows holding the GIL, and the event loop beside
             # this thread waits for it (1,024 rows at once held it ~5 ms).
             while rows := cur.fetchmany(FETCH_CHUNK):
-                out.extend(dict(zip(cols, row, strict=True)) for row in rows)
+                out.extend(PendingSample(
+                    sample_id=sid, stratum=stratum, frontier_model=model,
+                    messages=orjson.loads(messages), params=orjson.loads(params),
+                    tags=orjson.loads(tags or "{}"), response_text=answer or "",
+                    frontier_cost_usd=cost, input_tokens=inp, scorer=scorer)
+                    for sid, stratum, model, messages, params, tags, answer, cost, inp, scorer
+                    in rows)
             return out
+
+    def write_sample_results(self, results: Sequence[SampleResult]) -> None:
+        """The shadow stage's results, built into frames here (on the writer's thread or in the
+        store's process: every millisecond on the event loop delays the calls in flight)."""
+        self.write_results(results_to_frames(results))
 
     def write_results(self, frames: Mapping[str, pl.DataFrame]) -> None:
         """router_scores, shadow_calls, scores and the samples' final status in one transaction.

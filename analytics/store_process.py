@@ -1,18 +1,24 @@
 """The store in a child process: DuckDB's work off the event loop's GIL.
 
-`AsyncStore` runs DuckDB on a thread of the service's process. That thread shares the GIL with
-the event loop, and DuckDB's Python binding takes the GIL back between the steps of every
+`StoreThread` (`analytics.service_store`) runs DuckDB on a thread of the service's process.
+That thread shares the GIL with the event loop, and DuckDB's Python binding takes the GIL back
+between the steps of every
 statement: each hand-over can hold the loop for up to the 5 ms switch interval, and every call
 in flight waits it out (the shadow stage measured ~0.9 ms of overhead per call with no store,
-2-8 ms with the store on a thread; docs/architecture.md). `StoreProcess` has the same interface,
-but the `Store` lives in a child process that owns the DuckDB file; the event loop only pickles
-requests onto a socket and reads the answers.
+2-8 ms with the store on a thread; docs/architecture.md). `StoreProcess` has the same interface
+(`ServiceStore`), but the `Store` lives in a child process that owns the DuckDB file; the event
+loop only pickles requests onto a socket and reads the answers.
+
+A request is a `Store` method (pickled by reference, as the function itself), its arguments and
+keyword arguments; the child runs only the methods of the channel's allow-list, and the parent's
+calls are typed by the method they name (`_call(Store.pending_samples, limit, exclude)` returns
+what `Store.pending_samples` returns).
 
 Four socket pairs join the processes:
 
 - the *async* channel carries the stages' calls (`write_ingest`, `pending`, `write`, `shed`,
   ...) from the event loop; the child runs them one at a time, in the order sent, and answers
-  in that order (as the single writer thread of `AsyncStore` did);
+  in that order (as the single writer thread of `StoreThread` does);
 - the *control* channel carries short blocking calls: the stored Kafka positions (read when
   partitions are assigned, on the event loop), counts, `close`;
 - the *queries* channel carries the HTTP API's `/v1/sql` and `/v1/verdict` queries, which run on
@@ -39,11 +45,18 @@ import subprocess
 import sys
 import threading
 from collections import deque
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 
 from analytics.errors import StoreError
+from analytics.store import Store, UserResult
+from consumers.ingest import IngestBatch
+from consumers.records import OffsetReset
+from shadow.results import PendingSample, SampleResult
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 HEADER = struct.Struct("!Q")  # payload length
 START_TIMEOUT_S = 120.0  # opening a large file replays its write-ahead log first
@@ -88,78 +101,26 @@ def _portable(e: BaseException) -> BaseException:
 
 
 # -- the child --------------------------------------------------------------------------------
-class _Served:
-    """What the child runs for each request name. Only these names are accepted."""
-
-    def __init__(self, path: str, threads: int, memory_limit: str = "") -> None:
-        from analytics.store import Store
-
-        self.store = Store(path)
-        self.store.prepare_writer(threads, memory_limit)
-
-    def write_ingest(self, batch: Any) -> int:
-        return self.store.write_ingest(batch)
-
-    def pending(self, limit: int, exclude: Sequence[str]) -> list[dict[str, Any]]:
-        return self.store.pending_samples(limit, exclude)
-
-    def record_resets(self, resets: Sequence[Any]) -> None:
-        self.store.record_resets(resets)
-
-    def write(self, results: Sequence[Any]) -> None:
-        from shadow.runner import results_to_frames
-
-        self.store.write_results(results_to_frames(results))
-
-    def shed(self, keep: int, reason: str) -> tuple[int, int]:
-        return self.store.shed_pending(keep, reason)
-
-    def recent_shadow_spend(self) -> list[tuple[float, float]]:
-        return self.store.recent_shadow_spend()
-
-    def lease_budget(self, run_id: str, nano: int) -> None:
-        self.store.lease_budget(run_id, nano)
-
-    def counts(self) -> dict[str, Any]:
-        return self.store.counts()
-
-    def stored_offsets(self) -> dict[tuple[str, int], int]:
-        return self.store.stored_offsets()
-
-    def stored_marks(self) -> dict[tuple[str, int], tuple[int, int | None, int]]:
-        return self.store.stored_marks()
-
-    def fetch(self, query: str, params: Any = None) -> list[tuple[Any, ...]]:
-        return self.store.fetch(query, params)
-
-    def query_table(self, query: str, params: Any = None) -> tuple[list[str], list[tuple[Any, ...]]]:
-        return self.store.query_table(query, params)
-
-    def interrupt_user_queries(self) -> None:
-        self.store.interrupt_user_queries()
-
-    def user_query(self, query: str, max_rows: int, timeout_s: float, max_bytes: int) -> Any:
-        return self.store.user_query(query, max_rows=max_rows, timeout_s=timeout_s,
-                                     max_bytes=max_bytes)
-
-
-ASYNC_CALLS = frozenset({"write_ingest", "record_resets", "pending", "write", "shed", "recent_shadow_spend",
-                         "lease_budget", "counts"})
-CONTROL_CALLS = frozenset({"stored_offsets", "stored_marks", "fetch", "counts",
-                           "interrupt_user_queries"})
-QUERY_CALLS = frozenset({"query_table"})
-USER_CALLS = frozenset({"user_query"})
+# What each channel may run: Store methods, compared as the functions themselves.
+ASYNC_CALLS: frozenset[Callable[..., Any]] = frozenset({
+    Store.write_ingest, Store.record_resets, Store.pending_samples, Store.write_sample_results,
+    Store.shed_pending, Store.recent_shadow_spend, Store.lease_budget, Store.counts})
+CONTROL_CALLS: frozenset[Callable[..., Any]] = frozenset({
+    Store.stored_offsets, Store.stored_marks, Store.fetch, Store.counts,
+    Store.interrupt_user_queries})
+QUERY_CALLS: frozenset[Callable[..., Any]] = frozenset({Store.query_table})
+USER_CALLS: frozenset[Callable[..., Any]] = frozenset({Store.user_query})
 USER_REPLY_GRACE_S = 10.0  # beyond a user query's own timeout, before the channel is given up
 _CLOSE = ("close", ())
 _CLOSE_CONTROL = ("close from the control channel", ())  # the child's own marker
 
 
-def _answer(served: _Served, names: frozenset[str], request: Any) -> tuple[str, Any]:
+def _answer(store: Store, allowed: frozenset[Callable[..., Any]], request: Any) -> tuple[str, Any]:
     try:
-        name, args = request
-        if name not in names:
-            raise StoreError(f"the store process does not serve {name!r}")
-        return "ok", getattr(served, name)(*args)
+        fn, args, kwargs = request
+        if fn not in allowed:
+            raise StoreError(f"the store process does not serve {fn!r} on this channel")
+        return "ok", fn(store, *args, **kwargs)
     except Exception as e:
         return "err", _portable(e)
 
@@ -178,7 +139,8 @@ def serve(path: str, threads: int, async_fd: int, control_fd: int, queries_fd: i
     c = socket.socket(fileno=queries_fd)
     d = socket.socket(fileno=user_fd)
     try:
-        served = _Served(path, threads, memory_limit)
+        store = Store(path)
+        store.prepare_writer(threads, memory_limit)
     except Exception as e:
         _send(b, ("err", _portable(e)))
         return 1
@@ -199,16 +161,16 @@ def serve(path: str, threads: int, async_fd: int, control_fd: int, queries_fd: i
             if req == _CLOSE:
                 work.put(_CLOSE_CONTROL)
                 return
-            _send(b, _answer(served, CONTROL_CALLS, req))
+            _send(b, _answer(store, CONTROL_CALLS, req))
         work.put(None)
 
     def serve_queries() -> None:
         while (req := _recv(c)) is not None:
-            _send(c, _answer(served, QUERY_CALLS, req))
+            _send(c, _answer(store, QUERY_CALLS, req))
 
     def serve_user() -> None:
         while (req := _recv(d)) is not None:
-            _send(d, _answer(served, USER_CALLS, req))
+            _send(d, _answer(store, USER_CALLS, req))
 
     threading.Thread(target=read_async, daemon=True, name="store-async").start()
     threading.Thread(target=serve_user, daemon=True, name="store-user-sql").start()
@@ -220,13 +182,13 @@ def serve(path: str, threads: int, async_fd: int, control_fd: int, queries_fd: i
             if req in (_CLOSE, _CLOSE_CONTROL):
                 closer = a if req == _CLOSE else b
                 break
-            reply = _answer(served, ASYNC_CALLS, req)
+            reply = _answer(store, ASYNC_CALLS, req)
             try:
                 _send(a, reply)
             except OSError:
                 break  # the parent went away
     finally:
-        served.store.close()
+        store.close()
     if closer is not None:
         with contextlib.suppress(OSError):
             _send(closer, ("ok", None))
@@ -235,9 +197,9 @@ def serve(path: str, threads: int, async_fd: int, control_fd: int, queries_fd: i
 
 # -- the parent -------------------------------------------------------------------------------
 class StoreProcess:
-    """`AsyncStore`'s interface, with the `Store` in a child process (see the module docstring).
-    `store` offers the blocking reads (`query_table`, `fetch`, `stored_offsets`, `counts`) for
-    code that runs outside the event loop, as `AsyncStore.store` does."""
+    """`ServiceStore` with the `Store` in a child process (see the module docstring). `reads`
+    offers the blocking reads (`query_table`, `fetch`, `stored_offsets`, `counts`) for code that
+    runs outside the event loop."""
 
     def __init__(self, path: str | os.PathLike[str], threads: int = 0,
                  memory_limit: str = "") -> None:
@@ -291,21 +253,22 @@ class StoreProcess:
         if hello[0] == "err":
             self._abandon()
             raise hello[1]
-        self.store = _SyncReads(self)
+        self.reads = StoreProcessReads(self)
 
     # -- blocking channel ---------------------------------------------------------------------
-    def _call_sync(self, name: str, *args: Any) -> Any:
-        query = name in QUERY_CALLS
+    def _call_sync(self, fn: Callable[Concatenate[Store, P], R], *args: P.args,
+                   **kwargs: P.kwargs) -> R:
+        query = fn in QUERY_CALLS
         sock = self._queries_sock if query else self._sync_sock
         with self._queries_lock if query else self._sync_lock:
             if self._closed:
                 raise StoreError(f"the store for {self.path} is closed")
             try:
-                _send(sock, (name, args))
+                _send(sock, (fn, args, kwargs))
                 reply = _recv(sock)
             except OSError as e:
                 raise self._gone(str(e)) from None
-        return self._answer_of(reply)
+        return cast(R, self._answer_of(reply))  # what `fn` returned, in the child
 
     def _answer_of(self, reply: Any) -> Any:
         """The child's answer to a blocking call: its value, or the error it raised."""
@@ -316,7 +279,8 @@ class StoreProcess:
             raise value
         return value
 
-    def _call_user(self, query: str, max_rows: int, timeout_s: float, max_bytes: int) -> Any:
+    def _call_user(self, query: str, max_rows: int, timeout_s: float, max_bytes: int
+                   ) -> UserResult:
         """A person's query on the user channel. The child interrupts it after `timeout_s`; if no
         answer comes even then, the channel is given up (a late answer would be read as the
         next query's) and later queries fail until the service restarts."""
@@ -327,7 +291,8 @@ class StoreProcess:
                 raise StoreError(self._user_broken)
             try:
                 self._user_sock.settimeout(timeout_s + USER_REPLY_GRACE_S)
-                _send(self._user_sock, ("user_query", (query, max_rows, timeout_s, max_bytes)))
+                _send(self._user_sock, (Store.user_query, (query,), {
+                    "max_rows": max_rows, "timeout_s": timeout_s, "max_bytes": max_bytes}))
                 reply = _recv(self._user_sock)
             except TimeoutError:
                 self._user_broken = (f"the store process for {self.path} did not finish a query "
@@ -335,7 +300,7 @@ class StoreProcess:
                 raise StoreError(self._user_broken) from None
             except OSError as e:
                 raise self._gone(str(e)) from None
-        return self._answer_of(reply)
+        return cast(UserResult, self._answer_of(reply))
 
     def _gone(self, why: str) -> StoreError:
         code = self.proc.poll()
@@ -374,14 +339,18 @@ class StoreProcess:
                 if not fut.done():
                     fut.set_exception(err)
 
-    async def _call(self, name: str, *args: Any, closing: bool = False) -> Any:
+    async def _call(self, fn: Callable[Concatenate[Store, P], R], *args: P.args,
+                    **kwargs: P.kwargs) -> R:
+        return cast(R, await self._request((fn, args, kwargs)))  # what `fn` returned, in the child
+
+    async def _request(self, request: Any, *, closing: bool = False) -> Any:
         if self._closed and not closing:
             raise StoreError(f"the store for {self.path} is closed")
         if self._broken:
             raise StoreError(self._broken)
         writer = await self._connect()
         # Pickled here, on the event loop: ~1-2 us a result, cheaper than a thread's GIL share.
-        data = pickle.dumps((name, args), protocol=pickle.HIGHEST_PROTOCOL)
+        data = pickle.dumps(request, protocol=pickle.HIGHEST_PROTOCOL)
         if self._broken:  # the answer reader has stopped: nobody would answer this call
             raise StoreError(self._broken)
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -398,29 +367,29 @@ class StoreProcess:
             raise self._gone(str(e) or "connection lost") from None
         return await fut
 
-    async def write_ingest(self, batch: Any) -> int:
-        return int(await self._call("write_ingest", batch))
+    async def write_ingest(self, batch: IngestBatch) -> int:
+        return await self._call(Store.write_ingest, batch)
 
-    async def pending(self, limit: int, exclude: Collection[str] = ()) -> list[dict[str, Any]]:
-        return await self._call("pending", limit, list(exclude))  # type: ignore[no-any-return]
+    async def pending(self, limit: int, exclude: Collection[str] = ()) -> list[PendingSample]:
+        return await self._call(Store.pending_samples, limit, list(exclude))
 
-    async def record_resets(self, resets: Sequence[Any]) -> None:
-        await self._call("record_resets", list(resets))
+    async def record_resets(self, resets: Sequence[OffsetReset]) -> None:
+        await self._call(Store.record_resets, list(resets))
 
-    async def write(self, results: Sequence[Any]) -> None:
-        await self._call("write", list(results))
+    async def write(self, results: Sequence[SampleResult]) -> None:
+        await self._call(Store.write_sample_results, list(results))
 
     async def shed(self, keep: int, reason: str) -> tuple[int, int]:
-        return await self._call("shed", keep, reason)  # type: ignore[no-any-return]
+        return await self._call(Store.shed_pending, keep, reason)
 
     async def recent_shadow_spend(self) -> list[tuple[float, float]]:
-        return await self._call("recent_shadow_spend")  # type: ignore[no-any-return]
+        return await self._call(Store.recent_shadow_spend)
 
     async def lease_budget(self, run_id: str, nano: int) -> None:
-        await self._call("lease_budget", run_id, nano)
+        await self._call(Store.lease_budget, run_id, nano)
 
     async def counts(self) -> dict[str, Any]:
-        return await self._call("counts")  # type: ignore[no-any-return]
+        return await self._call(Store.counts)
 
     # -- lifetime -----------------------------------------------------------------------------
     async def aclose(self) -> None:
@@ -434,7 +403,7 @@ class StoreProcess:
         self._closed = True
         try:
             with contextlib.suppress(StoreError):  # died meanwhile: nothing left to close
-                await self._call(_CLOSE[0], closing=True)
+                await self._request(_CLOSE, closing=True)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 await asyncio.to_thread(self.proc.wait, CLOSE_TIMEOUT_S)
         finally:
@@ -479,37 +448,37 @@ class StoreProcess:
             return self.proc.wait()
 
 
-class _SyncReads:
-    """Blocking reads through the child, for threads and for code outside the event loop."""
+class StoreProcessReads:
+    """Blocking reads through the child (`StoreReads`), for threads and for code outside the
+    event loop."""
 
     def __init__(self, owner: StoreProcess) -> None:
         self._owner = owner
 
     def stored_offsets(self) -> dict[tuple[str, int], int]:
-        return self._owner._call_sync("stored_offsets")  # type: ignore[no-any-return]
+        return self._owner._call_sync(Store.stored_offsets)
 
     def stored_marks(self) -> dict[tuple[str, int], tuple[int, int | None, int]]:
-        return self._owner._call_sync("stored_marks")  # type: ignore[no-any-return]
+        return self._owner._call_sync(Store.stored_marks)
 
     def fetch(self, query: str, params: Mapping[str, Any] | Sequence[Any] | None = None
               ) -> list[tuple[Any, ...]]:
-        return self._owner._call_sync("fetch", query, params)  # type: ignore[no-any-return]
+        return self._owner._call_sync(Store.fetch, query, params)
 
     def query_table(self, query: str, params: Mapping[str, Any] | Sequence[Any] | None = None
                     ) -> tuple[list[str], list[tuple[Any, ...]]]:
-        return self._owner._call_sync(  # type: ignore[no-any-return]
-            "query_table", query, params)
+        return self._owner._call_sync(Store.query_table, query, params)
 
     def counts(self) -> dict[str, Any]:
-        return self._owner._call_sync("counts")  # type: ignore[no-any-return]
+        return self._owner._call_sync(Store.counts)
 
     def user_query(self, query: str, *, max_rows: int, timeout_s: float,
-                   max_bytes: int = 16 << 20) -> Any:
+                   max_bytes: int = 16 << 20) -> UserResult:
         return self._owner._call_user(query, max_rows, timeout_s, max_bytes)
 
     def interrupt_user_queries(self) -> None:
         """Stop people's queries now and refuse new ones: the service is stopping."""
-        self._owner._call_sync("interrupt_user_queries")
+        self._owner._call_sync(Store.interrupt_user_queries)
 
 
 def child_main(argv: Sequence[str]) -> int:

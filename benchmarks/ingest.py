@@ -119,11 +119,11 @@ async def ours(bootstrap: str, topic: str, n: int, db: Path) -> float:
         "SHADOWROUTE_SAMPLING__DEFAULT_RATE": "0.05",
         **{k: v for k, v in os.environ.items() if k.startswith("SHADOWROUTE_")},
     })
+    from analytics.service_store import open_store
     from consumers.pipeline import IngestPipeline
-    from shadowroute.service import open_store
 
     store = open_store(db, cfg.storage.writer, cfg.storage.threads)  # as the service runs (storage.writer)
-    source = KafkaSource(cfg.kafka, store.store.stored_offsets)
+    source = KafkaSource(cfg.kafka, store.reads.stored_offsets)
     await source.start()
     stop = asyncio.Event()
     state = {"got": 0, "start": 0.0, "end": 0.0}

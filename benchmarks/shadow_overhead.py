@@ -59,6 +59,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from analytics.service_store import open_store  # noqa: E402
 from analytics.store import Store  # noqa: E402
 from analytics.store_process import StoreProcess  # noqa: E402
 from shadow.budget import Budget  # noqa: E402
@@ -74,7 +75,7 @@ from shadow.http import AiohttpClient, HttpClient, HttpResponse  # noqa: E402
 from shadow.routers import RandomRouterConfig, build_routers  # noqa: E402
 from shadow.runner import SampleResult, ShadowRunner  # noqa: E402
 from shadowroute.demo.broker import free_port  # noqa: E402
-from shadowroute.service import open_store, run_loop  # noqa: E402
+from shadowroute.service import run_loop  # noqa: E402
 
 CHOSEN = "aiohttp"
 RSS_BLOCK = 10_000
@@ -207,7 +208,7 @@ async def shadow_run(client_name: str, url: str, n: int, in_flight: int, db: Pat
         await asyncio.gather(task, return_exceptions=True)
     finally:
         await http.aclose()
-    done = store.store.fetch("SELECT count(*) FROM shadow_calls WHERE outcome = 'ok'")[0][0]
+    done = store.reads.fetch("SELECT count(*) FROM shadow_calls WHERE outcome = 'ok'")[0][0]
     store.close()
     if done != n:
         raise SystemExit(f"{client_name}: only {done} of {n} calls succeeded")

@@ -35,7 +35,7 @@ import random
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -46,6 +46,7 @@ from shadow.config import ModelConfig, ShadowConfig
 from shadow.deployments import Deployment, DeploymentGroup, Lease
 from shadow.errors import GroupUnavailable, HttpFailure, SendTimedOut
 from shadow.http import HttpClient
+from shadow.results import Attempt, CallResult
 from shadow.reuse import ReuseCache, reuse_key
 from shadow.tokens import prompt_token_bound, prompt_token_estimate
 
@@ -53,44 +54,6 @@ RETRY_STATUS = {408, 409, 429}  # and every 5xx
 HEALTH_STATUS = {401, 403, 404}  # not retried, but they say the deployment is misconfigured
 REPLAY_PARAMS = ("temperature", "top_p", "response_format", "stop", "seed",
                  "presence_penalty", "frequency_penalty")
-OUTCOMES = ("ok", "reused", "error", "budget", "unavailable")
-ATTEMPT_OUTCOMES = ("ok", "error", "unknown", "cancelled")
-
-
-@dataclass
-class Attempt:
-    """One request sent (or about to be) to a deployment. `outcome`: ok; error (an answer that
-    was not one: not billed); unknown (sent, then no usable answer: charged its worst case);
-    cancelled (in flight when the service stopped: charged its worst case)."""
-
-    attempt_id: str
-    sample_id: str
-    model: str
-    attempt: int
-    deployment: str
-    outcome: str
-    spend_usd: float
-    latency_ms: float
-    error: str | None = None
-
-
-@dataclass
-class CallResult:
-    model: str
-    answer: str | None
-    input_tokens: int | None
-    cached_input_tokens: int | None
-    output_tokens: int | None
-    cost_usd: float | None
-    latency_ms: float
-    error: str | None
-    attempts: int
-    outcome: str = "ok"  # one of OUTCOMES
-    deployment: str | None = None
-    spend_usd: float = 0.0
-    usage_estimated: bool = False
-    reused_from: str | None = None
-    attempt_log: list[Attempt] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

@@ -31,42 +31,22 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Collection, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
-import orjson
-import polars as pl
-
-from consumers.ingest import frame, prompt_text
-from shadow.client import Attempt, CallResult, ModelClient
+from consumers.ingest import prompt_text
+from shadow.client import ModelClient
+from shadow.results import Attempt, PendingSample, SampleResult
 from shadow.routers import RouteInput, Router
 from shadow.scorers import Scoring
 
 log = logging.getLogger("shadowroute.shadow")
 
 
-SAMPLE_STATUSES = ("pending", "done", "skipped_budget", "skipped_unavailable", "skipped_failed",
-                   "skipped_shed", "skipped_tools", "skipped_no_models", "skipped_error")
 SHED_REASON = "shadow backlog above shadow.max_queue: newest samples shed"
 
 
-@dataclass
-class SampleResult:
-    sample_id: str
-    status: str  # one of SAMPLE_STATUSES
-    skip_reason: str | None = None
-    router_scores: list[tuple[str, float]] = field(default_factory=list)
-    calls: list[CallResult] = field(default_factory=list)
-    # (model, scorer, value, scorer used, failure): `auto` says which scorer it used; a scorer
-    # that could not judge the pair gives no value and its reason.
-    scores: list[tuple[str, str, float | None, str, str | None]] = field(default_factory=list)
-    # Attempts not in `calls` (cancelled in flight at a stop); a result whose status is
-    # `pending` carries only these: its sample stays pending and runs again.
-    attempts: list[Attempt] = field(default_factory=list)
-
-
 class ResultSink(Protocol):
-    async def pending(self, limit: int, exclude: Collection[str] = ()) -> list[dict[str, Any]]:
+    async def pending(self, limit: int, exclude: Collection[str] = ()) -> list[PendingSample]:
         """The oldest `limit` pending samples whose ids are not in `exclude`."""
         ...
     async def write(self, results: Sequence[SampleResult]) -> None: ...
@@ -75,52 +55,6 @@ class ResultSink(Protocol):
         """Mark pending samples beyond the oldest `keep` as `skipped_shed`; returns
         (pending before, shed)."""
         ...
-
-
-ROUTER_SCORES_SCHEMA: dict[str, Any] = {"sample_id": pl.Utf8, "router": pl.Utf8, "score": pl.Float64}
-SHADOW_CALLS_SCHEMA: dict[str, Any] = {
-    "sample_id": pl.Utf8, "model": pl.Utf8, "answer": pl.Utf8, "input_tokens": pl.Int64,
-    "cached_input_tokens": pl.Int64, "output_tokens": pl.Int64, "cost_usd": pl.Float64,
-    "latency_ms": pl.Float64, "error": pl.Utf8, "attempts": pl.Int32, "deployment": pl.Utf8,
-    "outcome": pl.Utf8, "spend_usd": pl.Float64, "usage_estimated": pl.Boolean,
-    "reused_from": pl.Utf8}
-SCORES_SCHEMA: dict[str, Any] = {
-    "sample_id": pl.Utf8, "model": pl.Utf8, "scorer": pl.Utf8, "value": pl.Float64,
-    "scorer_used": pl.Utf8, "error": pl.Utf8}
-FINISHED_SCHEMA: dict[str, Any] = {"sample_id": pl.Utf8, "status": pl.Utf8, "skip_reason": pl.Utf8}
-ATTEMPTS_SCHEMA: dict[str, Any] = {
-    "attempt_id": pl.Utf8, "sample_id": pl.Utf8, "model": pl.Utf8, "attempt": pl.Int32,
-    "deployment": pl.Utf8, "outcome": pl.Utf8, "spend_usd": pl.Float64, "latency_ms": pl.Float64,
-    "error": pl.Utf8}
-
-
-def _attempt_rows(results: Sequence[SampleResult]) -> list[tuple[Any, ...]]:
-    return [(a.attempt_id, a.sample_id, a.model, a.attempt, a.deployment, a.outcome,
-             a.spend_usd, a.latency_ms, a.error)
-            for r in results for a in (*(a for c in r.calls for a in c.attempt_log), *r.attempts)]
-
-
-def results_to_frames(results: Sequence[SampleResult]) -> dict[str, pl.DataFrame]:
-    """The results as the four frames `write_results` inserts, built column by column
-    (`consumers.ingest.frame`): the writer thread runs this beside the event loop, and every
-    millisecond it holds the GIL is a millisecond of delay for the calls finishing meanwhile
-    (`orient="row"` took ~4x as long)."""
-    return {
-        "batch_router_scores": frame(
-            [(r.sample_id, name, s) for r in results for name, s in r.router_scores],
-            ROUTER_SCORES_SCHEMA),
-        "batch_shadow_calls": frame(
-            [(r.sample_id, c.model, c.answer, c.input_tokens, c.cached_input_tokens,
-              c.output_tokens, c.cost_usd, c.latency_ms, c.error, c.attempts, c.deployment,
-              c.outcome, c.spend_usd, c.usage_estimated, c.reused_from)
-             for r in results for c in r.calls], SHADOW_CALLS_SCHEMA),
-        "batch_scores": frame(
-            [(r.sample_id, *sc) for r in results for sc in r.scores], SCORES_SCHEMA),
-        "batch_finished": frame(
-            [(r.sample_id, r.status, r.skip_reason) for r in results if r.status != "pending"],
-            FINISHED_SCHEMA),
-        "batch_attempts": frame(_attempt_rows(results), ATTEMPTS_SCHEMA),
-    }
 
 
 class ShadowRunner:
@@ -163,20 +97,18 @@ class ShadowRunner:
         self._buffer: list[SampleResult] = []
         self._writing = 0  # results in a write that has not returned yet
         self._inflight: set[str] = set()
-        self._queue: deque[dict[str, Any]] = deque()  # read from the store, not started yet
+        self._queue: deque[PendingSample] = deque()  # read from the store, not started yet
         self._queued: set[str] = set()  # their ids
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = False
         self.completed = 0
 
     # -- one sample ---------------------------------------------------------------------------
-    async def process(self, sample: dict[str, Any]) -> SampleResult:
-        sid = sample["sample_id"]
-        messages = orjson.loads(sample["messages"])
-        params = orjson.loads(sample["params"])
-        tags = orjson.loads(sample["tags"] or "{}")
-        reference = sample["response_text"] or ""
-        route_in = RouteInput(sid, sample["frontier_model"], prompt_text(messages), tags)
+    async def process(self, sample: PendingSample) -> SampleResult:
+        sid = sample.sample_id
+        messages, params, tags = sample.messages, sample.params, sample.tags
+        reference = sample.response_text
+        route_in = RouteInput(sid, sample.frontier_model, prompt_text(messages), tags)
         result = SampleResult(sid, "done")
         if params.get("tools") and not self.replay_tools:
             result.status = "skipped_tools"
@@ -196,7 +128,7 @@ class ShadowRunner:
         else:
             result.calls = list(await asyncio.gather(
                 *(m.complete(messages, params, sample_id=sid) for m in self.models)))
-        scorer_name = sample["scorer"]
+        scorer_name = sample.scorer
         if self.fit_scorers is not None and self.scoring.wants_fit(scorer_name, reference):
             await self.fit_scorers()
         for c in result.calls:
@@ -233,7 +165,7 @@ class ShadowRunner:
                     fresh = await self.sink.pending(self.workers * 4,
                                                     self._inflight | self._queued)
                     for smp in fresh:
-                        sid = smp["sample_id"]
+                        sid = smp.sample_id
                         if sid not in self._inflight and sid not in self._queued:
                             self._queue.append(smp)
                             self._queued.add(sid)
@@ -270,7 +202,7 @@ class ShadowRunner:
                 await self._room.wait()
                 continue
             sample = queue.popleft()
-            queued.discard(sample["sample_id"])
+            queued.discard(sample.sample_id)
             if len(queue) < self.workers:
                 self.wake.set()  # read ahead before the queue runs dry
             await self._one(sample)
@@ -301,8 +233,8 @@ class ShadowRunner:
     def inflight(self) -> int:
         return len(self._inflight)
 
-    async def _one(self, sample: dict[str, Any]) -> None:
-        sid = sample["sample_id"]
+    async def _one(self, sample: PendingSample) -> None:
+        sid = sample.sample_id
         self._inflight.add(sid)
         try:
             res = await self.process(sample)

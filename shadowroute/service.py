@@ -20,8 +20,7 @@ import socket
 import sys
 import time
 import uuid
-from collections.abc import Callable, Collection, Coroutine, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -30,8 +29,7 @@ import uvicorn
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 import sql
-from analytics.store import Store
-from analytics.store_process import StoreProcess
+from analytics.service_store import open_store
 from consumers.ingest import IngestBatch, Ingestor
 from consumers.pipeline import DeadLetters, IngestPipeline
 from consumers.records import OffsetReset, RawMessage
@@ -39,7 +37,7 @@ from shadow.budget import Budget
 from shadow.client import ModelClient
 from shadow.http import HttpClient, make_http
 from shadow.routers import build_routers
-from shadow.runner import SampleResult, ShadowRunner, results_to_frames
+from shadow.runner import SampleResult, ShadowRunner
 from shadow.scorers import TFIDF, Scoring, TfidfCosine
 from shadowroute.api import build_app
 from shadowroute.config import Config, api_token
@@ -60,65 +58,6 @@ class Source(Protocol):
     async def batch(self) -> list[RawMessage]: ...
     async def commit(self, offsets: dict[tuple[str, int], int]) -> None: ...
     async def stop(self) -> None: ...
-
-
-class AsyncStore:
-    """The store seen from the event loop: every write on one dedicated thread of this process,
-    in order (`storage.writer = "thread"`; the default runs DuckDB in a child process,
-    `analytics.store_process.StoreProcess`, with the same interface)."""
-
-    def __init__(self, store: Store) -> None:
-        self.store = store
-        self.pool = ThreadPoolExecutor(1, thread_name_prefix="duckdb-writer")
-
-    async def _run(self, fn: Any, *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
-
-    async def write_ingest(self, batch: IngestBatch) -> int:
-        return await self._run(self.store.write_ingest, batch)  # type: ignore[no-any-return]
-
-    async def record_resets(self, resets: Sequence[OffsetReset]) -> None:
-        await self._run(self.store.record_resets, resets)
-
-    async def pending(self, limit: int, exclude: Collection[str] = ()) -> list[dict[str, Any]]:
-        return await self._run(  # type: ignore[no-any-return]
-            self.store.pending_samples, limit, list(exclude))
-
-    async def write(self, results: Sequence[SampleResult]) -> None:
-        # Frames are built on the writer thread too: on the event loop, a flush of ~1,500
-        # results held every call in flight for ~10 ms.
-        await self._run(lambda: self.store.write_results(results_to_frames(results)))
-
-    async def shed(self, keep: int, reason: str) -> tuple[int, int]:
-        return await self._run(self.store.shed_pending, keep, reason)  # type: ignore[no-any-return]
-
-    async def recent_shadow_spend(self) -> list[tuple[float, float]]:
-        return await self._run(self.store.recent_shadow_spend)  # type: ignore[no-any-return]
-
-    async def lease_budget(self, run_id: str, nano: int) -> None:
-        await self._run(self.store.lease_budget, run_id, nano)
-
-    async def counts(self) -> dict[str, Any]:
-        return await self._run(self.store.counts)  # type: ignore[no-any-return]
-
-    def close(self) -> None:
-        self.pool.shutdown(wait=True)
-        self.store.close()
-
-    async def aclose(self) -> None:
-        self.close()
-
-
-def open_store(path: str | os.PathLike[str], writer: str = "process", threads: int = 0,
-               memory_limit: str = "") -> AsyncStore | StoreProcess:
-    """The service's store: DuckDB in a child process (`storage.writer = "process"`) or on a
-    thread of this one (`"thread"`); the same interface either way. `threads`: DuckDB's
-    (`storage.threads`)."""
-    if writer == "process":
-        return StoreProcess(path, threads, memory_limit)
-    store = Store(Path(path))
-    store.prepare_writer(threads, memory_limit)
-    return AsyncStore(store)
 
 
 class _QuietServer(uvicorn.Server):
@@ -182,22 +121,22 @@ class Service:
         self.ingestor = Ingestor(cfg)
         try:
             # What the OTel join held when the last run stopped: spans waiting for content.
-            self.ingestor.restore(self.store.store.fetch(sql.query("otlp_pending_rows")))
+            self.ingestor.restore(self.store.reads.fetch(sql.query("otlp_pending_rows")))
         except BaseException:
             self.store.close()
             raise
         if source_factory is not None:
             try:
-                source = source_factory(self.store.store.stored_offsets)
+                source = source_factory(self.store.reads.stored_offsets)
             except BaseException:
                 self.store.close()
                 raise
         if source is None:
             from consumers.kafka_source import KafkaSource
 
-            source = KafkaSource(cfg.kafka, self.store.store.stored_offsets,
+            source = KafkaSource(cfg.kafka, self.store.reads.stored_offsets,
                                  on_reset=self._on_reset,
-                                 stored_marks=self.store.store.stored_marks)
+                                 stored_marks=self.store.reads.stored_marks)
         self.source = source
         self.stop_event = asyncio.Event()
         self.http: HttpClient | None = None
@@ -300,7 +239,7 @@ class Service:
             if (await self.store.counts())["samples"] < 2 * tfidf.fitted_docs:
                 return
         _, rows = await asyncio.to_thread(
-            self.store.store.query_table, sql.query("frontier_answers_by_segment"),
+            self.store.reads.query_table, sql.query("frontier_answers_by_segment"),
             {"tag": self._score_tag, "per_segment": sc.tfidf_max_docs})
         corpus: dict[str, list[str]] = {}
         for segment, answer in rows:
@@ -322,7 +261,7 @@ class Service:
             raise ConfigError("server.port", f"cannot listen on {self.cfg.server.host}:"
                               f"{self.cfg.server.port}: {e.strerror or e}{hint}") from None
         host, port = sock.getsockname()[:2]
-        app = build_app(self.store.store, self.cfg, self.metrics, self.status, port=port,
+        app = build_app(self.store.reads, self.cfg, self.metrics, self.status, port=port,
                         token=self.token)
         # A short grace at shutdown: a person's query is interrupted by the store at close,
         # and no client is worth holding SIGTERM up for.
@@ -470,7 +409,7 @@ class Service:
             await step("close the Kafka consumer", self.source.stop)
             # A person's query ends now, answered (before the HTTP server's graceful shutdown).
             await step("interrupt people's queries",
-                       lambda: asyncio.to_thread(self.store.store.interrupt_user_queries))
+                       lambda: asyncio.to_thread(self.store.reads.interrupt_user_queries))
             server.should_exit = True
             await step("stop the HTTP server",
                        lambda: asyncio.gather(server_task, return_exceptions=True))

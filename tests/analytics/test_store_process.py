@@ -16,11 +16,10 @@ import duckdb
 import pytest
 
 from analytics.errors import StoreError, StoreLockedError
+from analytics.service_store import open_store
 from analytics.store import Store
 from analytics.store_process import StoreProcess
-from shadow.client import CallResult
-from shadow.runner import SampleResult
-from shadowroute.service import open_store
+from shadow.results import CallResult, SampleResult
 from tests.shadow.test_runner import add_samples
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -62,13 +61,14 @@ def test_calls_from_the_loop_answer_in_order_and_writes_land(tmp_path: Path) -> 
             await st.write([done("s0000"), done("s0001")])
             assert (await st.counts())["done"] == 2
             rows = await st.pending(100, exclude=["s0002"])
-            assert {r["sample_id"] for r in rows} == {f"s{i:04d}" for i in range(3, 30)}
+            assert {r.sample_id for r in rows} == {f"s{i:04d}" for i in range(3, 30)}
+            assert all(isinstance(r.messages, list) and isinstance(r.tags, dict) for r in rows)
             assert await st.shed(20, "test") == (28, 8)
 
         asyncio.run(main())
         # The blocking reads see the same file, through the child.
-        assert st.store.fetch("SELECT count(*) FROM shadow_calls") == [(2,)]
-        cols, rows = st.store.query_table("SELECT status, count(*) n FROM samples GROUP BY ALL "
+        assert st.reads.fetch("SELECT count(*) FROM shadow_calls") == [(2,)]
+        cols, rows = st.reads.query_table("SELECT status, count(*) n FROM samples GROUP BY ALL "
                                           "ORDER BY 1")
         assert (cols, rows) == (["status", "n"], [("done", 2), ("pending", 20),
                                                    ("skipped_shed", 8)])
@@ -87,9 +87,9 @@ def test_the_services_store_caps_duckdbs_threads(tmp_path: Path, writer: str, th
     # One fewer than the cores by default: DuckDB never takes every core from the event loop.
     st = open_store(filled(tmp_path, 1), writer, threads)
     try:
-        assert st.store.fetch("SELECT current_setting('threads')") == [(expected,)]
+        assert st.reads.fetch("SELECT current_setting('threads')") == [(expected,)]
         # The warm-up's registration is gone: users' /v1/sql sees only the tables.
-        assert st.store.fetch("SELECT count(*) FROM duckdb_views() WHERE view_name LIKE '%warm%'"
+        assert st.reads.fetch("SELECT count(*) FROM duckdb_views() WHERE view_name LIKE '%warm%'"
                               ) == [(0,)]
     finally:
         st.close()
@@ -119,9 +119,9 @@ def test_errors_come_back_as_errors_and_the_store_goes_on(tmp_path: Path) -> Non
     st = StoreProcess(filled(tmp_path, 3))
     try:
         with pytest.raises(StoreError, match="read-only SELECT"):
-            st.store.user_query("DELETE FROM samples", max_rows=10, timeout_s=10)
+            st.reads.user_query("DELETE FROM samples", max_rows=10, timeout_s=10)
         with pytest.raises(StoreError, match="no_such_table"):
-            st.store.query_table("SELECT * FROM no_such_table")
+            st.reads.query_table("SELECT * FROM no_such_table")
 
         async def main() -> None:
             with pytest.raises(AttributeError):
@@ -129,7 +129,21 @@ def test_errors_come_back_as_errors_and_the_store_goes_on(tmp_path: Path) -> Non
             assert (await st.counts())["pending"] == 3
 
         asyncio.run(main())
-        assert st.store.counts()["pending"] == 3
+        assert st.reads.counts()["pending"] == 3
+    finally:
+        st.close()
+
+
+def test_each_channel_runs_only_the_store_methods_it_serves(tmp_path: Path) -> None:
+    # The control channel reads; a write sent on it (or anything that is not a Store method)
+    # is refused by the child, and the store goes on.
+    st = StoreProcess(filled(tmp_path, 3))
+    try:
+        with pytest.raises(StoreError, match="does not serve"):
+            st._call_sync(Store.shed_pending, 0, "sent on the control channel")
+        with pytest.raises(StoreError, match="does not serve"):
+            st._call_sync(os.getcwd)  # type: ignore[arg-type]
+        assert st.reads.counts()["pending"] == 3  # nothing was shed
     finally:
         st.close()
 
@@ -138,13 +152,13 @@ def test_a_long_query_does_not_hold_up_the_consumers_positions(tmp_path: Path) -
     st = StoreProcess(filled(tmp_path, 1))
     try:
         out: list[object] = []
-        slow = threading.Thread(target=lambda: out.append(st.store.query_table(
+        slow = threading.Thread(target=lambda: out.append(st.reads.query_table(
             "SELECT sum(i) FROM range(3000000000) t(i)")))  # seconds of DuckDB work
         slow.start()
         time.sleep(0.3)
         t0 = time.monotonic()
-        assert st.store.stored_offsets() == {}
-        assert st.store.counts()["pending"] == 1
+        assert st.reads.stored_offsets() == {}
+        assert st.reads.counts()["pending"] == 1
         took = time.monotonic() - t0
         assert slow.is_alive(), "the query was too quick to show anything"
         assert took < 1.0
@@ -159,7 +173,7 @@ def test_signals_for_the_service_leave_its_store_working(tmp_path: Path) -> None
     # handles them and still needs its store to write the last results.
     st = StoreProcess(filled(tmp_path, 2))
     try:
-        st.store.counts()
+        st.reads.counts()
         for sig in (signal.SIGINT, signal.SIGTERM):
             os.kill(st.proc.pid, sig)
         time.sleep(0.3)
@@ -183,7 +197,7 @@ def test_a_held_file_is_refused_plainly_and_leaves_no_process(tmp_path: Path) ->
         with pytest.raises(StoreLockedError, match="held by another process"):
             StoreProcess(db)
         assert time.monotonic() - t0 < 30
-        assert first.store.counts()["pending"] == 1  # the holder is undisturbed
+        assert first.reads.counts()["pending"] == 1  # the holder is undisturbed
     finally:
         first.close()
     # No child left behind holding anything: the file opens read-write again.
@@ -204,7 +218,7 @@ def test_a_dead_store_process_fails_calls_at_once(tmp_path: Path) -> None:
 
         asyncio.run(main())
         with pytest.raises(StoreError, match="exited with code -9"):
-            st.store.counts()
+            st.reads.counts()
     finally:
         st.close()
 
@@ -247,7 +261,7 @@ def test_the_store_process_starts_and_closes_without_a_word_on_stderr(tmp_path: 
     out = subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
         from analytics.store_process import StoreProcess
         st = StoreProcess({str(db)!r})
-        print(st.store.counts()["samples"])
+        print(st.reads.counts()["samples"])
         st.close()
         """)], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert (out.returncode, out.stdout, out.stderr) == (0, "1\n", "")

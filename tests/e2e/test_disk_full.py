@@ -64,7 +64,7 @@ async def _until(cond: object, task: asyncio.Task[None], what: str, timeout: flo
 
 
 def _stored(svc: Service) -> int:
-    _, rows = svc.store.store.query_table("SELECT coalesce(sum(next_offset), 0) FROM offsets")
+    _, rows = svc.store.reads.query_table("SELECT coalesce(sum(next_offset), 0) FROM offsets")
     return int(rows[0][0])
 
 

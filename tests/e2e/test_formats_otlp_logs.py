@@ -75,7 +75,7 @@ async def wait_for(svc: Service, task: asyncio.Task[None], messages: int, until:
         await asyncio.sleep(0.2)
         if task.done():
             task.result()
-        _, rows = svc.store.store.query_table(  # `until` is the test's own SQL
+        _, rows = svc.store.reads.query_table(  # `until` is the test's own SQL
             f"SELECT (SELECT coalesce(sum(next_offset), 0) FROM offsets), ({until})")  # noqa: S608
         consumed, done = rows[0]
         c = await svc.store.counts()

@@ -31,7 +31,7 @@ async def _wait_offsets(svc: Service, task: asyncio.Task[None], total: int,
     while True:
         if task.done():
             task.result()
-        _, rows = svc.store.store.query_table(
+        _, rows = svc.store.reads.query_table(
             "SELECT coalesce(sum(next_offset), 0) FROM offsets")
         if rows[0][0] == total:
             return

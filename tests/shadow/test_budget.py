@@ -254,9 +254,9 @@ def test_leases_never_exceed_the_cap_across_kills(tmp_path_factory: pytest.TempP
     """Within one hour, whatever order calls, flushes, kills and stops come in: what every run
     leased (net of what clean stops gave back) stays within the cap, and so does what a
     restarted budget counts as spent; and real spend never exceeds what the journal counts."""
+    from analytics.frames import results_to_frames
     from analytics.store import Store
-    from shadow.client import CallResult
-    from shadow.runner import SampleResult, results_to_frames
+    from shadow.results import CallResult, SampleResult
 
     store = Store(tmp_path_factory.mktemp("journal") / "b.duckdb")
     cap_nano = math.floor(cap * NANO)

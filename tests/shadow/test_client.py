@@ -11,9 +11,10 @@ import orjson
 import pytest
 
 from shadow.budget import Budget
-from shadow.client import CallResult, ModelClient
+from shadow.client import ModelClient
 from shadow.config import DeploymentConfig, ModelConfig
 from shadow.http import AiohttpClient
+from shadow.results import CallResult
 from shadow.tokens import prompt_token_bound
 from tests.support.model_server import ModelBehaviour, ModelServer, closed_port_url
 

@@ -14,9 +14,10 @@ import httpx
 import pytest
 
 from shadow.budget import Budget
-from shadow.client import CallResult, ModelClient
+from shadow.client import ModelClient
 from shadow.config import DeploymentConfig, ModelConfig
 from shadow.http import AiohttpClient
+from shadow.results import CallResult
 from shadowroute.demo.localmodel import LocalModelServer, find_gguf
 
 PROMPTS = ["What is 2 + 2? Answer with a number.", "Name the capital of France in one word.",

@@ -12,15 +12,16 @@ import duckdb
 import orjson
 import pytest
 
+from analytics.service_store import StoreThread, open_store
 from analytics.store import Store
 from analytics.store_process import StoreProcess
 from shadow.budget import Budget
 from shadow.client import ModelClient
 from shadow.config import ModelConfig
 from shadow.http import AiohttpClient
+from shadow.results import SAMPLE_STATUSES
 from shadow.routers import RandomRouterConfig, build_routers
-from shadow.runner import SAMPLE_STATUSES, ShadowRunner
-from shadowroute.service import AsyncStore, open_store
+from shadow.runner import ShadowRunner
 from tests.support.model_server import ModelBehaviour, ModelServer, closed_port_url
 
 
@@ -49,7 +50,7 @@ def model(url: str, **kw: Any) -> ModelConfig:
                        max_tokens=16, timeout_s=5, **kw)
 
 
-async def finish(runner: ShadowRunner, task: asyncio.Task[None], store: AsyncStore | StoreProcess,
+async def finish(runner: ShadowRunner, task: asyncio.Task[None], store: StoreThread | StoreProcess,
                  timeout_s: float = 60) -> None:
     """Drain the runner until no sample is pending, then stop it."""
     async def idle() -> bool:
@@ -227,7 +228,8 @@ def test_spend_survives_a_restart(tmp_path: Path) -> None:
 
 
 def test_shedding_leaves_the_connection_usable(tmp_path: Path) -> None:
-    from shadow.runner import SampleResult, results_to_frames
+    from analytics.frames import results_to_frames
+    from shadow.results import SampleResult
 
     store = Store(tmp_path / "s.duckdb")
     add_samples(store, 5)
@@ -246,7 +248,7 @@ def test_results_are_written_when_flush_at_wait_not_only_on_the_timer(
     store.close()
     with ModelServer(ModelBehaviour(answer=answer)) as ms:
         async def go() -> int:
-            st = AsyncStore(Store(db))
+            st = StoreThread(Store(db))
             try:
                 async with AiohttpClient() as http:
                     runner = ShadowRunner(st, [], [ModelClient(model(ms.url), http)],
@@ -272,8 +274,8 @@ def test_results_are_written_when_flush_at_wait_not_only_on_the_timer(
 def test_results_written_again_are_stored_once(tmp_path: Path) -> None:
     """A write whose commit landed but was retried (or a result written twice) must neither
     fail nor duplicate: the plain INSERT meets the keys and the batch is redone skipping them."""
-    from shadow.client import CallResult
-    from shadow.runner import SampleResult, results_to_frames
+    from analytics.frames import results_to_frames
+    from shadow.results import CallResult, SampleResult
 
     store = Store(tmp_path / "s.duckdb")
     add_samples(store, 3)
@@ -324,8 +326,7 @@ def test_metrics_of_the_shadow_stage(tmp_path: Path) -> None:
     from prometheus_client import generate_latest
 
     from analytics.config import StorageConfig
-    from shadow.client import CallResult
-    from shadow.runner import SampleResult
+    from shadow.results import CallResult, SampleResult
     from shadowroute.config import Config
     from shadowroute.service import Service
 
@@ -369,7 +370,7 @@ def test_metrics_of_the_shadow_stage(tmp_path: Path) -> None:
     assert 'shadowroute_shadow_call_seconds_count{model="other"}' not in text
 
 
-class FlakyStore(AsyncStore):
+class FlakyStore(StoreThread):
     """The real store, whose first `fail` writes raise (a full disk, a locked file)."""
 
     def __init__(self, store: Store, fail: int) -> None:

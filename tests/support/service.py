@@ -19,7 +19,7 @@ async def run_until_consumed(cfg: Config, messages: int, timeout: float = 120) -
             await asyncio.sleep(0.2)
             if task.done():
                 task.result()
-            _, rows = svc.store.store.query_table("SELECT coalesce(sum(next_offset), 0) FROM offsets")
+            _, rows = svc.store.reads.query_table("SELECT coalesce(sum(next_offset), 0) FROM offsets")
             c = await svc.store.counts()
             if rows[0][0] >= messages and c["pending"] == 0:
                 break

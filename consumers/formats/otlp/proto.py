@@ -93,7 +93,8 @@ class _ProtoWalk:
     format = "otlp_proto"
 
     def resources(self, export: Any) -> Iterable[Any]:
-        return export.resource_spans  # type: ignore[no-any-return]
+        resources: Iterable[Any] = export.resource_spans
+        return resources
 
     def spans(self, resource: Any) -> Iterator[Any]:
         for ss in resource.scope_spans:
