@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import itertools
 import random
 import time
 import uuid
@@ -49,6 +50,17 @@ from shadow.http import HttpClient
 from shadow.results import Attempt, CallResult
 from shadow.reuse import ReuseCache, reuse_key
 from shadow.tokens import prompt_token_bound, prompt_token_estimate
+
+# Attempt ids: one random prefix per process and a counter (uuid4 per attempt read the OS's
+# random source on every call: ~1.6% of the shadow stage's CPU at 1,000 calls in flight).
+_ID_PREFIX = uuid.uuid4().hex[:16]
+_ID_COUNTER = itertools.count()
+
+
+def attempt_id() -> str:
+    """Unique across processes and restarts (a 64-bit random prefix per process)."""
+    return f"{_ID_PREFIX}{next(_ID_COUNTER):016x}"
+
 
 RETRY_STATUS = {408, 409, 429}  # and every 5xx
 HEALTH_STATUS = {401, 403, 404}  # not retried, but they say the deployment is misconfigured
@@ -244,7 +256,7 @@ class ModelClient:
                 if reservation is not None and self.budget is not None:
                     self.budget.settle(reservation, worst)
                 tried.append(Attempt(
-                    uuid.uuid4().hex, sample_id, self.cfg.name, attempts, d.name, "cancelled",
+                    attempt_id(), sample_id, self.cfg.name, attempts, d.name, "cancelled",
                     worst, (time.perf_counter() - sent) * 1000, "cancelled in flight at a stop"))
                 raise
             charge = 0.0
@@ -257,7 +269,7 @@ class ModelClient:
             spend += charge
             if att.result is None:
                 att.error = self._redact(att.error)  # before a log line, a row or last_error
-            tried.append(Attempt(uuid.uuid4().hex, sample_id, self.cfg.name, attempts, d.name,
+            tried.append(Attempt(attempt_id(), sample_id, self.cfg.name, attempts, d.name,
                                "ok" if att.result is not None else
                                "unknown" if att.unknown_cost else "error",
                                charge, (time.perf_counter() - sent) * 1000,

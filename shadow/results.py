@@ -12,8 +12,8 @@ OUTCOMES = ("ok", "reused", "error", "budget", "unavailable")
 ATTEMPT_OUTCOMES = ("ok", "error", "unknown", "cancelled")
 
 
-@dataclass(frozen=True, slots=True)
-class PendingSample:
+@dataclass(frozen=True)  # no slots: a slotted dataclass unpickles ~10x slower (it calls
+class PendingSample:      # `fields()` per object), and these cross the store's process boundary
     """A sampled production request waiting for its shadow calls."""
 
     sample_id: str
