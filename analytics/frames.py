@@ -11,6 +11,8 @@ from consumers.ingest import frame
 from shadow.results import SampleResult
 
 ROUTER_SCORES_SCHEMA: dict[str, Any] = {"sample_id": pl.Utf8, "router": pl.Utf8, "score": pl.Float64}
+ROUTER_CALLS_SCHEMA: dict[str, Any] = {"sample_id": pl.Utf8, "router": pl.Utf8,
+                                       "latency_ms": pl.Float64, "error": pl.Utf8}
 SHADOW_CALLS_SCHEMA: dict[str, Any] = {
     "sample_id": pl.Utf8, "model": pl.Utf8, "answer": pl.Utf8, "input_tokens": pl.Int64,
     "cached_input_tokens": pl.Int64, "output_tokens": pl.Int64, "cost_usd": pl.Float64,
@@ -42,6 +44,9 @@ def results_to_frames(results: Sequence[SampleResult]) -> dict[str, pl.DataFrame
         "batch_router_scores": frame(
             [(r.sample_id, name, s) for r in results for name, s in r.router_scores],
             ROUTER_SCORES_SCHEMA),
+        "batch_router_calls": frame(
+            [(r.sample_id, *call) for r in results for call in r.router_calls],
+            ROUTER_CALLS_SCHEMA),
         "batch_shadow_calls": frame(
             [(r.sample_id, c.model, c.answer, c.input_tokens, c.cached_input_tokens,
               c.output_tokens, c.cost_usd, c.latency_ms, c.error, c.attempts, c.deployment,

@@ -8,6 +8,7 @@
     │   ├── ConnectionDropped  sent, the connection closed before a whole answer
     │   └── ResponseTooLarge   the answer is bigger than `shadow.max_response_bytes`
     ├── GroupUnavailable       no deployment of a model could take a call before its deadline
+    ├── RouterCallFailed       an external router gave no usable score for a request
     └── ScoreFailed            a scorer cannot judge a pair (stored as the score's error)
 """
 
@@ -51,6 +52,13 @@ class ResponseTooLarge(HttpFailure):
 
 class GroupUnavailable(ShadowrouteError):
     """No deployment of the group could take the call before its deadline."""
+
+    retriable = True
+
+
+class RouterCallFailed(ShadowrouteError):
+    """An external router gave no usable score for one request (the sample gets no score from
+    it; the reason is recorded in `router_calls`)."""
 
     retriable = True
 

@@ -82,5 +82,5 @@ class SampleResult:
     # Attempts not in `calls` (cancelled in flight at a stop); a result whose status is
     # `pending` carries only these: its sample stays pending and runs again.
     attempts: list[Attempt] = field(default_factory=list)
-
-
+    # (router, latency ms, failure or None): every router call, answered or not.
+    router_calls: list[tuple[str, float, str | None]] = field(default_factory=list)

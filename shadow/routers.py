@@ -13,6 +13,12 @@ package.
 
 - `random`: RouteLLM's baseline. A uniform number fixed by (seed, request id), so the same
   sample always gets the same score.
+- `http`: an external router, called over HTTP for every sample (a RouteLLM OpenAI-compatible
+  server, a router product, your own service): the request goes out as a JSON body built from
+  a template, and the answer gives a score at `score_path`, or the name of the model it chose at
+  `model_path`, mapped to a score by `model_scores` (RouteLLM's server answers with the routed
+  model's name). A failure or a timeout raises: the runner records it in `router_calls` and the
+  sample gets no score from that router; nothing waits longer than `timeout_s`.
 - `rules`: explainable rules from the config. Forced-strong overrides (tags, models, keywords)
   give 1.0 — the escape hatch. Otherwise
   `score = 0.5 * min(1, prompt_chars / long_prompt_chars) + 0.5 * [any strong keyword]`,
@@ -21,13 +27,20 @@ package.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
+import orjson
+
+from consumers.config import check_positive, secret_from_env
 from consumers.errors import ConfigError
+from consumers.formats.mapping import compile_path
 from consumers.sampling import UnitHash
+from shadow.errors import HttpFailure, RouterCallFailed
+from shadow.http import HttpClient
 
 # Names the savings views give their own rows: no router may take them.
 RESERVED_NAMES = ("all_cheap", "oracle")
@@ -40,7 +53,7 @@ class RouterConfig:
     name: str
     """Name used in `router_scores` and the savings view."""
     kind: str = "rules"
-    """Registered router kind: `random` or `rules`."""
+    """Registered router kind: `random`, `rules` or `http`."""
 
     @classmethod
     def kinds(cls) -> Mapping[str, type[RouterConfig]]:
@@ -80,6 +93,8 @@ class RouteInput:
     model: str
     prompt: str
     tags: dict[str, str] = field(default_factory=dict)
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    """The request's chat messages (what an external router is sent)."""
 
 
 class Router(Protocol):
@@ -137,19 +152,151 @@ class RulesRouter:
         return min(s, 1.0)
 
 
+PLACEHOLDERS = ("{prompt}", "{messages}", "{model}", "{request_id}", "{tags}")
+
+
+@dataclass(frozen=True)
+class HttpRouterConfig(RouterConfig):
+    kind: str = "http"
+    url: str = ""
+    """Where the request is POSTed (required), e.g. RouteLLM's
+    `http://127.0.0.1:6060/v1/chat/completions`."""
+    body_template: str = '{"model": "{model}", "messages": "{messages}"}'
+    """JSON body sent; a string value that is exactly `{prompt}`, `{messages}`, `{model}`,
+    `{request_id}` or `{tags}` is replaced by that value (as JSON: a list for messages, an
+    object for tags), so nothing is ever formatted into the text. For RouteLLM's server:
+    `{"model": "router-mf-0.11593", "messages": "{messages}", "max_tokens": 1}`."""
+    score_path: str = ""
+    """Path of the score in the JSON answer (keys separated by dots, numbers index lists),
+    e.g. `score` or `data.0.strong_probability`. Set this or `model_path`."""
+    model_path: str = ""
+    """Path of the name of the model the router chose, e.g. `model`; the name is looked up in
+    `model_scores`. Set this or `score_path`."""
+    model_scores: Mapping[str, float] = field(default_factory=dict)
+    """Chosen model name -> score, e.g. {"gpt-4o" = 1.0, "gpt-4o-mini" = 0.0}; a name not in it
+    is a failure for that sample."""
+    timeout_s: float = 2.0
+    """Longest one call to the router may take; then the sample gets no score from it."""
+    api_key_env: str = ""
+    """Name of the environment variable holding a key, sent as `Authorization: Bearer <key>`."""
+    headers: Mapping[str, str] = field(default_factory=dict)
+    """Other headers sent with every call (not for keys: those only come from `api_key_env`)."""
+
+
+class HttpRouter:
+    """A router behind a URL (see the module docstring)."""
+
+    def __init__(self, cfg: HttpRouterConfig, http: HttpClient) -> None:
+        self.name = cfg.name
+        self.cfg = cfg
+        self.http = http
+        self.template = orjson.loads(cfg.body_template)
+        self.score_path = compile_path(cfg.score_path) if cfg.score_path else None
+        self.model_path = compile_path(cfg.model_path) if cfg.model_path else None
+
+    def body(self, request: RouteInput) -> bytes:
+        values = {"{prompt}": request.prompt, "{messages}": request.messages,
+                  "{model}": request.model, "{request_id}": request.request_id,
+                  "{tags}": request.tags}
+
+        def fill(node: Any) -> Any:
+            if isinstance(node, str):
+                return values.get(node, node)
+            if isinstance(node, dict):
+                return {k: fill(v) for k, v in node.items()}
+            if isinstance(node, list):
+                return [fill(v) for v in node]
+            return node
+        return orjson.dumps(fill(self.template))
+
+    async def score(self, request: RouteInput) -> float:
+        headers = {"Content-Type": "application/json", **self.cfg.headers}
+        if key := secret_from_env(self.cfg.api_key_env):
+            headers["Authorization"] = f"Bearer {key}"
+        try:
+            resp = await asyncio.wait_for(
+                self.http.post(self.cfg.url, self.body(request), headers, self.cfg.timeout_s),
+                self.cfg.timeout_s + 1.0)  # the client's own timeout first; this one is a floor
+        except (HttpFailure, TimeoutError) as e:
+            raise RouterCallFailed(f"no answer: {e or type(e).__name__}") from None
+        if resp.status != 200:
+            raise RouterCallFailed(f"HTTP {resp.status}: {resp.text[:120]!r}")
+        try:
+            answer = orjson.loads(resp.content)
+        except orjson.JSONDecodeError:
+            raise RouterCallFailed(f"answer is not JSON: {resp.text[:80]!r}") from None
+        if self.score_path is not None:
+            value = self.score_path.find(answer)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise RouterCallFailed(f"no number at {self.cfg.score_path!r}: {value!r:.80}")
+            if not 0.0 <= value <= 1.0:
+                raise RouterCallFailed(f"score {value!r} at {self.cfg.score_path!r} is outside "
+                                       "[0, 1]")
+            return float(value)
+        assert self.model_path is not None  # checked with the config
+        chosen = self.model_path.find(answer)
+        if not isinstance(chosen, str) or chosen not in self.cfg.model_scores:
+            raise RouterCallFailed(f"model {chosen!r:.80} at {self.cfg.model_path!r} is not in "
+                                   f"model_scores ({', '.join(sorted(self.cfg.model_scores))})")
+        return float(self.cfg.model_scores[chosen])
+
+
+@dataclass(frozen=True)
+class RouterContext:
+    """What a router kind may need besides its config (the service's shared HTTP client)."""
+
+    http: HttpClient | None = None
+
+
+def _http_router(cfg: HttpRouterConfig, ctx: RouterContext) -> Router:
+    if ctx.http is None:
+        raise ValueError(f"router {cfg.name!r}: an http router needs the HTTP client")
+    return HttpRouter(cfg, ctx.http)
+
+
 class RouterKind(NamedTuple):
     config: type[RouterConfig]
-    build: Callable[[Any], Router]  # takes its own `config` type
+    build: Callable[[Any, RouterContext], Router]  # takes its own `config` type
+    check: Callable[[Any, str], None] | None = None
+
+
+def _check_http(cfg: HttpRouterConfig, key: str) -> None:
+    if not cfg.url.startswith(("http://", "https://")):
+        raise ConfigError(f"{key}.url", f"must start with http:// or https://, got {cfg.url!r}")
+    if bool(cfg.score_path) == bool(cfg.model_path):
+        raise ConfigError(f"{key}.score_path", "set either score_path (the answer holds a score) "
+                                               "or model_path (it names the chosen model)")
+    for name in ("score_path", "model_path"):
+        if text := getattr(cfg, name):
+            try:
+                compile_path(text)
+            except ValueError as e:
+                raise ConfigError(f"{key}.{name}", str(e)) from None
+            if text.startswith("$"):
+                raise ConfigError(f"{key}.{name}", "must be a path in the JSON answer")
+    if cfg.model_path and not cfg.model_scores:
+        raise ConfigError(f"{key}.model_scores", "must map each model the router may choose to "
+                                                 "a score, e.g. {\"gpt-4o\" = 1.0, \"gpt-4o-mini\" = 0.0}")
+    for m, v in cfg.model_scores.items():
+        if not 0.0 <= v <= 1.0:
+            raise ConfigError(f"{key}.model_scores.{m}", f"must be between 0 and 1, got {v}")
+    check_positive(f"{key}.timeout_s", cfg.timeout_s)
+    try:
+        orjson.loads(cfg.body_template)
+    except orjson.JSONDecodeError as e:
+        raise ConfigError(f"{key}.body_template", f"must be JSON: {e}") from None
 
 
 ROUTER_KINDS: dict[str, RouterKind] = {
-    "random": RouterKind(RandomRouterConfig, RandomRouter),
-    "rules": RouterKind(RulesRouterConfig, RulesRouter),
+    "random": RouterKind(RandomRouterConfig, lambda cfg, ctx: RandomRouter(cfg)),
+    "rules": RouterKind(RulesRouterConfig, lambda cfg, ctx: RulesRouter(cfg)),
+    "http": RouterKind(HttpRouterConfig, _http_router, _check_http),
 }
 
 
-def build_routers(cfgs: tuple[RouterConfig, ...]) -> list[Router]:
-    return [ROUTER_KINDS[c.kind].build(c) for c in cfgs]
+def build_routers(cfgs: tuple[RouterConfig, ...], ctx: RouterContext | None = None
+                  ) -> list[Router]:
+    return [ROUTER_KINDS[c.kind].build(c, ctx or RouterContext()) for c in cfgs]
 
 
 def check_routers(cfgs: tuple[RouterConfig, ...], key: str = "routers") -> None:
@@ -166,3 +313,5 @@ def check_routers(cfgs: tuple[RouterConfig, ...], key: str = "routers") -> None:
         if r.name in names or r.name in RESERVED_NAMES:
             raise ConfigError(f"{key}[{i}].name", f"name {r.name!r} is taken")
         names.add(r.name)
+        if kind.check is not None:
+            kind.check(r, f"{key}[{i}]")

@@ -102,23 +102,32 @@ class ShadowRunner:
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = False
         self.completed = 0
+        self._routers_failing: dict[str, int] = {}  # router -> samples failed since it last answered
 
     # -- one sample ---------------------------------------------------------------------------
     async def process(self, sample: PendingSample) -> SampleResult:
         sid = sample.sample_id
         messages, params, tags = sample.messages, sample.params, sample.tags
         reference = sample.response_text
-        route_in = RouteInput(sid, sample.frontier_model, prompt_text(messages), tags)
+        route_in = RouteInput(sid, sample.frontier_model, prompt_text(messages), tags, messages)
         result = SampleResult(sid, "done")
         if params.get("tools") and not self.replay_tools:
             result.status = "skipped_tools"
             result.skip_reason = "request offered tools (shadow.replay_tools = false)"
             return result
         for r in self.routers:
+            started = time.perf_counter()
             try:
-                result.router_scores.append((r.name, float(await r.score(route_in))))
+                score = float(await r.score(route_in))
             except Exception as e:  # a broken router must not lose the sample's other results
-                log.warning("router %s failed on %s: %s", r.name, sid, e)
+                error = (str(e) or type(e).__name__)[:300]
+                result.router_calls.append((r.name, (time.perf_counter() - started) * 1000, error))
+                self._router_state(r.name, sid, error)
+                continue
+            result.router_scores.append((r.name, score))
+            result.router_calls.append((r.name, (time.perf_counter() - started) * 1000, None))
+            if r.name in self._routers_failing:
+                self._router_state(r.name, sid, None)
         if not self.models:
             result.status, result.skip_reason = "skipped_no_models", "no cheap models configured"
             return result
@@ -143,6 +152,19 @@ class ShadowRunner:
                              "skipped_failed")
             result.skip_reason = "; ".join(f"{c.model}: {c.error}" for c in result.calls)[:500]
         return result
+
+    def _router_state(self, name: str, sid: str, error: str | None) -> None:
+        """One log line when a router starts failing and one when it answers again (every
+        failure is in `router_calls`): a router down for an hour is not 100,000 lines."""
+        if error is None:
+            failed = self._routers_failing.pop(name)
+            log.info("router %s answers again (after %d failed samples)", name, failed)
+        elif name in self._routers_failing:
+            self._routers_failing[name] += 1
+        else:
+            self._routers_failing[name] = 1
+            log.warning("router %s failed on %s: %s (its samples get no score from it until it "
+                        "answers again; each failure is in router_calls)", name, sid, error)
 
     # -- the loop ------------------------------------------------------------------------------
     async def run(self) -> None:

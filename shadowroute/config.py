@@ -55,13 +55,19 @@ from shadow.config import (
     ShadowConfig,
     check_shadow,
 )
-from shadow.routers import RandomRouterConfig, RouterConfig, RulesRouterConfig, check_routers
+from shadow.routers import (
+    HttpRouterConfig,
+    RandomRouterConfig,
+    RouterConfig,
+    RulesRouterConfig,
+    check_routers,
+)
 from shadow.scorers import check_scoring
 
 # The sections' types live with their stages; they are named here too, as the one place a
 # reader (or a test) finds every part of the configuration.
 __all__ = ["BudgetConfig", "Config", "ConfigError", "DeploymentConfig", "FormatsConfig",
-           "GateConfig", "KafkaConfig", "MappingConfig", "ModelConfig", "Price",
+           "GateConfig", "HttpRouterConfig", "KafkaConfig", "MappingConfig", "ModelConfig", "Price",
            "RandomRouterConfig", "RouterConfig", "RulesRouterConfig", "SamplingConfig",
            "ScoringConfig", "ServerConfig", "ShadowConfig", "StorageConfig", "api_token",
            "is_loopback", "load_config", "secret_from_env"]

@@ -14,6 +14,7 @@ module adds the composition root's own and names them all:
     │   ├── ConnectionDropped
     │   └── ResponseTooLarge
     ├── GroupUnavailable             no deployment of a model could take a call in time
+    ├── RouterCallFailed             an external router gave no usable score for a request
     ├── ScoreFailed                  a scorer cannot judge a pair
     ├── StoreError                   analytics.errors: the DuckDB file cannot be opened or queried
     │   ├── StoreLockedError         another process (the running service) holds the file
@@ -43,13 +44,14 @@ from shadow.errors import (
     HttpFailure,
     ResponseTimedOut,
     ResponseTooLarge,
+    RouterCallFailed,
     ScoreFailed,
     SendTimedOut,
 )
 
 __all__ = ["ConfigError", "ConnectFailed", "ConnectionDropped", "DecodeError", "GroupUnavailable",
            "HttpFailure", "ReplayFileError", "ResponseTimedOut", "ResponseTooLarge",
-           "ScoreFailed", "SendTimedOut", "ServiceUnreachable", "ShadowrouteError",
+           "RouterCallFailed", "ScoreFailed", "SendTimedOut", "ServiceUnreachable", "ShadowrouteError",
            "SourceUnavailable", "StoreError", "StoreLockedError", "StoreWriteError"]
 
 

@@ -36,7 +36,7 @@ from consumers.records import OffsetReset, RawMessage
 from shadow.budget import Budget
 from shadow.client import ModelClient
 from shadow.http import HttpClient, make_http
-from shadow.routers import build_routers
+from shadow.routers import RouterContext, build_routers
 from shadow.runner import SampleResult, ShadowRunner
 from shadow.scorers import TFIDF, Scoring, TfidfCosine
 from shadowroute.api import build_app
@@ -332,7 +332,8 @@ class Service:
         elif any(m.input_per_mtok or m.output_per_mtok for m in sh.models):
             log.warning("shadow.budget sets no cap: shadow spend on paid models is unlimited")
         models = [ModelClient.from_config(m, sh, self.http, self.budget) for m in sh.models]
-        self.runner = ShadowRunner(self.store, build_routers(self.cfg.routers), models,
+        routers = build_routers(self.cfg.routers, RouterContext(self.http))
+        self.runner = ShadowRunner(self.store, routers, models,
                                    concurrency=sh.concurrency, on_result=self._on_result,
                                    replay_tools=sh.replay_tools, max_queue=sh.max_queue,
                                    on_shed=self._on_shed, scoring=self.scoring,

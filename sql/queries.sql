@@ -61,6 +61,18 @@ LIMIT $limit;
 -- name: insert_router_scores
 INSERT INTO router_scores BY NAME SELECT * FROM batch_router_scores;
 
+-- name: insert_router_calls
+-- Every router call, answered or not (a result written again adds its calls again: they were
+-- made again).
+INSERT INTO router_calls BY NAME SELECT * FROM batch_router_calls;
+
+-- name: insert_router_calls_ignore_known
+-- The same write again after it committed: only the samples whose calls are not stored yet.
+INSERT INTO router_calls BY NAME
+SELECT * FROM batch_router_calls b
+WHERE NOT EXISTS (SELECT 1 FROM router_calls rc
+                  WHERE rc.sample_id = b.sample_id AND rc.router = b.router);
+
 -- name: insert_router_scores_ignore_known
 INSERT OR IGNORE INTO router_scores BY NAME SELECT * FROM batch_router_scores;
 

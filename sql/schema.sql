@@ -501,3 +501,15 @@ SELECT 'random_expected', model, 0.5, 0.5, 0.8 FROM savings WHERE router = 'all_
 UNION ALL
 SELECT 'oracle', model, 1 - strong_share / 2, 0.5 * strong_share, 0.8 * strong_share
 FROM savings WHERE router = 'oracle';
+
+-- name: schema_70_router_calls
+-- Every call to a router, with its latency and, when it gave no score, why (an external
+-- router's timeout, HTTP error or unusable answer): the sample has no score from it then.
+--   SELECT router, count(*), count(error), median(latency_ms) FROM router_calls GROUP BY ALL
+CREATE TABLE IF NOT EXISTS router_calls (
+    sample_id  VARCHAR NOT NULL,
+    router     VARCHAR NOT NULL,
+    latency_ms DOUBLE NOT NULL,
+    error      VARCHAR,
+    called_at  TIMESTAMP DEFAULT current_timestamp
+);

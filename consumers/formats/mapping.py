@@ -68,6 +68,11 @@ class FieldPath:
             return _utf8(msg.key, "the message key") if msg.key is not None else None
         return self._walk(obj, 0)
 
+    def find(self, obj: Any) -> Any:
+        """The value at this path in a parsed JSON document (None when missing); not for
+        `$headers`/`$key` paths, which need a message."""
+        return self._walk(obj, 0)
+
     def _walk(self, node: Any, i: int) -> Any:
         steps = self.steps
         n = len(steps)

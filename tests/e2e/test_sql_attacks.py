@@ -34,7 +34,7 @@ TOKEN = "test-token-0123456789abcdef"
 SECRET_ENV = "SR_TEST_CANARY_SECRET"
 SECRET = "canary-secret-5f1d0c7e9b"  # in the service's environment: must never come back
 N_RECORDS = 300
-TABLES = ("requests", "rejected", "samples", "shadow_calls", "scores", "router_scores",
+TABLES = ("requests", "rejected", "samples", "shadow_calls", "scores", "router_scores", "router_calls",
           "offsets", "budget_leases")
 SETTINGS = ("memory_limit", "threads", "enable_external_access", "lock_configuration",
             "enable_profiling", "profiling_output", "max_temp_directory_size", "temp_directory")

@@ -283,13 +283,15 @@ def test_results_written_again_are_stored_once(tmp_path: Path) -> None:
     def result(sid: str, answer: str) -> SampleResult:
         call = CallResult("cheap", answer, 10, 0, 2, 0.001, 50.0, None, 1, deployment="d0")
         return SampleResult(sid, "done", None, [("random", 0.5)], [call],
-                            [("cheap", "exact_match", 1.0, "exact_match", None)])
+                            [("cheap", "exact_match", 1.0, "exact_match", None)],
+                            router_calls=[("random", 0.01, None)])
 
     store.write_results(results_to_frames([result("s0000", "first")]))
     store.write_results(results_to_frames([result("s0000", "again"), result("s0001", "new")]))
     assert store.fetch("SELECT sample_id, answer, deployment FROM shadow_calls ORDER BY 1") == [
         ("s0000", "first", "d0"), ("s0001", "new", "d0")]
     for query in ("SELECT sample_id, count(*) FROM router_scores GROUP BY 1 ORDER BY 1",
+                  "SELECT sample_id, count(*) FROM router_calls GROUP BY 1 ORDER BY 1",
                   "SELECT sample_id, count(*) FROM scores GROUP BY 1 ORDER BY 1"):
         assert store.fetch(query) == [("s0000", 1), ("s0001", 1)]
     assert store.fetch("SELECT sample_id, status FROM samples ORDER BY 1") == [
