@@ -11,6 +11,11 @@ from consumers.ingest import frame
 from shadow.results import SampleResult
 
 ROUTER_SCORES_SCHEMA: dict[str, Any] = {"sample_id": pl.Utf8, "router": pl.Utf8, "score": pl.Float64}
+NOISE_FLOOR_SCHEMA: dict[str, Any] = {
+    "sample_id": pl.Utf8, "model": pl.Utf8, "answer": pl.Utf8, "input_tokens": pl.Int64,
+    "cached_input_tokens": pl.Int64, "output_tokens": pl.Int64, "cost_usd": pl.Float64,
+    "spend_usd": pl.Float64, "latency_ms": pl.Float64, "error": pl.Utf8, "outcome": pl.Utf8,
+    "scorer": pl.Utf8, "scorer_used": pl.Utf8, "value": pl.Float64, "score_error": pl.Utf8}
 ROUTER_CALLS_SCHEMA: dict[str, Any] = {"sample_id": pl.Utf8, "router": pl.Utf8,
                                        "latency_ms": pl.Float64, "error": pl.Utf8}
 SHADOW_CALLS_SCHEMA: dict[str, Any] = {
@@ -32,7 +37,9 @@ ATTEMPTS_SCHEMA: dict[str, Any] = {
 def _attempt_rows(results: Sequence[SampleResult]) -> list[tuple[Any, ...]]:
     return [(a.attempt_id, a.sample_id, a.model, a.attempt, a.deployment, a.outcome,
              a.spend_usd, a.latency_ms, a.error)
-            for r in results for a in (*(a for c in r.calls for a in c.attempt_log), *r.attempts)]
+            for r in results
+            for a in (*(a for c in (*r.calls, *(f[0] for f in r.floor)) for a in c.attempt_log),
+                      *r.attempts)]
 
 
 def results_to_frames(results: Sequence[SampleResult]) -> dict[str, pl.DataFrame]:
@@ -47,6 +54,12 @@ def results_to_frames(results: Sequence[SampleResult]) -> dict[str, pl.DataFrame
         "batch_router_calls": frame(
             [(r.sample_id, *call) for r in results for call in r.router_calls],
             ROUTER_CALLS_SCHEMA),
+        "batch_noise_floor": frame(
+            [(r.sample_id, c.model, c.answer, c.input_tokens, c.cached_input_tokens,
+              c.output_tokens, c.cost_usd, c.spend_usd, c.latency_ms, c.error, c.outcome,
+              scorer, used, value, failure)
+             for r in results for c, scorer, used, value, failure in r.floor],
+            NOISE_FLOOR_SCHEMA),
         "batch_shadow_calls": frame(
             [(r.sample_id, c.model, c.answer, c.input_tokens, c.cached_input_tokens,
               c.output_tokens, c.cost_usd, c.latency_ms, c.error, c.attempts, c.deployment,

@@ -277,6 +277,7 @@ class Store:
         with self._tx(frames) as con:
             for name, q in (("batch_router_scores", "insert_router_scores" + suffix),
                             ("batch_router_calls", "insert_router_calls" + suffix),
+                            ("batch_noise_floor", "insert_noise_floor" + suffix),
                             ("batch_shadow_calls", "insert_shadow_calls" + suffix),
                             ("batch_scores", "insert_scores" + suffix),
                             ("batch_finished", "finish_samples"),

@@ -12,7 +12,7 @@ import types
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from consumers.config import check_at_least, check_positive
+from consumers.config import check_at_least, check_positive, check_rate
 from consumers.errors import ConfigError
 
 MAX_TOKENS_FIELDS = ("max_tokens", "max_completion_tokens")
@@ -141,6 +141,20 @@ class BudgetConfig:
 
 
 @dataclass(frozen=True)
+class NoiseFloorConfig:
+    """The frontier model asked again, in shadow, on a share of samples: how often it agrees
+    with itself (per scorer and segment) is the floor a cheap model is judged against."""
+
+    share: float = 0.0
+    """Share of samples (chosen by a hash of the sample id) whose frontier model is asked again
+    (0: never)."""
+    models: tuple[ModelConfig, ...] = ()
+    """The production frontier models as endpoints, `name` = the model name in the logs (e.g.
+    `gpt-4o`); a sample whose frontier model is not here gets no floor call. Their calls take
+    room in the same budget; identical replays are never reused for them."""
+
+
+@dataclass(frozen=True)
 class ShadowConfig:
     concurrency: int = 8
     """Most shadow calls in flight at once, over all models."""
@@ -184,6 +198,8 @@ class ShadowConfig:
     max_response_bytes: int = 4 * 1024 * 1024
     """Largest answer body read (after decompression); a bigger one fails the call, charged as
     sent and not retried."""
+    noise_floor: NoiseFloorConfig = field(default_factory=NoiseFloorConfig)
+    """The frontier model re-asked on a share of samples (Diffy's noise floor)."""
 
 
 @dataclass(frozen=True)
@@ -230,9 +246,17 @@ def check_shadow(sh: ShadowConfig, key: str = "shadow") -> None:
     if sh.max_queue < 2 * sh.concurrency:
         raise ConfigError(f"{key}.max_queue", f"must be at least 2 x shadow.concurrency "
                           f"({2 * sh.concurrency}, the samples in flight), got {sh.max_queue}")
+    check_models(sh.models, f"{key}.models")
+    check_rate(f"{key}.noise_floor.share", sh.noise_floor.share)
+    check_models(sh.noise_floor.models, f"{key}.noise_floor.models")
+
+
+def check_models(models: tuple[ModelConfig, ...], key: str) -> None:
+    """Each model's and deployment's values, names unique."""
+    at_least = check_at_least
     seen: set[str] = set()
-    for i, m in enumerate(sh.models):
-        mkey = f"{key}.models[{i}]"
+    for i, m in enumerate(models):
+        mkey = f"{key}[{i}]"
         if m.name in seen:
             raise ConfigError(f"{mkey}.name", f"duplicate model name {m.name!r}")
         seen.add(m.name)

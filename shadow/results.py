@@ -84,3 +84,6 @@ class SampleResult:
     attempts: list[Attempt] = field(default_factory=list)
     # (router, latency ms, failure or None): every router call, answered or not.
     router_calls: list[tuple[str, float, str | None]] = field(default_factory=list)
+    # The noise floor: (the frontier model's call, scorer, scorer used, value, failure) when the
+    # sample's frontier model was asked again.
+    floor: list[tuple[CallResult, str, str, float | None, str | None]] = field(default_factory=list)

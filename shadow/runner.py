@@ -30,10 +30,11 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from typing import Protocol
 
 from consumers.ingest import prompt_text
+from consumers.sampling import UnitHash
 from shadow.client import ModelClient
 from shadow.results import Attempt, PendingSample, SampleResult
 from shadow.routers import RouteInput, Router
@@ -66,8 +67,16 @@ class ShadowRunner:
                  shed_every_s: float = 1.0, on_shed: Callable[[int], None] | None = None,
                  ramp_s: float = 0.5, scoring: Scoring | None = None,
                  score_tag: str = "feature",
-                 fit_scorers: Callable[[], Awaitable[None]] | None = None) -> None:
+                 fit_scorers: Callable[[], Awaitable[None]] | None = None,
+                 floor: Mapping[str, ModelClient] | None = None, floor_share: float = 0.0
+                 ) -> None:
         self.sink = sink
+        # The noise floor: frontier model name -> its client, asked again on `floor_share` of
+        # the samples (by a hash of the sample id, so a sample resumed after a restart is the
+        # same choice).
+        self.floor = dict(floor or {})
+        self.floor_share = floor_share
+        self._floor_hash = UnitHash("noise-floor")
         self.scoring = scoring or Scoring()
         # Fits `tfidf_cosine` on stored frontier answers when a sample needs it before the
         # scheduler did (the sample's own answer is stored by then): once, not per call.
@@ -132,11 +141,17 @@ class ShadowRunner:
             result.status, result.skip_reason = "skipped_no_models", "no cheap models configured"
             return result
 
-        if len(self.models) == 1:
+        floor = self.floor.get(sample.frontier_model) if self.floor else None
+        if floor is not None and self._floor_hash(sid) >= self.floor_share:
+            floor = None
+        if len(self.models) == 1 and floor is None:
             result.calls = [await self.models[0].complete(messages, params, sample_id=sid)]
         else:
-            result.calls = list(await asyncio.gather(
-                *(m.complete(messages, params, sample_id=sid) for m in self.models)))
+            calls = list(await asyncio.gather(
+                *(m.complete(messages, params, sample_id=sid)
+                  for m in (*self.models, *((floor,) if floor is not None else ())))))
+            result.calls = calls[:len(self.models)]
+            floor_call = calls[-1] if floor is not None else None
         scorer_name = sample.scorer
         if self.fit_scorers is not None and self.scoring.wants_fit(scorer_name, reference):
             await self.fit_scorers()
@@ -145,6 +160,12 @@ class ShadowRunner:
                 used, value, failure = self.scoring.score(
                     scorer_name, c.answer or "", reference, tags.get(self.score_tag))
                 result.scores.append((c.model, scorer_name, value, used, failure))
+        if floor is not None and floor_call is not None:
+            # The frontier against itself, by the same scorer: the noise floor.
+            used, value, failure = (self.scoring.score(
+                scorer_name, floor_call.answer or "", reference, tags.get(self.score_tag))
+                if floor_call.error is None else (scorer_name, None, None))
+            result.floor = [(floor_call, scorer_name, used, value, failure)]
         if all(c.error is not None for c in result.calls):
             outcomes = {c.outcome for c in result.calls}
             result.status = ("skipped_budget" if outcomes == {"budget"} else

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime
 import errno
 import functools
@@ -332,8 +333,14 @@ class Service:
         elif any(m.input_per_mtok or m.output_per_mtok for m in sh.models):
             log.warning("shadow.budget sets no cap: shadow spend on paid models is unlimited")
         models = [ModelClient.from_config(m, sh, self.http, self.budget) for m in sh.models]
+        # The noise floor's frontier clients: the same budget; an identical replay is never
+        # reused for them (the floor measures how the frontier varies).
+        floor_shadow = dataclasses.replace(sh, reuse_window_s=0.0)
+        floor = {m.name: ModelClient.from_config(m, floor_shadow, self.http, self.budget)
+                 for m in sh.noise_floor.models}
         routers = build_routers(self.cfg.routers, RouterContext(self.http))
-        self.runner = ShadowRunner(self.store, routers, models,
+        self.runner = ShadowRunner(self.store, routers, models, floor=floor,
+                                   floor_share=sh.noise_floor.share,
                                    concurrency=sh.concurrency, on_result=self._on_result,
                                    replay_tools=sh.replay_tools, max_queue=sh.max_queue,
                                    on_shed=self._on_shed, scoring=self.scoring,

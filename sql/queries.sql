@@ -61,6 +61,12 @@ LIMIT $limit;
 -- name: insert_router_scores
 INSERT INTO router_scores BY NAME SELECT * FROM batch_router_scores;
 
+-- name: insert_noise_floor
+INSERT INTO noise_floor BY NAME SELECT * FROM batch_noise_floor;
+
+-- name: insert_noise_floor_ignore_known
+INSERT OR IGNORE INTO noise_floor BY NAME SELECT * FROM batch_noise_floor;
+
 -- name: insert_router_calls
 -- Every router call, answered or not (a result written again adds its calls again: they were
 -- made again).
@@ -147,14 +153,17 @@ WHERE status = 'pending' AND sample_id IN (
 SELECT greatest(0, epoch(current_timestamp::TIMESTAMP)
                    - epoch(date_trunc('minute', called_at)) - 60) AS age_s,
        sum(coalesce(spend_usd, cost_usd, 0)) AS usd
-FROM shadow_calls
+FROM (SELECT called_at, spend_usd, cost_usd FROM shadow_calls
+      UNION ALL SELECT called_at, spend_usd, cost_usd FROM noise_floor)  -- floor calls: same budget
 WHERE called_at > current_timestamp::TIMESTAMP - INTERVAL 1 DAY
 GROUP BY date_trunc('minute', called_at)
 UNION ALL
 SELECT 0.0 AS age_s, leased - written AS usd
 FROM (
     SELECT r.leased,
-           (SELECT coalesce(sum(coalesce(c.spend_usd, c.cost_usd, 0)), 0) FROM shadow_calls c
+           (SELECT coalesce(sum(coalesce(c.spend_usd, c.cost_usd, 0)), 0)
+            FROM (SELECT called_at, spend_usd, cost_usd FROM shadow_calls
+                  UNION ALL SELECT called_at, spend_usd, cost_usd FROM noise_floor) c
             WHERE c.called_at >= r.first_ts
               AND (r.next_first IS NULL OR c.called_at < r.next_first)) AS written
     FROM (SELECT sum(nano) / 1e9 AS leased, min(ts) AS first_ts, max(ts) AS last_ts,

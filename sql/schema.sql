@@ -513,3 +513,57 @@ CREATE TABLE IF NOT EXISTS router_calls (
     error      VARCHAR,
     called_at  TIMESTAMP DEFAULT current_timestamp
 );
+
+-- name: schema_71_noise_floor
+-- The frontier model asked again, in shadow, on a share of samples (`shadow.noise_floor`), and
+-- its answer scored against the production answer by the sample's scorer: how often the
+-- frontier agrees with itself. NULL value: the call failed (`error`) or the scorer could not
+-- judge the pair (`score_error`).
+CREATE TABLE IF NOT EXISTS noise_floor (
+    sample_id           VARCHAR PRIMARY KEY,
+    model               VARCHAR NOT NULL,   -- the frontier model, as the logs name it
+    answer              VARCHAR,
+    input_tokens        BIGINT,
+    cached_input_tokens BIGINT,
+    output_tokens       BIGINT,
+    cost_usd            DOUBLE,
+    spend_usd           DOUBLE,             -- what the shadow budget was charged for it
+    latency_ms          DOUBLE,
+    error               VARCHAR,
+    outcome             VARCHAR,
+    scorer              VARCHAR,
+    scorer_used         VARCHAR,
+    value               DOUBLE,
+    score_error         VARCHAR,
+    called_at           TIMESTAMP DEFAULT current_timestamp
+);
+
+-- name: schema_72_noise_floor_by_segment
+-- The floor per (stratum, scorer used): the frontier's mean score against its own production
+-- answer, over the samples where it was asked again and scored.
+CREATE OR REPLACE VIEW noise_floor_by_segment AS
+SELECT s.stratum, f.scorer_used, count(*) AS n, avg(f.value) AS floor,
+       stddev_samp(f.value) / sqrt(count(*)) AS floor_se
+FROM noise_floor f JOIN samples s USING (sample_id)
+WHERE f.value IS NOT NULL
+GROUP BY ALL;
+
+-- name: schema_73_quality_vs_floor
+-- Each cheap model's mean quality per stratum, raw and relative to the frontier's own floor
+-- there (by the same scorers): a stratum where the frontier disagrees with itself 20% of the
+-- time does not condemn a cheap model that disagrees 20% of the time. `floor` is NULL where no
+-- floor sample was scored yet.
+CREATE OR REPLACE VIEW quality_vs_floor AS
+WITH q AS (
+    SELECT s.stratum, c.model, count(*) AS n, avg(c.q) AS quality
+    FROM completed_outcomes c JOIN samples s USING (sample_id)
+    GROUP BY ALL
+), f AS (
+    SELECT s.stratum, count(*) AS floor_n, avg(nf.value) AS floor
+    FROM noise_floor nf JOIN samples s USING (sample_id)
+    WHERE nf.value IS NOT NULL
+    GROUP BY ALL
+)
+SELECT q.stratum, q.model, q.n, q.quality, f.floor_n, f.floor,
+       CASE WHEN f.floor > 0 THEN least(1.0, q.quality / f.floor) END AS quality_vs_floor
+FROM q LEFT JOIN f USING (stratum);
