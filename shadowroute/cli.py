@@ -369,19 +369,11 @@ def router_metrics(model: str | None, router: str | None, replicates: int, seed:
 
     Example: shadowroute router-metrics --model gpt-4o-mini
     """
-    import sql
     from analytics.curves import from_rows
     from analytics.curves import router_metrics as metrics
-    from shadowroute.access import run_sql
 
     cfg = _load(config)
-    path = Path(db) if db else Path(cfg.storage.db_path)
-    try:
-        # Every row is needed: no row cap of our own (a running service applies its own).
-        answer = run_sql(path, sql.query("router_samples"),
-                         dataclasses.replace(cfg.server, sql_max_rows=2**62))
-    except ShadowrouteError as e:
-        fail(str(e), 1)
+    answer = _read_all(cfg, db, "router_samples")
     if answer.truncated:  # metrics on a cut of the samples would be wrong, not just partial
         fail("more router scores than the running service's server.sql_max_rows lets one "
              "query read: raise it, or run this while the service is stopped", 1)
@@ -395,6 +387,69 @@ def router_metrics(model: str | None, router: str | None, replicates: int, seed:
         fail("no router scores for " + (f"model {model!r}" if model else "any model")
              + (f" and router {router!r}" if router else ""), 1)
     click.echo(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode())
+
+
+def _read_all(cfg: Config, db: str | None, query_name: str) -> Any:
+    """One of our own queries, on the file or through the running service, every row of it: no
+    row cap of our own (a running service applies its own, and says `truncated`)."""
+    import sql
+    from shadowroute.access import run_sql
+
+    path = Path(db) if db else Path(cfg.storage.db_path)
+    try:
+        return run_sql(path, sql.query(query_name),
+                       dataclasses.replace(cfg.server, sql_max_rows=2**62))
+    except ShadowrouteError as e:
+        fail(str(e), 1)
+
+
+@main.command()
+@click.option("--hours", type=click.Choice(["1", "6", "24", "168"]), default="24",
+              show_default=True, help="How much of the most recent traffic to base the rates on.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
+              show_default=True)
+@db_option
+@config_option
+def plan(hours: str, fmt: str, db: str | None, config: str | None) -> None:
+    """State the expected shadow spend per hour and day, per cheap model and in all, from the
+    observed traffic, the sampling rates and the prices, beside the budget caps.
+
+    Example: shadowroute plan --hours 6
+    """
+    from analytics.plan import StratumTraffic
+    from analytics.plan import plan as make_plan
+    from consumers.sampling import Sampler
+
+    cfg = _load(config)
+    path = Path(db) if db else Path(cfg.storage.db_path)
+    answer = _read_all(cfg, db, "plan_traffic")
+    traffic = [StratumTraffic(*row[1:]) for row in answer.rows if row[0] == int(hours)]
+    if not traffic:
+        fail(f"no eligible requests in {path} yet: run the service (or replay logs) first", 1)
+    sh = cfg.shadow
+    out = make_plan(traffic, Sampler(cfg.sampling.default_rate, cfg.sampling.rates,
+                                     cfg.sampling.salt),
+                    sh.models, sh.noise_floor, sh.budget.usd_per_hour, sh.budget.usd_per_day)
+    if fmt == "json":
+        click.echo(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode())
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"expected shadow spend (traffic of the last {out['window_hours']:g} h, "
+                        f"{out['samples_per_hour']:.1f} samples/h)")
+    for col in ("model", "USD/hour", "USD/day", "reserved USD/hour"):
+        table.add_column(col, justify="left" if col == "model" else "right")
+    for m in out["models"]:
+        table.add_row(m["model"], f"{m['expected_usd_per_hour']:.4f}",
+                      f"{m['expected_usd_per_day']:.4f}", f"{m['reserved_usd_per_hour']:.4f}")
+    if out["noise_floor_usd_per_hour"]:
+        f = out["noise_floor_usd_per_hour"]
+        table.add_row("noise floor (frontier)", f"{f:.4f}", f"{f * 24:.4f}", f"{f:.4f}")
+    table.add_row("all", f"{out['expected_usd_per_hour']:.4f}",
+                  f"{out['expected_usd_per_day']:.4f}", f"{out['reserved_usd_per_hour']:.4f}")
+    Console().print(table)
+    click.echo(f"hourly cap: {out['hourly']}; daily cap: {out['daily']}")
 
 
 @main.command()

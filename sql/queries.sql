@@ -347,3 +347,22 @@ GROUP BY ALL ORDER BY s.day, s.model;
 SELECT coalesce(ineligible_reason, 'unknown') AS reason, count(*) AS requests,
        sum(cost_usd) AS cost_usd
 FROM requests WHERE NOT eligible GROUP BY ALL ORDER BY requests DESC;
+
+-- name: plan_traffic
+-- Eligible production traffic per stratum over the last 1, 6, 24 and 168 hours of the log (by
+-- request time), with the mean token counts and frontier cost a replay would see and the span of
+-- time each window covers (for `shadowroute plan`, which picks one window: fixed windows, so
+-- the query takes no parameter and reads the same through /v1/sql).
+WITH hi AS (SELECT max(ts) AS hi FROM requests),
+windows(hours) AS (VALUES (1), (6), (24), (168)),
+w AS (SELECT windows.hours, r.* FROM requests r, hi, windows
+      WHERE r.ts > hi.hi - to_hours(windows.hours)),
+span AS (SELECT hours, greatest(epoch(max(ts)) - epoch(min(ts)), 1.0) AS span_s
+         FROM w GROUP BY hours)
+SELECT w.hours, stratum, count(*) AS eligible, avg(input_tokens) AS mean_input_tokens,
+       avg(output_tokens) AS mean_output_tokens, avg(cost_usd) AS mean_frontier_usd,
+       any_value(span.span_s) AS span_s
+FROM w JOIN span USING (hours)
+WHERE eligible
+GROUP BY w.hours, stratum
+ORDER BY w.hours, stratum;
