@@ -163,62 +163,105 @@ FROM requests WHERE eligible GROUP BY stratum;
 -- loss l = (cheap ? 1 - q : 0), the strong indicator s, the routed cost c = (cheap ? c^m : c^F)
 -- and the frontier cost f (with squares and the cross product, for the variances), at the
 -- given thresholds. A request goes to the cheap model when score < threshold.
--- Cost grows with the samples, not samples x thresholds: the samples of each (router, model,
--- stratum) are summed per distinct score and accumulated in score order once; each threshold
--- then takes the running sums of the last score below it (an ASOF join). A stratum's totals
--- are what every sample costs on the frontier; the cheap side replaces its part.
+-- Cost grows with the samples, not samples x thresholds: each score falls in one bin between
+-- the sorted distinct thresholds (bin j = #{thresholds <= score}, found once per distinct
+-- score), the samples are summed per (router, model, stratum, bin) and the bins accumulated in
+-- order; threshold number j then takes the running sums of the bins below j (an ASOF join). A
+-- stratum's totals are what every sample costs on the frontier; the cheap side replaces its part.
+-- Speed (benchmarks/analytics.py): routers, models and strata are numbered first and the
+-- 5M-row aggregation groups on one integer key, never on strings; the outcome tables are
+-- joined once (the CTE `c`) for the routers and the two reference policies.
 CREATE OR REPLACE MACRO routed_strata(thresholds) AS TABLE
-WITH c AS MATERIALIZED (
-    SELECT sample_id, model, stratum, n_stratum, q, cf, cm FROM completed_outcomes
+WITH g AS (
+    -- the distinct thresholds in order, numbered from 1
+    SELECT t AS threshold, row_number() OVER (ORDER BY t) AS j
+    FROM (SELECT DISTINCT unnest(thresholds)::DOUBLE AS t) WHERE t IS NOT NULL
+), strata AS (
+    -- the strata of eligible requests, numbered: N_h and their exact frontier spend
+    -- (completed_outcomes and stratum_frontier, computed once here)
+    SELECT stratum, row_number() OVER (ORDER BY stratum) AS h, count(*) AS big_n,
+           CASE WHEN count(cost_usd) = count(*) THEN sum(cost_usd) END AS frontier_usd
+    FROM requests WHERE eligible GROUP BY stratum
+), c AS MATERIALIZED (
+    -- completed_outcomes, with the stratum's number
+    SELECT s.sample_id, sc.model, p.h, sc.value AS q, s.frontier_cost_usd AS cf,
+           x.cost_usd AS cm
+    FROM samples s
+    JOIN shadow_calls x ON x.sample_id = s.sample_id AND x.error IS NULL
+    JOIN scores sc ON sc.sample_id = s.sample_id AND sc.model = x.model AND sc.scorer = s.scorer
+        AND sc.value IS NOT NULL
+    JOIN strata p ON p.stratum = s.stratum
+    WHERE s.status = 'done'
+), models AS (
+    SELECT model, row_number() OVER (ORDER BY model) AS m FROM (SELECT DISTINCT model FROM c)
+), scored AS (
+    -- NULL scores as NaN, which DuckDB orders above every threshold: never cheap (as before)
+    SELECT DISTINCT router, coalesce(score, 'NaN'::DOUBLE) AS score FROM router_scores
+), routers AS (
+    SELECT router, row_number() OVER (ORDER BY router) AS r FROM (SELECT DISTINCT router FROM scored)
+), bins AS (
+    SELECT d.router, d.score, coalesce(g.j, 0) AS bin
+    FROM scored d ASOF LEFT JOIN g ON d.score >= g.threshold
+), dims AS (
+    -- radixes of the integer key ((r + 2) * mhs + m * hs + h) * nb + bin, and the bins of the
+    -- reference policies' scores 0 and 1; all_cheap is r = -1, oracle r = -2
+    SELECT (SELECT count(*) FROM strata) + 1 AS hs,
+           ((SELECT count(*) FROM models) + 1) * ((SELECT count(*) FROM strata) + 1) AS mhs,
+           (SELECT count(*) FROM g) + 1 AS nb,
+           (SELECT count(*) FROM g WHERE threshold <= 0.0) AS b0,
+           (SELECT count(*) FROM g WHERE threshold <= 1.0) AS b1
+), cm AS MATERIALIZED (
+    SELECT c.sample_id, models.m * dims.hs + c.h AS mh, c.q, c.cf, c.cm
+    FROM c JOIN models USING (model), dims
 ), o AS (
-    -- policy_scores, written out so that the outcomes above are read once, not per policy
-    SELECT rs.router, c.model, c.stratum, rs.score, c.n_stratum, c.q, c.cf, c.cm
-    FROM c JOIN router_scores rs ON rs.sample_id = c.sample_id
+    SELECT ((routers.r + 2) * dims.mhs + cm.mh) * dims.nb + bins.bin AS key, cm.q, cm.cf, cm.cm
+    FROM cm JOIN router_scores rs ON rs.sample_id = cm.sample_id
+    JOIN bins ON bins.router = rs.router AND bins.score = coalesce(rs.score, 'NaN'::DOUBLE)
+    JOIN routers ON routers.router = rs.router, dims
     UNION ALL
-    SELECT 'all_cheap', model, stratum, 0.0, n_stratum, q, cf, cm FROM c
+    SELECT (dims.mhs + mh) * dims.nb + dims.b0, q, cf, cm FROM cm, dims
     UNION ALL
-    SELECT 'oracle', model, stratum, CASE WHEN q >= 1.0 THEN 0.0 ELSE 1.0 END, n_stratum, q, cf, cm
-    FROM c
-), by_score AS (
-    SELECT router, model, stratum, score, any_value(n_stratum) AS big_n, count(*) AS k,
+    SELECT mh * dims.nb + CASE WHEN q >= 1.0 THEN dims.b0 ELSE dims.b1 END, q, cf, cm
+    FROM cm, dims
+), by_bin AS (
+    SELECT key // any_value(dims.nb) AS cell, key % any_value(dims.nb) AS bin, count(*) AS k,
            sum(1.0 - q) AS sl, sum((1.0 - q) * (1.0 - q)) AS sll, sum(cm) AS scm,
            sum(cm * cm) AS scmm, sum(cm * cf) AS scmf, sum(cf) AS scf, sum(cf * cf) AS scff
-    FROM o GROUP BY router, model, stratum, score
+    FROM o, dims GROUP BY key
 ), tot AS (
-    SELECT router, model, stratum, any_value(big_n) AS big_n, sum(k) AS n,
-           sum(scf) AS sf, sum(scff) AS sff
-    FROM by_score GROUP BY ALL
+    SELECT cell, sum(k) AS n, sum(scf) AS sf, sum(scff) AS sff FROM by_bin GROUP BY cell
 ), cum AS (
-    SELECT router, model, stratum, score,
+    SELECT cell, bin,
            sum(k) OVER w AS k, sum(sl) OVER w AS sl, sum(sll) OVER w AS sll,
            sum(scm) OVER w AS scm, sum(scmm) OVER w AS scmm, sum(scmf) OVER w AS scmf,
            sum(scf) OVER w AS scf, sum(scff) OVER w AS scff
-    FROM by_score
-    WINDOW w AS (PARTITION BY router, model, stratum ORDER BY score
-                 ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
+    FROM by_bin
+    WINDOW w AS (PARTITION BY cell ORDER BY bin ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
 ), grid AS (
-    SELECT tot.*, g.threshold
-    FROM tot CROSS JOIN (SELECT unnest(thresholds)::DOUBLE AS threshold) g
+    -- every threshold given, once (a NULL one sends nothing cheap)
+    SELECT tot.*, g0.threshold, coalesce(g.j, 0) AS j
+    FROM tot CROSS JOIN (SELECT DISTINCT unnest(thresholds)::DOUBLE AS threshold) g0
+    LEFT JOIN g ON g.threshold = g0.threshold
 ), r AS (
-    SELECT grid.router, grid.threshold, grid.model, grid.stratum, grid.big_n, grid.n,
-           grid.sf, grid.sff, coalesce(c.k, 0) AS k, coalesce(c.sl, 0.0) AS sl,
-           coalesce(c.sll, 0.0) AS sll, coalesce(c.scm, 0.0) AS scm,
-           coalesce(c.scmm, 0.0) AS scmm, coalesce(c.scmf, 0.0) AS scmf,
-           coalesce(c.scf, 0.0) AS scf, coalesce(c.scff, 0.0) AS scff
-    FROM grid ASOF LEFT JOIN cum c
-      ON grid.router = c.router AND grid.model = c.model AND grid.stratum = c.stratum
-     AND grid.threshold > c.score
+    SELECT grid.cell // dims.mhs - 2 AS r, (grid.cell % dims.mhs) // dims.hs AS m,
+           grid.cell % dims.hs AS h, grid.threshold, grid.n, grid.sf, grid.sff,
+           coalesce(u.k, 0) AS k, coalesce(u.sl, 0.0) AS sl,
+           coalesce(u.sll, 0.0) AS sll, coalesce(u.scm, 0.0) AS scm,
+           coalesce(u.scmm, 0.0) AS scmm, coalesce(u.scmf, 0.0) AS scmf,
+           coalesce(u.scf, 0.0) AS scf, coalesce(u.scff, 0.0) AS scff
+    FROM grid ASOF LEFT JOIN cum u ON grid.cell = u.cell AND grid.j > u.bin, dims
 )
-SELECT r.router, r.threshold, r.model, r.stratum,
-       split_part(r.stratum, '|', 2) AS segment,
-       r.big_n, r.n,
+SELECT CASE r.r WHEN -1 THEN 'all_cheap' WHEN -2 THEN 'oracle' ELSE routers.router END AS router,
+       r.threshold, models.model, strata.stratum,
+       split_part(strata.stratum, '|', 2) AS segment,
+       strata.big_n, r.n,
        r.sl, r.sll,
        (r.n - r.k)::DOUBLE AS ss,
        r.scm + r.sf - r.scf AS sc,
        r.scmm + r.sff - r.scff AS scc,
        r.scmf + r.sff - r.scff AS scf,
        r.sf, r.sff,
-       f.frontier_usd,
+       strata.frontier_usd,
        -- the stratum means of before (routed quality, its variance, routed and frontier cost,
        -- strong share), for anyone who read them
        1.0 - r.sl / r.n AS mq,
@@ -227,7 +270,7 @@ SELECT r.router, r.threshold, r.model, r.stratum,
        (r.scm + r.sf - r.scf) / r.n AS mc,
        r.sf / r.n AS mcf,
        (r.n - r.k) / r.n AS ms
-FROM r LEFT JOIN stratum_frontier f ON f.stratum = r.stratum;
+FROM r JOIN strata USING (h) JOIN models USING (m) LEFT JOIN routers USING (r);
 
 -- name: schema_12b_grouped_savings_at
 -- Stratified estimates for every (router, threshold, model) at the given thresholds, per
