@@ -166,32 +166,44 @@ FROM requests WHERE eligible GROUP BY stratum;
 -- Cost grows with the samples, not samples x thresholds: each score falls in one bin between
 -- the sorted distinct thresholds (bin j = #{thresholds <= score}, found once per distinct
 -- score), the samples are summed per (router, model, stratum, bin) and the bins accumulated in
--- order; threshold number j then takes the running sums of the bins below j (an ASOF join). A
+-- order; threshold number j then takes the running sums up to bin j - 1 (an equi-join). A
 -- stratum's totals are what every sample costs on the frontier; the cheap side replaces its part.
 -- Speed (benchmarks/analytics.py): routers, models and strata are numbered first and the
 -- 5M-row aggregation groups on one integer key, never on strings; the outcome tables are
 -- joined once (the CTE `c`) for the routers and the two reference policies.
-CREATE OR REPLACE MACRO routed_strata(thresholds) AS TABLE
+CREATE OR REPLACE MACRO routed_strata(thresholds, width := NULL) AS TABLE
 WITH g AS (
     -- the distinct thresholds in order, numbered from 1
     SELECT t AS threshold, row_number() OVER (ORDER BY t) AS j
     FROM (SELECT DISTINCT unnest(thresholds)::DOUBLE AS t) WHERE t IS NOT NULL
 ), strata AS (
     -- the strata of eligible requests, numbered: N_h and their exact frontier spend
-    -- (completed_outcomes and stratum_frontier, computed once here)
-    SELECT stratum, row_number() OVER (ORDER BY stratum) AS h, count(*) AS big_n,
+    -- (completed_outcomes and stratum_frontier, computed once here). With a `width` ('hour',
+    -- 'day', any date_trunc part) a stratum is a (stratum, window of production time) pair:
+    -- each window is estimated for its own traffic, requests without a time left out. The
+    -- branch of the other case is a constant-false filter, which DuckDB plans as empty.
+    SELECT stratum, win, row_number() OVER (ORDER BY stratum, win) AS h, count(*) AS big_n,
            CASE WHEN count(cost_usd) = count(*) THEN sum(cost_usd) END AS frontier_usd
-    FROM requests WHERE eligible GROUP BY stratum
+    FROM (SELECT stratum, NULL::TIMESTAMP AS win, cost_usd FROM requests
+          WHERE eligible AND width IS NULL
+          UNION ALL
+          SELECT stratum, date_trunc(width, ts), cost_usd FROM requests
+          WHERE eligible AND ts IS NOT NULL AND width IS NOT NULL)
+    GROUP BY stratum, win
 ), c AS MATERIALIZED (
     -- completed_outcomes, with the stratum's number
     SELECT s.sample_id, sc.model, p.h, sc.value AS q, s.frontier_cost_usd AS cf,
            x.cost_usd AS cm
-    FROM samples s
+    FROM (SELECT sample_id, stratum, NULL::TIMESTAMP AS win, scorer, frontier_cost_usd
+          FROM samples WHERE status = 'done' AND width IS NULL
+          UNION ALL
+          SELECT s.sample_id, s.stratum, date_trunc(width, r.ts), s.scorer, s.frontier_cost_usd
+          FROM samples s JOIN requests r ON r.request_id = s.sample_id
+          WHERE s.status = 'done' AND r.ts IS NOT NULL AND width IS NOT NULL) s
     JOIN shadow_calls x ON x.sample_id = s.sample_id AND x.error IS NULL
     JOIN scores sc ON sc.sample_id = s.sample_id AND sc.model = x.model AND sc.scorer = s.scorer
         AND sc.value IS NOT NULL
-    JOIN strata p ON p.stratum = s.stratum
-    WHERE s.status = 'done'
+    JOIN strata p ON p.stratum = s.stratum AND p.win IS NOT DISTINCT FROM s.win
 ), models AS (
     SELECT model, row_number() OVER (ORDER BY model) AS m FROM (SELECT DISTINCT model FROM c)
 ), scored AS (
@@ -231,12 +243,16 @@ WITH g AS (
 ), tot AS (
     SELECT cell, sum(k) AS n, sum(scf) AS sf, sum(scff) AS sff FROM by_bin GROUP BY cell
 ), cum AS (
-    SELECT cell, bin,
-           sum(k) OVER w AS k, sum(sl) OVER w AS sl, sum(sll) OVER w AS sll,
-           sum(scm) OVER w AS scm, sum(scmm) OVER w AS scmm, sum(scmf) OVER w AS scmf,
-           sum(scf) OVER w AS scf, sum(scff) OVER w AS scff
-    FROM by_bin
-    WINDOW w AS (PARTITION BY cell ORDER BY bin ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
+    -- running sums over every bin below the last threshold (bins without samples too, so
+    -- that threshold j finds bin j - 1 by an equi-join)
+    SELECT t.cell, d.bin,
+           sum(coalesce(x.k, 0)) OVER w AS k, sum(coalesce(x.sl, 0.0)) OVER w AS sl,
+           sum(coalesce(x.sll, 0.0)) OVER w AS sll, sum(coalesce(x.scm, 0.0)) OVER w AS scm,
+           sum(coalesce(x.scmm, 0.0)) OVER w AS scmm, sum(coalesce(x.scmf, 0.0)) OVER w AS scmf,
+           sum(coalesce(x.scf, 0.0)) OVER w AS scf, sum(coalesce(x.scff, 0.0)) OVER w AS scff
+    FROM tot t CROSS JOIN (SELECT unnest(range(nb - 1)) AS bin FROM dims) d
+    LEFT JOIN by_bin x ON x.cell = t.cell AND x.bin = d.bin
+    WINDOW w AS (PARTITION BY t.cell ORDER BY d.bin ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
 ), grid AS (
     -- every threshold given, once (a NULL one sends nothing cheap)
     SELECT tot.*, g0.threshold, coalesce(g.j, 0) AS j
@@ -249,11 +265,11 @@ WITH g AS (
            coalesce(u.sll, 0.0) AS sll, coalesce(u.scm, 0.0) AS scm,
            coalesce(u.scmm, 0.0) AS scmm, coalesce(u.scmf, 0.0) AS scmf,
            coalesce(u.scf, 0.0) AS scf, coalesce(u.scff, 0.0) AS scff
-    FROM grid ASOF LEFT JOIN cum u ON grid.cell = u.cell AND grid.j > u.bin, dims
+    FROM grid LEFT JOIN cum u ON u.cell = grid.cell AND u.bin = grid.j - 1, dims
 )
 SELECT CASE r.r WHEN -1 THEN 'all_cheap' WHEN -2 THEN 'oracle' ELSE routers.router END AS router,
        r.threshold, models.model, strata.stratum,
-       split_part(strata.stratum, '|', 2) AS segment,
+       split_part(strata.stratum, '|', 2) AS segment, strata.win AS window_start,
        strata.big_n, r.n,
        r.sl, r.sll,
        (r.n - r.k)::DOUBLE AS ss,
@@ -281,13 +297,15 @@ FROM r JOIN strata USING (h) JOIN models USING (m) LEFT JOIN routers USING (r);
 -- per stratum, savings and dollars by the delta method for the ratio, all with the
 -- finite-population correction. quality_se is the plain stratified standard error (strata with
 -- one sample count as maximal variance 0.25), kept for readers of earlier versions.
-CREATE OR REPLACE MACRO grouped_savings_at(thresholds, by_segment, z := 1.959963984540054) AS TABLE
+CREATE OR REPLACE MACRO grouped_savings_at(thresholds, by_segment, z := 1.959963984540054,
+                                           width := NULL) AS TABLE
 WITH g AS (
     SELECT *, CASE WHEN by_segment THEN segment END AS grp,
            greatest(0.0, 1.0 - n / big_n) AS fpc,
            sum(big_n * sc / n) OVER w / nullif(sum(big_n * sf / n) OVER w, 0) AS ratio
-    FROM routed_strata(thresholds)
-    WINDOW w AS (PARTITION BY router, threshold, model, CASE WHEN by_segment THEN segment END)
+    FROM routed_strata(thresholds, width := width)
+    WINDOW w AS (PARTITION BY router, threshold, model, window_start,
+                 CASE WHEN by_segment THEN segment END)
 ), h AS (
     SELECT *,
            -- a stratum whose samples all agree takes Jeffreys' regularised variance
@@ -304,7 +322,7 @@ WITH g AS (
            sf - sc AS sd, sff - 2 * scf + scc AS sdd
     FROM g
 ), a AS (
-    SELECT router, threshold, model, grp AS segment,
+    SELECT router, threshold, model, window_start, grp AS segment,
            count(*) AS strata,
            sum(n)::BIGINT AS samples,
            sum(big_n)::BIGINT AS requests,
@@ -325,7 +343,7 @@ WITH g AS (
              / nullif(sum(big_n * sf / n), 0) AS half_ratio,
            z * sqrt(sum(big_n * big_n * fpc * greatest(0.0, CASE WHEN n > 1
                  THEN (sdd - sd * sd / n) / (n - 1) ELSE sdd / n END) / n)) AS half_usd
-    FROM h GROUP BY router, threshold, model, grp
+    FROM h GROUP BY router, threshold, model, window_start, grp
 ), b AS (
     SELECT *, coalesce(frontier_exact, frontier_est) AS frontier_usd,
            CASE WHEN frontier_exact IS NOT NULL THEN (1 - ratio) * frontier_exact
@@ -336,7 +354,7 @@ WITH g AS (
            sqrt(ks * strong_share * (1 - strong_share) + ks * ks / 4) / (1 + ks) AS hs
     FROM a
 )
-SELECT router, threshold, model, segment, strata, samples, requests,
+SELECT router, threshold, model, window_start, segment, strata, samples, requests,
        1 - loss AS quality, quality_se,
        1 - ratio AS savings, strong_share, frontier_usd,
        frontier_usd - saved AS routed_usd,
@@ -356,11 +374,21 @@ FROM b;
 
 -- name: schema_12c_savings_at
 CREATE OR REPLACE MACRO savings_at(thresholds, z := 1.959963984540054) AS TABLE
-SELECT * EXCLUDE (segment) FROM grouped_savings_at(thresholds, false, z := z);
+SELECT * EXCLUDE (segment, window_start) FROM grouped_savings_at(thresholds, false, z := z);
 
 -- name: schema_12d_segment_savings_at
 CREATE OR REPLACE MACRO segment_savings_at(thresholds, z := 1.959963984540054) AS TABLE
-SELECT * FROM grouped_savings_at(thresholds, true, z := z);
+SELECT * EXCLUDE (window_start) FROM grouped_savings_at(thresholds, true, z := z);
+
+-- name: schema_12e_window_savings_at
+-- Estimates per window of production time: `width` is a date_trunc part ('hour', 'day', ...)
+-- and `window_start` the window's start (date_trunc(width, ts) of the sample's request).
+-- Each window is estimated for its own traffic, as the gate's --window does: N_h is the
+-- stratum's eligible requests in that window and the frontier spend is the window's, exactly;
+-- requests without a time are left out. The same columns and intervals as savings_at.
+CREATE OR REPLACE MACRO window_savings_at(width, thresholds, z := 1.959963984540054) AS TABLE
+SELECT width AS width, window_start, * EXCLUDE (segment, window_start)
+FROM grouped_savings_at(thresholds, false, z := z, width := width);
 
 -- name: schema_13_savings
 -- The savings table people query: every router on a threshold grid 0, 0.05, ..., 1, and the
@@ -382,6 +410,22 @@ WHERE router NOT IN ('all_cheap', 'oracle')
 UNION ALL
 SELECT * REPLACE (NULL::DOUBLE AS threshold) FROM segment_savings_at([0.5])
 WHERE router IN ('all_cheap', 'oracle');
+
+-- name: schema_13c_window_savings
+-- Per hour and per day of production time: every router on the grid, and the reference
+-- policies (threshold NULL; all_cheap and oracle are the same at every threshold in (0, 1]),
+-- e.g. SELECT * FROM window_savings WHERE width = 'day' AND router = 'all_cheap'.
+CREATE OR REPLACE VIEW window_savings AS
+SELECT * REPLACE (CASE WHEN router IN ('all_cheap', 'oracle') THEN NULL
+                       ELSE threshold END AS threshold)
+FROM (SELECT * FROM window_savings_at('hour', [0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35,
+                                                0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75,
+                                                0.8, 0.85, 0.9, 0.95, 1.0])
+      UNION ALL
+      SELECT * FROM window_savings_at('day', [0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35,
+                                               0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75,
+                                               0.8, 0.85, 0.9, 0.95, 1.0]))
+WHERE router NOT IN ('all_cheap', 'oracle') OR threshold = 0.5;
 
 -- name: schema_14_strata
 -- Traffic, samples and weights per stratum and cheap model.
