@@ -164,19 +164,21 @@ FROM requests WHERE eligible GROUP BY stratum;
 -- and the frontier cost f (with squares and the cross product, for the variances), at the
 -- given thresholds. A request goes to the cheap model when score < threshold.
 -- Cost grows with the samples, not samples x thresholds: each score falls in one bin between
--- the sorted distinct thresholds (bin j = #{thresholds <= score}, found once per distinct
--- score), the samples are summed per (router, model, stratum, bin) and the bins accumulated in
--- order; threshold number j then takes the running sums up to bin j - 1 (an equi-join). A
--- stratum's totals are what every sample costs on the frontier; the cheap side replaces its part.
--- Speed (benchmarks/analytics.py): routers, models and strata are numbered first and the
--- 5M-row aggregation groups on one integer key, never on strings; the outcome tables are
--- joined once (the CTE `c`) for the routers and the two reference policies.
+-- the sorted distinct thresholds (bin = #{thresholds <= score}, a binary search of ten steps,
+-- so at most 1023 distinct thresholds per call), the samples are summed per (router, model,
+-- stratum, bin) and the bins accumulated in order; threshold number j (from 1, in order) then
+-- takes the running sums up to bin j - 1 (an equi-join). A stratum's totals are what every
+-- sample costs on the frontier; the cheap side replaces its part.
+-- Speed (benchmarks/analytics.py): the work per row is the same for discrete and continuous
+-- scores; routers, models and strata are numbered first and the aggregation of every (sample,
+-- policy) row groups on one integer key, never on strings (10x cheaper in DuckDB); the outcome
+-- tables are joined once (the CTE `c`) for the routers and the two reference policies.
 CREATE OR REPLACE MACRO routed_strata(thresholds, width := NULL) AS TABLE
 WITH g AS (
     -- the distinct thresholds in order, numbered from 1
     SELECT t AS threshold, row_number() OVER (ORDER BY t) AS j
     FROM (SELECT DISTINCT unnest(thresholds)::DOUBLE AS t) WHERE t IS NOT NULL
-), strata AS (
+), strata AS MATERIALIZED (
     -- the strata of eligible requests, numbered: N_h and their exact frontier spend
     -- (completed_outcomes and stratum_frontier, computed once here). With a `width` ('hour',
     -- 'day', any date_trunc part) a stratum is a (stratum, window of production time) pair:
@@ -204,42 +206,59 @@ WITH g AS (
     JOIN scores sc ON sc.sample_id = s.sample_id AND sc.model = x.model AND sc.scorer = s.scorer
         AND sc.value IS NOT NULL
     JOIN strata p ON p.stratum = s.stratum AND p.win IS NOT DISTINCT FROM s.win
-), models AS (
+), models AS MATERIALIZED (
     SELECT model, row_number() OVER (ORDER BY model) AS m FROM (SELECT DISTINCT model FROM c)
-), scored AS (
-    -- NULL scores as NaN, which DuckDB orders above every threshold: never cheap (as before)
-    SELECT DISTINCT router, coalesce(score, 'NaN'::DOUBLE) AS score FROM router_scores
 ), routers AS (
-    SELECT router, row_number() OVER (ORDER BY router) AS r FROM (SELECT DISTINCT router FROM scored)
-), bins AS (
-    SELECT d.router, d.score, coalesce(g.j, 0) AS bin
-    FROM scored d ASOF LEFT JOIN g ON d.score >= g.threshold
+    SELECT router, row_number() OVER (ORDER BY router) AS r
+    FROM (SELECT DISTINCT router FROM router_scores)
+), th AS MATERIALIZED (
+    -- the sorted distinct thresholds padded with NaN (DuckDB orders it above everything) to
+    -- 1023 entries, for a binary search per score
+    SELECT CASE WHEN len(d) > 1023
+                THEN error('savings: at most 1023 distinct thresholds per call, got ' || len(d))
+                ELSE list_concat(d, list_transform(range(1023 - len(d)), lambda i: 'NaN'::DOUBLE))
+           END AS tp
+    FROM (SELECT list_sort(list_distinct(thresholds::DOUBLE[])) AS d)
 ), dims AS (
-    -- radixes of the integer key ((r + 2) * mhs + m * hs + h) * nb + bin, and the bins of the
-    -- reference policies' scores 0 and 1; all_cheap is r = -1, oracle r = -2
+    -- radixes of the integer key ((r + 2) * mhs + m * hs + h) * 1024 + bin, the number of
+    -- thresholds, and the bins of the reference policies' scores 0 and 1; all_cheap is r = -1,
+    -- oracle r = -2
     SELECT (SELECT count(*) FROM strata) + 1 AS hs,
            ((SELECT count(*) FROM models) + 1) * ((SELECT count(*) FROM strata) + 1) AS mhs,
-           (SELECT count(*) FROM g) + 1 AS nb,
+           (SELECT count(*) FROM g) AS k,
            (SELECT count(*) FROM g WHERE threshold <= 0.0) AS b0,
            (SELECT count(*) FROM g WHERE threshold <= 1.0) AS b1
 ), cm AS MATERIALIZED (
     SELECT c.sample_id, models.m * dims.hs + c.h AS mh, c.q, c.cf, c.cm
     FROM c JOIN models USING (model), dims
+), s0 AS (
+    -- bin = #{thresholds <= score} by binary search over the padded list, ten halvings;
+    -- NULL scores as NaN: above every threshold, never cheap (as before)
+    SELECT sample_id, router, coalesce(score, 'NaN'::DOUBLE) AS s, 0 AS bin FROM router_scores
+), s1 AS (SELECT * REPLACE (bin + CASE WHEN (SELECT tp FROM th)[bin + 512] <= s THEN 512 ELSE 0 END AS bin) FROM s0
+), s2 AS (SELECT * REPLACE (bin + CASE WHEN (SELECT tp FROM th)[bin + 256] <= s THEN 256 ELSE 0 END AS bin) FROM s1
+), s3 AS (SELECT * REPLACE (bin + CASE WHEN (SELECT tp FROM th)[bin + 128] <= s THEN 128 ELSE 0 END AS bin) FROM s2
+), s4 AS (SELECT * REPLACE (bin + CASE WHEN (SELECT tp FROM th)[bin + 64] <= s THEN 64 ELSE 0 END AS bin) FROM s3
+), s5 AS (SELECT * REPLACE (bin + CASE WHEN (SELECT tp FROM th)[bin + 32] <= s THEN 32 ELSE 0 END AS bin) FROM s4
+), s6 AS (SELECT * REPLACE (bin + CASE WHEN (SELECT tp FROM th)[bin + 16] <= s THEN 16 ELSE 0 END AS bin) FROM s5
+), s7 AS (SELECT * REPLACE (bin + CASE WHEN (SELECT tp FROM th)[bin + 8] <= s THEN 8 ELSE 0 END AS bin) FROM s6
+), s8 AS (SELECT * REPLACE (bin + CASE WHEN (SELECT tp FROM th)[bin + 4] <= s THEN 4 ELSE 0 END AS bin) FROM s7
+), s9 AS (SELECT * REPLACE (bin + CASE WHEN (SELECT tp FROM th)[bin + 2] <= s THEN 2 ELSE 0 END AS bin) FROM s8
+), binned AS (SELECT * REPLACE (bin + CASE WHEN (SELECT tp FROM th)[bin + 1] <= s THEN 1 ELSE 0 END AS bin) FROM s9
 ), o AS (
-    SELECT ((routers.r + 2) * dims.mhs + cm.mh) * dims.nb + bins.bin AS key, cm.q, cm.cf, cm.cm
-    FROM cm JOIN router_scores rs ON rs.sample_id = cm.sample_id
-    JOIN bins ON bins.router = rs.router AND bins.score = coalesce(rs.score, 'NaN'::DOUBLE)
-    JOIN routers ON routers.router = rs.router, dims
+    SELECT ((routers.r + 2) * dims.mhs + cm.mh) * 1024 + b.bin AS key, cm.q, cm.cf, cm.cm
+    FROM cm JOIN binned b ON b.sample_id = cm.sample_id
+    JOIN routers ON routers.router = b.router, dims
     UNION ALL
-    SELECT (dims.mhs + mh) * dims.nb + dims.b0, q, cf, cm FROM cm, dims
+    SELECT (dims.mhs + mh) * 1024 + dims.b0, q, cf, cm FROM cm, dims
     UNION ALL
-    SELECT mh * dims.nb + CASE WHEN q >= 1.0 THEN dims.b0 ELSE dims.b1 END, q, cf, cm
+    SELECT mh * 1024 + CASE WHEN q >= 1.0 THEN dims.b0 ELSE dims.b1 END, q, cf, cm
     FROM cm, dims
-), by_bin AS (
-    SELECT key // any_value(dims.nb) AS cell, key % any_value(dims.nb) AS bin, count(*) AS k,
+), by_bin AS MATERIALIZED (
+    SELECT key // 1024 AS cell, key % 1024 AS bin, count(*) AS k,
            sum(1.0 - q) AS sl, sum((1.0 - q) * (1.0 - q)) AS sll, sum(cm) AS scm,
            sum(cm * cm) AS scmm, sum(cm * cf) AS scmf, sum(cf) AS scf, sum(cf * cf) AS scff
-    FROM o, dims GROUP BY key
+    FROM o GROUP BY key
 ), tot AS (
     SELECT cell, sum(k) AS n, sum(scf) AS sf, sum(scff) AS sff FROM by_bin GROUP BY cell
 ), cum AS (
@@ -250,7 +269,7 @@ WITH g AS (
            sum(coalesce(x.sll, 0.0)) OVER w AS sll, sum(coalesce(x.scm, 0.0)) OVER w AS scm,
            sum(coalesce(x.scmm, 0.0)) OVER w AS scmm, sum(coalesce(x.scmf, 0.0)) OVER w AS scmf,
            sum(coalesce(x.scf, 0.0)) OVER w AS scf, sum(coalesce(x.scff, 0.0)) OVER w AS scff
-    FROM tot t CROSS JOIN (SELECT unnest(range(nb - 1)) AS bin FROM dims) d
+    FROM tot t CROSS JOIN (SELECT unnest(range(k)) AS bin FROM dims) d
     LEFT JOIN by_bin x ON x.cell = t.cell AND x.bin = d.bin
     WINDOW w AS (PARTITION BY t.cell ORDER BY d.bin ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
 ), grid AS (

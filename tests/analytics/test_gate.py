@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from statistics import NormalDist
 
+import duckdb
 import polars as pl
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -468,6 +469,16 @@ def test_binned_sums_give_what_the_cross_join_gave_for_many_routers_and_models(
     once = new[(ROUTER, 0.5, MODEL)]
     assert rows[0] == (0.5, once["samples"], once["quality"], once["strong_share"])
     assert len(rows) == 2 and rows[1][0] is None and rows[1][3] == pytest.approx(1.0)
+    # The binary search over the thresholds takes up to 1023 distinct ones, and says so.
+    grid = [i / 1022 for i in range(1023)]
+    cols, rows = store.query_table("SELECT threshold, quality, strong_share FROM savings_at($t) "
+                                   "WHERE router = $r AND model = $m AND threshold IN (0.0, 1.0)",
+                                   {"t": grid, "r": ROUTER, "m": MODEL})
+    ends = {r[0]: r for r in rows}
+    assert ends[0.0][2] == pytest.approx(1.0) and ends[1.0] == pytest.approx(
+        (1.0, new[(ROUTER, 1.0, MODEL)]["quality"], new[(ROUTER, 1.0, MODEL)]["strong_share"]))
+    with pytest.raises(duckdb.Error, match="at most 1023 distinct thresholds"):
+        store.con.execute("SELECT * FROM savings_at($t)", {"t": [*grid, 2.0]}).fetchall()
 
 # -- the per-segment guard ----------------------------------------------------------------------
 
