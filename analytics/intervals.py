@@ -195,6 +195,11 @@ def bootstrap(s: StratifiedSample, level: float = 0.95, replicates: int = 1000,
     fpc_sd = np.sqrt(np.clip(1.0 - n / big_n, 0.0, 1.0))
     cols = np.stack([s.loss[order], s.strong[order], s.cost[order], s.frontier[order]])
     base = np.stack([np.add.reduceat(c, starts) for c in cols]) / n    # 4 x H point means
+    # Per stratum, one matrix product gives a replicate's sums of the weights and of the
+    # weighted columns: g[:, slice] @ [1, loss, strong, cost, frontier] reads the weights once
+    # (4x faster than a reduceat per column over g * column; benchmarks/analytics.py).
+    design = np.concatenate([np.ones((1, len(code))), cols]).T.copy()   # n x 5
+    bounds = list(zip(starts.tolist(), [*starts[1:].tolist(), len(code)], strict=True))
     exact = _exact_frontier(s)
     rng = np.random.default_rng(seed)
     step = max(1, chunk_cells // max(len(code), 1))
@@ -202,8 +207,8 @@ def bootstrap(s: StratifiedSample, level: float = 0.95, replicates: int = 1000,
     for lo in range(0, replicates, step):
         b = min(step, replicates - lo)
         g = rng.standard_exponential((b, len(code)))                    # Dirichlet(1) weights
-        gs = np.add.reduceat(g, starts, axis=1)                           # b x H
-        sums = [np.add.reduceat(g * c, starts, axis=1) for c in cols]
+        gs, *sums = np.stack([g[:, a:z] @ design[a:z] for a, z in bounds], axis=2
+                             ).transpose(1, 0, 2)                         # 5 x b x H
         # Jeffreys' half observations at 1 (a1) and at 0 (a0) for the two proportions.
         a1 = rng.standard_gamma(0.5, (2, b, len(cov_idx)))
         a0 = rng.standard_gamma(0.5, (2, b, len(cov_idx)))

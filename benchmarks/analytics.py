@@ -3,19 +3,24 @@
 Measures in the same run, on a fresh DuckDB file (seeded synthetic data: 1M completed samples
 in 50 strata, 2M eligible requests, 5 routers with scores on a 0.001 grid):
   (a) `savings_curve_s`: `savings_at` over 50 thresholds for every router and the two reference
-      policies (one sort per (router, model, stratum) with running sums, then an ASOF join);
+      policies (each score binned between the thresholds, sums per bin on an integer key,
+      running sums over the bins: see `routed_strata` in sql/schema.sql);
   (b) `baseline_cross_join_s`: the same estimate computed as before, every sample joined with
       every threshold (`savings_cross_join`);
-  (c) `bootstrap_s`: `analytics.intervals.bootstrap` of 100k samples x 1,000 replicates.
-Each figure is the best of `--repeats` runs. The last line printed is one JSON object.
+  (c) `bootstrap_s`: `analytics.intervals.bootstrap` of 100k samples x 1,000 replicates;
+  (d) with --continuous-scores, `savings_curve_continuous_s`: (a) again after every router
+      score is redrawn uniformly (5M distinct scores, as learned routers give).
+Each figure is the best of `--repeats` runs; the 1-minute load average is printed before and
+after (the machine may be shared). The last line printed is one JSON object.
 
-    python benchmarks/analytics.py [--samples 1000000] [--repeats 3]
+    python benchmarks/analytics.py [--samples 1000000] [--repeats 3] [--continuous-scores]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -47,7 +52,11 @@ def main() -> None:
     ap.add_argument("--boot-samples", type=int, default=100_000)
     ap.add_argument("--replicates", type=int, default=1000)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--continuous-scores", action="store_true")
     args = ap.parse_args()
+    load_before = os.getloadavg()[0]
+    print(f"load average (1 min): {load_before:.2f}", flush=True)
+    extra: dict[str, float] = {}
     thresholds = [round(i / args.thresholds, 4) for i in range(args.thresholds)]
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -84,7 +93,13 @@ def main() -> None:
         print(f"savings curve ({args.thresholds} thresholds, {args.routers} routers + 2 "
               f"reference policies): {curve_s:.3f} s", flush=True)
         cross_s = best(cross, args.repeats)
-        print(f"baseline cross join: {cross_s:.3f} s", flush=True)
+        print(f"baseline cross join: {cross_s:.3f} s ({cross_s / curve_s:.1f}x the curve)",
+              flush=True)
+        if args.continuous_scores:
+            store.con.execute("UPDATE router_scores SET score = random()")
+            extra["savings_curve_continuous_s"] = round(best(curve, args.repeats), 3)
+            print(f"savings curve, continuous scores: {extra['savings_curve_continuous_s']} s",
+                  flush=True)
         store.close()
 
     rng = np.random.default_rng(0)
@@ -96,10 +111,14 @@ def main() -> None:
                                rng.uniform(size=n) < 0.6)
     boot_s = best(lambda: bootstrap(s, replicates=args.replicates, seed=1), args.repeats)
     print(f"bootstrap ({n:,} samples x {args.replicates:,} replicates): {boot_s:.3f} s")
+    load_after = os.getloadavg()[0]
+    print(f"load average (1 min): {load_after:.2f}")
     print(json.dumps({"savings_curve_s": round(curve_s, 3), "bootstrap_s": round(boot_s, 3),
-                      "baseline_cross_join_s": round(cross_s, 3), "samples": args.samples,
-                      "routers": args.routers, "thresholds": args.thresholds,
-                      "boot_samples": n, "replicates": args.replicates}))
+                      "baseline_cross_join_s": round(cross_s, 3), **extra,
+                      "samples": args.samples, "routers": args.routers,
+                      "thresholds": args.thresholds, "boot_samples": n,
+                      "replicates": args.replicates, "load_avg_1m_before": round(load_before, 2),
+                      "load_avg_1m_after": round(load_after, 2)}))
 
 
 if __name__ == "__main__":

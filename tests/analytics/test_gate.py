@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from statistics import NormalDist
 
+import duckdb
 import polars as pl
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -426,6 +427,58 @@ def test_running_sums_give_what_the_cross_join_gave(store: Store) -> None:
         assert got["quality_lower"] == pytest.approx(e["quality_lower"], abs=1e-7)
         assert got["savings_upper"] == pytest.approx(e["savings_upper"], abs=1e-7)
 
+
+
+def test_binned_sums_give_what_the_cross_join_gave_for_many_routers_and_models(
+        store: Store) -> None:
+    # Two routers (one with a NULL score, which never goes cheap), a second cheap model with
+    # its own scores, scores on and between thresholds, and thresholds given unsorted.
+    fill(store, {"gpt-4o|math": (40, [S(0.0, 0.5), S(1.0, 0.1), S(0.5, 0.3), S(1.0, 0.9)]),
+                 "gpt-4o|chat": (25, [S(1.0, 0.5), S(0.0, 0.05), S(0.25, 0.7)]),
+                 "gpt-4o|code": (9, [S(0.75, 0.2)])})
+    con = store.con
+    con.execute("INSERT INTO router_scores SELECT sample_id, 'mf', "
+                "CASE WHEN sample_id = 'gpt-4o-math-1' THEN NULL ELSE 1 - score END "
+                "FROM router_scores WHERE router = $r", {"r": ROUTER})
+    con.execute("INSERT INTO shadow_calls (sample_id, model, answer, cost_usd) "
+                "SELECT sample_id, 'mini', 'a', cost_usd / 2 FROM shadow_calls WHERE model = $m",
+                {"m": MODEL})
+    con.execute("INSERT INTO scores (sample_id, model, scorer, value) "
+                "SELECT sample_id, 'mini', scorer, value * value FROM scores "
+                "WHERE model = $m AND scorer = $s", {"m": MODEL, "s": SCORER})
+    thresholds = [0.7, 0.3, 0.0, 1.0, 0.5, 0.1, 0.95, 0.2]
+    key = ("router", "threshold", "model")
+    cols, rows = store.query_table("SELECT * FROM savings_at($t)", {"t": thresholds})
+    new = {tuple(r[cols.index(k)] for k in key): dict(zip(cols, r, strict=True)) for r in rows}
+    cols, rows = store.query_table(sql.query("savings_cross_join"), {"thresholds": thresholds})
+    old = {tuple(r[cols.index(k)] for k in key): dict(zip(cols, r, strict=True)) for r in rows}
+    # (fill adds a third model, "other", with one sample)
+    assert new.keys() == old.keys() and len(new) == 4 * 3 * len(thresholds)
+    for k, o in old.items():
+        for c in ("strata", "samples", "requests", "quality", "quality_se", "savings",
+                  "strong_share"):
+            assert new[k][c] == pytest.approx(o[c], abs=1e-12), (k, c)
+    # The NULL score is strong at every threshold: mf's strong share never reaches 0.
+    assert min(v["strong_share"] for k, v in new.items() if k[0] == "mf" and k[2] == MODEL) > 0
+    # A threshold given twice is estimated once, as if given once (its samples not counted
+    # twice); a NULL threshold sends nothing cheap.
+    cols, rows = store.query_table(
+        "SELECT threshold, samples, quality, strong_share FROM savings_at([0.5, NULL, 0.5]) "
+        "WHERE router = $r AND model = $m ORDER BY threshold NULLS LAST",
+        {"r": ROUTER, "m": MODEL})
+    once = new[(ROUTER, 0.5, MODEL)]
+    assert rows[0] == (0.5, once["samples"], once["quality"], once["strong_share"])
+    assert len(rows) == 2 and rows[1][0] is None and rows[1][3] == pytest.approx(1.0)
+    # The binary search over the thresholds takes up to 1023 distinct ones, and says so.
+    grid = [i / 1022 for i in range(1023)]
+    cols, rows = store.query_table("SELECT threshold, quality, strong_share FROM savings_at($t) "
+                                   "WHERE router = $r AND model = $m AND threshold IN (0.0, 1.0)",
+                                   {"t": grid, "r": ROUTER, "m": MODEL})
+    ends = {r[0]: r for r in rows}
+    assert ends[0.0][2] == pytest.approx(1.0) and ends[1.0] == pytest.approx(
+        (1.0, new[(ROUTER, 1.0, MODEL)]["quality"], new[(ROUTER, 1.0, MODEL)]["strong_share"]))
+    with pytest.raises(duckdb.Error, match="at most 1023 distinct thresholds"):
+        store.con.execute("SELECT * FROM savings_at($t)", {"t": [*grid, 2.0]}).fetchall()
 
 # -- the per-segment guard ----------------------------------------------------------------------
 
