@@ -129,11 +129,21 @@ def incomplete_prompt(messages: Sequence[dict[str, Any]]) -> bool:
     return False
 
 
+_EMPTY: dict[tuple[tuple[str, Any], ...], pl.DataFrame] = {}
+
+
 def frame(rows: list[tuple[Any, ...]], schema: dict[str, Any]) -> pl.DataFrame:
-    """Rows -> a frame, built column by column (about 3x faster than `orient="row"`)."""
+    """Rows -> a frame, built as one typed series per column: half the time of a dict of
+    columns with a schema, a third of `orient="row"`. An empty frame is cleared from one made
+    once per schema (making one from a schema takes 70-300 µs, clearing 2 µs)."""
     if not rows:
-        return pl.DataFrame(schema=schema)
-    return pl.DataFrame(dict(zip(schema, zip(*rows, strict=True), strict=True)), schema=schema)
+        key = tuple(schema.items())
+        empty = _EMPTY.get(key)
+        if empty is None:
+            empty = _EMPTY[key] = pl.DataFrame(schema=schema)
+        return empty.clear()
+    return pl.DataFrame([pl.Series(name, col, dtype=dtype) for (name, dtype), col in
+                         zip(schema.items(), zip(*rows, strict=True), strict=True)])
 
 
 class Ingestor:
@@ -288,7 +298,9 @@ class Ingestor:
             r.cost_usd = frontier_cost(price, r.input_tokens, r.cached_input_tokens,
                                        r.output_tokens)
             r.cost_source = "price_table" if r.cost_usd is not None else None
-        messages_json = orjson.dumps(r.messages)
+        # The decoder's own serialization when it made one (checking the messages can be
+        # stored): the same bytes, written once.
+        messages_json = r.messages_json if r.messages_json is not None else orjson.dumps(r.messages)
         prompt_hash = hashlib.blake2b(messages_json, digest_size=12).hexdigest()
         stratum = stratum_of(r.model, r.tags.get(self.tag))
         reason = self._ineligible(r)

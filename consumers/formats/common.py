@@ -88,11 +88,16 @@ class ChatParams(SamplingParams, gc=False):
 def storable(v: Any, where: str) -> Any:
     """`v` if it can be written back as JSON. msgspec keeps integers beyond 64 bits and nesting
     orjson will not write: say so here, naming the field, rather than fail when storing."""
+    stored_json(v, where)
+    return v
+
+
+def stored_json(v: Any, where: str) -> bytes:
+    """`v` as the JSON that will be stored, or `DecodeError` as `storable` says."""
     try:
-        orjson.dumps(v)
+        return orjson.dumps(v)
     except orjson.JSONEncodeError as e:
         raise DecodeError(f"field {where} cannot be stored as JSON: {e}") from None
-    return v
 
 
 def tool_params(params: dict[str, Any], tools: Any, functions: Any, tool_choice: Any,
