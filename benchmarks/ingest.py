@@ -73,8 +73,13 @@ def per_format(n: int = 5000, rounds: int = 5) -> dict[str, float]:
 # per record of its `Ingestor.process` for each format, one round. Only APIs every version of
 # the tree has, so it measures an older commit as well.
 _MEASURE_TREE = """
-import json, sys, time
+import gc, json, sys, time
 sys.path.insert(0, sys.argv[1])
+try:  # the GC settings the service runs with (`run_loop`), where the tree has them
+    from shadowroute.service import GC_THRESHOLDS
+    gc.collect(); gc.freeze(); gc.set_threshold(*GC_THRESHOLDS)
+except ImportError:
+    pass
 from consumers.ingest import Ingestor
 from consumers.records import RawMessage
 from shadowroute.config import load_config

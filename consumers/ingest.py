@@ -100,7 +100,11 @@ def prompt_chars(messages: Sequence[dict[str, Any]]) -> int:
     """`len(prompt_text(messages))`, without building the text."""
     if not messages:
         return 0
-    return sum(len(message_text(m.get("content"))) for m in messages) + len(messages) - 1
+    n = len(messages) - 1
+    for m in messages:
+        c = m.get("content")
+        n += len(c) if type(c) is str else len(message_text(c))  # str: most contents
+    return n
 
 
 INCOMPLETE_PROMPT = "prompt content incomplete"
@@ -281,6 +285,7 @@ class Ingestor:
             except (RecursionError, orjson.JSONEncodeError):
                 # Content from log records too deep to write: the call still counts.
                 r.messages, r.not_replayable = [], "message content nested too deeply"
+                r.messages_json = None
                 row, sample = self._rows(r, where)
             seen.add(r.request_id)
             req_rows.append(row)
@@ -304,8 +309,9 @@ class Ingestor:
         prompt_hash = hashlib.blake2b(messages_json, digest_size=12).hexdigest()
         stratum = stratum_of(r.model, r.tags.get(self.tag))
         reason = self._ineligible(r)
-        sampled, rate = self.sampler.decide(r.request_id, stratum)
-        sampled = sampled and reason is None
+        # An ineligible request is never sampled: its id is not hashed.
+        sampled, rate = (self.sampler.decide(r.request_id, stratum) if reason is None
+                         else (False, self.sampler.rate(stratum)))
         tags_json = orjson.dumps(r.tags).decode()
         row = (r.request_id, r.ts_ms, msg.topic, msg.partition, msg.offset, r.format, r.provider,
                r.model, r.input_tokens, r.output_tokens, r.cached_input_tokens, r.cost_usd,
