@@ -44,7 +44,6 @@ from consumers.formats.common import (
     Scalar,
     TextChoice,
     Usage,
-    json_errors,
     json_reason,
     message_text,
     normalize_messages,
@@ -157,7 +156,9 @@ def decode(value: bytes, msg: RawMessage) -> Decoded:
         p = _either_decoder.decode(value)
     except Exception:  # noqa: BLE001 - the path below gives the reason
         p = None
-    with json_errors(value, validation_reason):
+    # Errors as `json_errors` maps them, with a `try` (free when nothing is raised) rather than
+    # a context object per record.
+    try:
         if p is not None and p.standard_logging_object is msgspec.UNSET:
             # No wrapper at the top level: what the path below decodes too, key quoted or not.
             return _from_payload(p, msg, "")
@@ -170,6 +171,12 @@ def decode(value: bytes, msg: RawMessage) -> Decoded:
                 if "missing required field `standard_logging_object`" not in str(e):
                     raise
         return _from_payload(_payload_decoder.decode(value), msg, "")
+    except msgspec.ValidationError as e:  # first: a subclass of msgspec.DecodeError
+        raise DecodeError(validation_reason(e)) from None
+    except (msgspec.DecodeError, UnicodeDecodeError) as e:
+        raise DecodeError(json_reason(value, e)) from None
+    except RecursionError:
+        raise DecodeError("JSON nested too deeply") from None
 
 
 def decode_obj(obj: Any, msg: RawMessage) -> Decoded:
