@@ -16,6 +16,10 @@ the same machine load, and prints both with their ratio (`us_per_record_before`)
 
     python benchmarks/ingest.py [--records 200000] [--per-format-only] [--before main]
 
+With `--before REF`, that commit's full ingest runs too (its own code and benchmark script, in a
+fresh process, on the same topic and broker, right before this tree's), and the last line adds
+its `ratio_before`.
+
 `SHADOWROUTE_*` variables apply as they do to the service, e.g. `SHADOWROUTE_STORAGE__WRITER=thread`
 to run DuckDB on a thread instead of in its child process.
 """
@@ -224,6 +228,33 @@ async def ours(bootstrap: str, topic: str, n: int, db: Path) -> float:
     return n / elapsed
 
 
+# Run in a fresh interpreter in a source tree (its cwd): that tree's `ours` on the preloaded
+# topic, under its own consumer group, printing records/s. argv: bootstrap topic n db.
+_OURS_TREE = """
+import sys
+from pathlib import Path
+from benchmarks.ingest import ours
+from shadowroute.service import run_loop
+print(run_loop(ours(sys.argv[1], sys.argv[2], int(sys.argv[3]), Path(sys.argv[4]))))
+"""
+
+
+def ours_of_commit(ref: str, bootstrap: str, topic: str, n: int) -> float:
+    """`ours` as commit `ref` runs it (its benchmark script, its code), on the same topic."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    with tempfile.TemporaryDirectory() as d:
+        archive = subprocess.run(["git", "-C", str(root), "archive", ref], check=True,
+                                 capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", d], input=archive, check=True)
+        env = {**os.environ, "SHADOWROUTE_KAFKA__GROUP_ID": "bench-before"}  # from offset 0
+        got = subprocess.run([sys.executable, "-c", _OURS_TREE, bootstrap, topic, str(n),
+                              str(Path(d) / "before.duckdb")], check=True, capture_output=True,
+                             text=True, cwd=d, env=env)
+        return float(got.stdout.strip().splitlines()[-1])
+
+
 async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--records", type=int, default=200_000)
@@ -260,6 +291,13 @@ async def main() -> None:
         print(f"preloaded {n:,} records ({size / n:,.0f} B avg) in {time.perf_counter() - t0:.1f}s")
         base = await bare(broker.bootstrap, topic, n)
         print(f"bare aiokafka getmany:   {base:>10,.0f} records/s")
+        if args.before:  # the same topic, the same broker, right before this tree's run
+            ing_before = await asyncio.to_thread(ours_of_commit, args.before, broker.bootstrap,
+                                                 topic, n)
+            print(f"shadowroute full ingest at {args.before}: {ing_before:>10,.0f} records/s "
+                  f"(ratio {ing_before / base:.3f})")
+            figures.update(ingest_records_per_s_before=round(ing_before),
+                           ratio_before=round(ing_before / base, 3))
         with tempfile.TemporaryDirectory() as d:
             ing = await ours(broker.bootstrap, topic, n, Path(d) / "bench.duckdb")
         print(f"shadowroute full ingest: {ing:>10,.0f} records/s")
