@@ -9,9 +9,16 @@ The last line printed is one JSON object with `baseline_records_per_s`, `ingest_
 and `ratio` (the goal is ratio >= 0.30, the longer-term one 0.5). The machine is noisy: compare
 the ratio, not the figures. Before the Kafka runs it measures, per format, the CPU time of
 `Ingestor.process` alone (decode, sample, rows; no I/O) over batches of 500 records of that
-format, in µs per record (`us_per_record`: the median of 5 rounds).
+format, in µs per record (`us_per_record`: the median of 5 rounds). With `--before REF` (a git
+commit, branch or tag of this repository) it measures that commit's `Ingestor.process` the same
+way, in rounds alternating with this tree's (each round a fresh process for each), so both see
+the same machine load, and prints both with their ratio (`us_per_record_before`).
 
-    python benchmarks/ingest.py [--records 200000] [--per-format-only]
+    python benchmarks/ingest.py [--records 200000] [--per-format-only] [--before main]
+
+With `--before REF`, that commit's full ingest runs too (its own code and benchmark script, in a
+fresh process, on the same topic and broker, right before this tree's), and the last line adds
+its `ratio_before`.
 
 `SHADOWROUTE_*` variables apply as they do to the service, e.g. `SHADOWROUTE_STORAGE__WRITER=thread`
 to run DuckDB on a thread instead of in its child process.
@@ -64,6 +71,66 @@ def per_format(n: int = 5000, rounds: int = 5) -> dict[str, float]:
             times.append((time.process_time() - t0) / n * 1e6)
         out[fmt] = round(sorted(times)[len(times) // 2], 1)
     return out
+
+
+# Run in a fresh interpreter whose `sys.path` starts with a source tree (argv[1]): the µs of CPU
+# per record of its `Ingestor.process` for each format, one round. Only APIs every version of
+# the tree has, so it measures an older commit as well.
+_MEASURE_TREE = """
+import gc, json, sys, time
+sys.path.insert(0, sys.argv[1])
+try:  # the GC settings the service runs with (`run_loop`), where the tree has them
+    from shadowroute.service import GC_THRESHOLDS
+    gc.collect(); gc.freeze(); gc.set_threshold(*GC_THRESHOLDS)
+except ImportError:
+    pass
+from consumers.ingest import Ingestor
+from consumers.records import RawMessage
+from shadowroute.config import load_config
+from shadowroute.traffic import TrafficGenerator
+n = int(sys.argv[2])
+cfg = load_config(None, env={"SHADOWROUTE_SAMPLING__DEFAULT_RATE": "0.05"})
+out = {}
+for fmt in sys.argv[3:]:
+    values = list(TrafficGenerator(seed=1, formats=(fmt,)).encoded(n))
+    batches = [[RawMessage("bench", 0, i + j, v) for j, v in enumerate(values[i:i + 500])]
+               for i in range(0, n, 500)]
+    ing = Ingestor(cfg)
+    ing.process(batches[0])  # warm caches and lazy imports, as a running service has them
+    ing = Ingestor(cfg)
+    t0 = time.process_time()
+    for b in batches:
+        ing.process(b)
+    out[fmt] = (time.process_time() - t0) / n * 1e6
+print(json.dumps(out))
+"""
+
+
+def per_format_before_after(ref: str, n: int = 5000, rounds: int = 5
+                            ) -> tuple[dict[str, float], dict[str, float]]:
+    """(before, after): µs of CPU per record of `Ingestor.process` per format, of commit `ref`
+    and of this tree, measured in alternating rounds (median of `rounds`)."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    times: dict[str, dict[str, list[float]]] = {"before": {}, "after": {}}
+    with tempfile.TemporaryDirectory() as d:
+        archive = subprocess.run(["git", "-C", str(root), "archive", ref], check=True,
+                                 capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", d], input=archive, check=True)
+        trees = {"before": d, "after": str(root)}
+        for _ in range(rounds):
+            for which, tree in trees.items():
+                got = subprocess.run([sys.executable, "-c", _MEASURE_TREE, tree, str(n), *FORMATS],
+                                     check=True, capture_output=True, text=True, cwd=tree)
+                for fmt, us in json.loads(got.stdout.strip().splitlines()[-1]).items():
+                    times[which].setdefault(fmt, []).append(us)
+
+    def median(xs: list[float]) -> float:
+        return round(sorted(xs)[len(xs) // 2], 1)
+
+    return ({f: median(v) for f, v in times["before"].items()},
+            {f: median(v) for f, v in times["after"].items()})
 
 
 async def preload(bootstrap: str, topic: str, n: int) -> tuple[int, int]:
@@ -161,17 +228,60 @@ async def ours(bootstrap: str, topic: str, n: int, db: Path) -> float:
     return n / elapsed
 
 
+# Run in a fresh interpreter in a source tree (its cwd): that tree's `ours` on the preloaded
+# topic, under its own consumer group, printing records/s. argv: bootstrap topic n db.
+_OURS_TREE = """
+import sys
+from pathlib import Path
+from benchmarks.ingest import ours
+from shadowroute.service import run_loop
+print(run_loop(ours(sys.argv[1], sys.argv[2], int(sys.argv[3]), Path(sys.argv[4]))))
+"""
+
+
+def ours_of_commit(ref: str, bootstrap: str, topic: str, n: int) -> float:
+    """`ours` as commit `ref` runs it (its benchmark script, its code), on the same topic."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    with tempfile.TemporaryDirectory() as d:
+        archive = subprocess.run(["git", "-C", str(root), "archive", ref], check=True,
+                                 capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", d], input=archive, check=True)
+        env = {**os.environ, "SHADOWROUTE_KAFKA__GROUP_ID": "bench-before"}  # from offset 0
+        got = subprocess.run([sys.executable, "-c", _OURS_TREE, bootstrap, topic, str(n),
+                              str(Path(d) / "before.duckdb")], check=True, capture_output=True,
+                             text=True, cwd=d, env=env)
+        return float(got.stdout.strip().splitlines()[-1])
+
+
 async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--records", type=int, default=200_000)
     ap.add_argument("--per-format-only", action="store_true",
                     help="only the per-format µs/record of Ingestor.process (no broker)")
+    ap.add_argument("--before", metavar="REF",
+                    help="also measure Ingestor.process of this git commit (e.g. main), per "
+                         "format, in rounds alternating with this tree's")
     args = ap.parse_args()
-    us = per_format()
-    print("Ingestor.process, µs of CPU per record: "
-          + ", ".join(f"{k} {v:.1f}" for k, v in us.items()))
+    figures: dict[str, object] = {}
+    if args.before:
+        before, us = per_format_before_after(args.before)
+        print(f"Ingestor.process, µs of CPU per record, {args.before} -> this tree "
+              "(median of 5 alternating rounds):")
+        for fmt in FORMATS:
+            print(f"  {fmt:12s} {before[fmt]:7.1f} -> {us[fmt]:7.1f}  "
+                  f"({before[fmt] / us[fmt]:.2f}x)")
+        figures = {"us_per_record_before": before, "before_ref": args.before}
+    else:
+        us = per_format()
+        print("Ingestor.process, µs of CPU per record: "
+              + ", ".join(f"{k} {v:.1f}" for k, v in us.items()))
+    load = os.getloadavg()[0]
+    print(f"load average (1 min): {load:.2f}")
+    figures["load_avg_1m"] = round(load, 2)
     if args.per_format_only:
-        print(json.dumps({"us_per_record": us}))
+        print(json.dumps({"us_per_record": us, **figures}))
         return
     broker = Broker()
     try:
@@ -181,12 +291,19 @@ async def main() -> None:
         print(f"preloaded {n:,} records ({size / n:,.0f} B avg) in {time.perf_counter() - t0:.1f}s")
         base = await bare(broker.bootstrap, topic, n)
         print(f"bare aiokafka getmany:   {base:>10,.0f} records/s")
+        if args.before:  # the same topic, the same broker, right before this tree's run
+            ing_before = await asyncio.to_thread(ours_of_commit, args.before, broker.bootstrap,
+                                                 topic, n)
+            print(f"shadowroute full ingest at {args.before}: {ing_before:>10,.0f} records/s "
+                  f"(ratio {ing_before / base:.3f})")
+            figures.update(ingest_records_per_s_before=round(ing_before),
+                           ratio_before=round(ing_before / base, 3))
         with tempfile.TemporaryDirectory() as d:
             ing = await ours(broker.bootstrap, topic, n, Path(d) / "bench.duckdb")
         print(f"shadowroute full ingest: {ing:>10,.0f} records/s")
         print(json.dumps({"records": n, "avg_record_bytes": round(size / n),
                           "baseline_records_per_s": round(base), "ingest_records_per_s": round(ing),
-                          "ratio": round(ing / base, 3), "us_per_record": us,
+                          "ratio": round(ing / base, 3), "us_per_record": us, **figures,
                           "store_writer": os.environ.get("SHADOWROUTE_STORAGE__WRITER", "process")}))
     finally:
         broker.stop()

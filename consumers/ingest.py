@@ -136,7 +136,11 @@ def prompt_chars(messages: Sequence[dict[str, Any]]) -> int:
     """`len(prompt_text(messages))`, without building the text."""
     if not messages:
         return 0
-    return sum(len(message_text(m.get("content"))) for m in messages) + len(messages) - 1
+    n = len(messages) - 1
+    for m in messages:
+        c = m.get("content")
+        n += len(c) if type(c) is str else len(message_text(c))  # str: most contents
+    return n
 
 
 INCOMPLETE_PROMPT = "prompt content incomplete"
@@ -165,11 +169,21 @@ def incomplete_prompt(messages: Sequence[dict[str, Any]]) -> bool:
     return False
 
 
+_EMPTY: dict[tuple[tuple[str, Any], ...], pl.DataFrame] = {}
+
+
 def frame(rows: list[tuple[Any, ...]], schema: dict[str, Any]) -> pl.DataFrame:
-    """Rows -> a frame, built column by column (about 3x faster than `orient="row"`)."""
+    """Rows -> a frame, built as one typed series per column: half the time of a dict of
+    columns with a schema, a third of `orient="row"`. An empty frame is cleared from one made
+    once per schema (making one from a schema takes 70-300 µs, clearing 2 µs)."""
     if not rows:
-        return pl.DataFrame(schema=schema)
-    return pl.DataFrame(dict(zip(schema, zip(*rows, strict=True), strict=True)), schema=schema)
+        key = tuple(schema.items())
+        empty = _EMPTY.get(key)
+        if empty is None:
+            empty = _EMPTY[key] = pl.DataFrame(schema=schema)
+        return empty.clear()
+    return pl.DataFrame([pl.Series(name, col, dtype=dtype) for (name, dtype), col in
+                         zip(schema.items(), zip(*rows, strict=True), strict=True)])
 
 
 class Ingestor:
@@ -307,6 +321,7 @@ class Ingestor:
             except (RecursionError, orjson.JSONEncodeError):
                 # Content from log records too deep to write: the call still counts.
                 r.messages, r.not_replayable = [], "message content nested too deeply"
+                r.messages_json = None
                 row, sample = self._rows(r, where)
             seen.add(r.request_id)
             req_rows.append(row)
@@ -324,12 +339,15 @@ class Ingestor:
             r.cost_usd = frontier_cost(price, r.input_tokens, r.cached_input_tokens,
                                        r.output_tokens)
             r.cost_source = "price_table" if r.cost_usd is not None else None
-        messages_json = orjson.dumps(r.messages)
+        # The decoder's own serialization when it made one (checking the messages can be
+        # stored): the same bytes, written once.
+        messages_json = r.messages_json if r.messages_json is not None else orjson.dumps(r.messages)
         prompt_hash = hashlib.blake2b(messages_json, digest_size=12).hexdigest()
         stratum = stratum_of(r.model, r.tags.get(self.tag))
         reason = self._ineligible(r)
-        sampled, rate = self.sampler.decide(r.request_id, stratum)
-        sampled = sampled and reason is None
+        # An ineligible request is never sampled: its id is not hashed.
+        sampled, rate = (self.sampler.decide(r.request_id, stratum) if reason is None
+                         else (False, self.sampler.rate(stratum)))
         tags_json = orjson.dumps(r.tags).decode()
         row = (r.request_id, r.ts_ms, msg.topic, msg.partition, msg.offset, r.format, r.provider,
                r.model, r.input_tokens, r.output_tokens, r.cached_input_tokens, r.cost_usd,

@@ -58,6 +58,9 @@ class Request:
     awaits_content: bool = False
     # Set when the log says it could not price the call (its cost field is then None, not 0).
     cost_unknown: str | None = None
+    # `orjson.dumps(messages)` when the decoder already made it (to check they can be stored),
+    # so ingest does not serialize them again; None otherwise.
+    messages_json: bytes | None = None
 
 
 class SpanContent(NamedTuple):

@@ -88,11 +88,16 @@ class ChatParams(SamplingParams, gc=False):
 def storable(v: Any, where: str) -> Any:
     """`v` if it can be written back as JSON. msgspec keeps integers beyond 64 bits and nesting
     orjson will not write: say so here, naming the field, rather than fail when storing."""
+    stored_json(v, where)
+    return v
+
+
+def stored_json(v: Any, where: str) -> bytes:
+    """`v` as the JSON that will be stored, or `DecodeError` as `storable` says."""
     try:
-        orjson.dumps(v)
+        return orjson.dumps(v)
     except orjson.JSONEncodeError as e:
         raise DecodeError(f"field {where} cannot be stored as JSON: {e}") from None
-    return v
 
 
 def tool_params(params: dict[str, Any], tools: Any, functions: Any, tool_choice: Any,
@@ -249,9 +254,16 @@ class json_errors:  # noqa: N801 - used as a `with` statement, like contextlib's
 
 def decode_json_as(decoder: msgspec.json.Decoder[T], value: bytes,
                    reason: Callable[[msgspec.ValidationError], str]) -> T:
-    """`decoder.decode(value)`, its errors raised as `DecodeError` (see `json_errors`)."""
-    with json_errors(value, reason):
+    """`decoder.decode(value)`, its errors raised as `DecodeError` (as `json_errors` does;
+    written out, as a `try` costs nothing when nothing is raised, and this runs per record)."""
+    try:
         return decoder.decode(value)
+    except msgspec.ValidationError as e:  # first: a subclass of msgspec.DecodeError
+        raise DecodeError(reason(e)) from None
+    except (msgspec.DecodeError, UnicodeDecodeError) as e:  # bad UTF-8 in a string
+        raise DecodeError(json_reason(value, e)) from None
+    except RecursionError:
+        raise DecodeError("JSON nested too deeply") from None
 
 
 def convert_as(obj: Any, type_: type[T], reason: Callable[[msgspec.ValidationError], str]) -> T:

@@ -44,12 +44,12 @@ from consumers.formats.common import (
     Scalar,
     TextChoice,
     Usage,
-    json_errors,
     json_reason,
     message_text,
     normalize_messages,
     parse_ts_ms,
     storable,
+    stored_json,
     tool_params,
     whole,
 )
@@ -58,6 +58,7 @@ from consumers.records import Decoded, DecodeError, RawMessage, Request
 FORMAT = "litellm"
 # What LiteLLM writes in place of content when message logging is turned off.
 REDACTED = "redacted-by-litellm"
+_REDACTED_JSON = b'"redacted-by-litellm"'
 
 _NOT_GENERATION = frozenset(
     prefix + base
@@ -155,7 +156,9 @@ def decode(value: bytes, msg: RawMessage) -> Decoded:
         p = _either_decoder.decode(value)
     except Exception:  # noqa: BLE001 - the path below gives the reason
         p = None
-    with json_errors(value, validation_reason):
+    # Errors as `json_errors` maps them, with a `try` (free when nothing is raised) rather than
+    # a context object per record.
+    try:
         if p is not None and p.standard_logging_object is msgspec.UNSET:
             # No wrapper at the top level: what the path below decodes too, key quoted or not.
             return _from_payload(p, msg, "")
@@ -168,6 +171,12 @@ def decode(value: bytes, msg: RawMessage) -> Decoded:
                 if "missing required field `standard_logging_object`" not in str(e):
                     raise
         return _from_payload(_payload_decoder.decode(value), msg, "")
+    except msgspec.ValidationError as e:  # first: a subclass of msgspec.DecodeError
+        raise DecodeError(validation_reason(e)) from None
+    except (msgspec.DecodeError, UnicodeDecodeError) as e:
+        raise DecodeError(json_reason(value, e)) from None
+    except RecursionError:
+        raise DecodeError("JSON nested too deeply") from None
 
 
 def decode_obj(obj: Any, msg: RawMessage) -> Decoded:
@@ -263,7 +272,7 @@ def _from_payload(p: _Payload, msg: RawMessage, where: str) -> Decoded:
     # `openai/gpt-4o` -> `gpt-4o`, so models match the price table and other formats.
     model = p.model.removeprefix(f"{provider}/") or p.model
 
-    messages, not_replayable = _messages(p.messages, where)
+    messages, not_replayable, messages_json = _messages(p.messages, where)
     text = finish = None
     usage = None
     resp = p.response
@@ -337,32 +346,38 @@ def _from_payload(p: _Payload, msg: RawMessage, where: str) -> Decoded:
         tags=_tags(p),
         not_replayable=not_replayable,
         cost_unknown=cost_unknown,
+        messages_json=messages_json,
     )])
 
 
-def _messages(v: Any, where: str) -> tuple[list[dict[str, Any]], str | None]:
-    """The chat messages, and why they cannot be replayed (None if they can)."""
+def _messages(v: Any, where: str) -> tuple[list[dict[str, Any]], str | None, bytes | None]:
+    """The chat messages, why they cannot be replayed (None if they can), and their JSON when
+    it was made (to check they can be stored; ingest then stores these bytes)."""
     if v is None:
-        return [], "LiteLLM logged no messages"
+        return [], "LiteLLM logged no messages", None
     if isinstance(v, str):
         if v == REDACTED:
-            return [], "messages redacted by LiteLLM (turn_off_message_logging)"
+            return [], "messages redacted by LiteLLM (turn_off_message_logging)", None
         # A text completion's prompt.
-        return [{"role": "user", "content": v}], None
+        return [{"role": "user", "content": v}], None, None
     if isinstance(v, dict):
         if "role" not in v:
-            return [], "messages logged as an object, not a list of chat messages"
+            return [], "messages logged as an object, not a list of chat messages", None
         v = [v]
     if not v:
-        return [], "LiteLLM logged an empty message list"
-    messages = normalize_messages(storable(v, where + "messages"), where)
-    if any(m.get("content") == REDACTED for m in messages):
-        return messages, "messages redacted by LiteLLM (turn_off_message_logging)"
-    return messages, None
+        return [], "LiteLLM logged an empty message list", None
+    as_json = stored_json(v, where + "messages")
+    messages = normalize_messages(v, where)
+    # A scan of the JSON (C) rules the redaction out for almost every record.
+    if _REDACTED_JSON in as_json and any(m.get("content") == REDACTED for m in messages):
+        return messages, "messages redacted by LiteLLM (turn_off_message_logging)", as_json
+    return messages, None, as_json
 
 
 def _time_ms(v: float | str | None, name: str, fallback: int | None) -> int:
     """Epoch seconds (LiteLLM's own) or an ISO-8601 string; a time without a zone is UTC."""
+    if type(v) is float and 0.0 <= v < 1e11:  # seconds, as LiteLLM writes: `parse_ts_ms`'s
+        return round(v * 1000)               # result, without its checks for other kinds
     if isinstance(v, str):
         try:
             d = datetime.fromisoformat(v.replace("Z", "+00:00"))
