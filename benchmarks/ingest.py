@@ -87,7 +87,10 @@ except ImportError:
 from consumers.ingest import Ingestor
 from consumers.records import RawMessage
 from shadowroute.config import load_config
-from shadowroute.traffic import TrafficGenerator
+try:  # where the tree keeps the demo's traffic (it moved into shadowroute/demo/)
+    from shadowroute.demo.traffic import TrafficGenerator
+except ImportError:
+    from shadowroute.traffic import TrafficGenerator
 n = int(sys.argv[2])
 cfg = load_config(None, env={"SHADOWROUTE_SAMPLING__DEFAULT_RATE": "0.05"})
 out = {}

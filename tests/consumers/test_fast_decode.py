@@ -29,7 +29,7 @@ from consumers.ingest import (
 from consumers.records import RawMessage, Request
 from consumers.sampling import stratum_of
 from shadowroute.config import Config, load_config
-from shadowroute.traffic import TrafficGenerator
+from shadowroute.demo.traffic import TrafficGenerator
 from tests.consumers.test_litellm import payload
 from tests.consumers.test_mapping import record as mapping_record
 
