@@ -22,12 +22,14 @@ import orjson
 from consumers.formats import litellm, openai_batch, openai_chat, otlp, otlp_logs
 from consumers.formats.common import (
     MAX_TOKENS_SANE,
+    decode_elements,
     json_reason,
     message_text,
     normalize_messages,
     parse_ts_ms,
+    split_many,
 )
-from consumers.records import Decoded, DecodeError, RawMessage, Request, SpanContent
+from consumers.records import Decoded, DecodeError, RawMessage, Request
 
 __all__ = ["Format", "Decoders", "FORMATS", "detect", "decode_openai_chat", "message_text",
            "normalize_messages", "parse_ts_ms", "MAX_TOKENS_SANE", "register"]
@@ -204,37 +206,12 @@ class Decoders:
             return self.formats[actual].decode(value, msg)
 
     def _decode_many(self, value: bytes, msg: RawMessage) -> Decoded:
-        """A JSON array or NDJSON: each element is decoded on its own; one bad element rejects
-        the message (with the element's index), so nothing is half-stored."""
-        try:
-            if value.lstrip()[:1] == b"[":
-                items = orjson.loads(value)
-            else:
-                items = [orjson.loads(line) for line in value.splitlines() if line.strip()]
-        except orjson.JSONDecodeError as e:
-            raise DecodeError(json_reason(value, e)) from None
-        if isinstance(items, dict):
-            items = [items]
-        if not isinstance(items, list):
-            raise DecodeError(f"unrecognised log format (a JSON {type(items).__name__})")
-        if not items:  # else the message would end nowhere: not stored, rejected nor skipped
-            raise DecodeError("empty JSON array: no records")
-        requests: list[Request] = []
-        skipped = 0
-        content: list[SpanContent] = []
-        for i, obj in enumerate(items):
-            try:
-                fmt = self.formats[detect(obj)]
-                if fmt.decode_obj is None:
-                    raise DecodeError(f"format {fmt.name} cannot be nested in an array")
-                out = fmt.decode_obj(obj, msg)
-            except DecodeError as e:
-                raise DecodeError(f"element {i}: {e}") from None
-            if len(items) > 1:
-                for r in out.requests:
-                    if r.request_id == f"{msg.topic}:{msg.partition}:{msg.offset}":
-                        r.request_id += f":{i}"
-            requests.extend(out.requests)
-            skipped += out.skipped
-            content.extend(out.content)
-        return Decoded(requests, skipped, tuple(content))
+        """A JSON array or NDJSON: each element detected and decoded on its own; one bad element
+        rejects the message (with the element's index), so nothing is half-stored."""
+        return decode_elements(split_many(value), msg, self._decode_element)
+
+    def _decode_element(self, obj: Any, msg: RawMessage) -> Decoded:
+        fmt = self.formats[detect(obj)]
+        if fmt.decode_obj is None:
+            raise DecodeError(f"format {fmt.name} cannot be nested in an array")
+        return fmt.decode_obj(obj, msg)

@@ -11,7 +11,7 @@ from typing import Annotated, Any, TypeVar
 import msgspec
 import orjson
 
-from consumers.records import DecodeError
+from consumers.records import Decoded, DecodeError, RawMessage, Request, SpanContent
 
 T = TypeVar("T")
 
@@ -118,37 +118,6 @@ def tool_params(params: dict[str, Any], tools: Any, functions: Any, tool_choice:
         params["tool_choice"] = storable(tool_choice, f"{where}tool_choice")
 
 
-def req_str(obj: dict[str, Any], key: str, where: str) -> str:
-    v = obj.get(key)
-    if v is None:
-        raise DecodeError(f"missing field {where}{key}")
-    if not isinstance(v, str) or not v:
-        raise DecodeError(f"field {where}{key} must be a non-empty string, got {type(v).__name__}")
-    return v
-
-
-def opt_count(obj: dict[str, Any] | None, key: str, where: str) -> int | None:
-    if not obj:
-        return None
-    v = obj.get(key)
-    if v is None:
-        return None
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-        raise DecodeError(f"field {where}{key} must be a count, got {v!r:.40}")
-    if v < 0 or v > MAX_TOKENS_SANE or v != int(v):
-        raise DecodeError(f"field {where}{key} is not a plausible token count: {v!r:.40}")
-    return int(v)
-
-
-def opt_number(obj: dict[str, Any], key: str) -> float | None:
-    v = obj.get(key)
-    if v is None:
-        return None
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-        raise DecodeError(f"field {key} must be a finite non-negative number, got {v!r:.40}")
-    return float(v)
-
-
 def parse_ts_ms(v: Any, fallback_ms: int | None) -> int:
     """Epoch seconds, milliseconds or an ISO-8601 string -> epoch milliseconds."""
     if v is None:
@@ -198,14 +167,6 @@ def message_text(content: Any) -> str:
         return "".join(p.get("text", "") for p in content
                        if isinstance(p, dict) and isinstance(p.get("text", ""), str))
     return ""
-
-
-def tags_of(v: Any) -> dict[str, str]:
-    if v is None:
-        return {}
-    if not isinstance(v, dict):
-        raise DecodeError("field tags must be an object of strings")
-    return {str(k): (x if isinstance(x, str) else str(x)) for k, x in v.items() if x is not None}
 
 
 def json_reason(value: bytes, e: Exception) -> str:
@@ -274,3 +235,51 @@ def convert_as(obj: Any, type_: type[T], reason: Callable[[msgspec.ValidationErr
         raise DecodeError(reason(e)) from None
     except RecursionError:
         raise DecodeError("JSON nested too deeply") from None
+
+
+def split_many(value: bytes) -> list[Any]:
+    """The elements of a message holding a JSON array or NDJSON (the one splitter every format
+    that can arrive batched uses). An NDJSON line that is no JSON is named by its number; an
+    empty array holds nothing to store and is rejected, so every message ends somewhere."""
+    if value.lstrip()[:1] == b"[":
+        try:
+            items = orjson.loads(value)
+        except orjson.JSONDecodeError as e:
+            raise DecodeError(json_reason(value, e)) from None
+        if not isinstance(items, list):  # `[` then garbage is a JSON error, but be sure
+            raise DecodeError(f"expected a JSON array, got {type(items).__name__}")
+    else:
+        items = []
+        for n, line in enumerate(value.splitlines(), 1):
+            if line.strip():
+                try:
+                    items.append(orjson.loads(line))
+                except orjson.JSONDecodeError as e:
+                    raise DecodeError(f"line {n}: {json_reason(line, e)}") from None
+    if not items:
+        raise DecodeError("empty JSON array: no records")
+    return items
+
+
+def decode_elements(items: list[Any], msg: RawMessage,
+                    decode_one: Callable[[Any, RawMessage], Decoded]) -> Decoded:
+    """Each element decoded on its own; one bad element rejects the whole message naming its
+    index (nothing is half-stored), and elements without an id of their own get
+    `topic:partition:offset:i`."""
+    fallback = f"{msg.topic}:{msg.partition}:{msg.offset}"
+    requests: list[Request] = []
+    skipped = 0
+    content: list[SpanContent] = []
+    for i, obj in enumerate(items):
+        try:
+            out = decode_one(obj, msg)
+        except DecodeError as e:
+            raise DecodeError(f"element {i}: {e}") from None
+        if len(items) > 1:
+            for r in out.requests:
+                if r.request_id == fallback:
+                    r.request_id += f":{i}"
+        requests.extend(out.requests)
+        skipped += out.skipped
+        content.extend(out.content)
+    return Decoded(requests, skipped, tuple(content))

@@ -34,7 +34,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
-import orjson
 
 from consumers.formats.common import (
     PARAM_KEYS,
@@ -44,10 +43,12 @@ from consumers.formats.common import (
     Scalar,
     TextChoice,
     Usage,
+    decode_elements,
     json_reason,
     message_text,
     normalize_messages,
     parse_ts_ms,
+    split_many,
     storable,
     stored_json,
     tool_params,
@@ -195,45 +196,10 @@ def decode_obj(obj: Any, msg: RawMessage) -> Decoded:
 
 
 def decode_each(value: bytes, msg: RawMessage, decode_obj: ObjDecoder) -> Decoded:
-    """A JSON array or NDJSON message of one format, each element decoded by `decode_obj`.
-
-    A format fixed per topic gets the whole message, so the JSON formats that can arrive
-    batched use this. As in auto-detection, one bad element rejects the whole message naming its
-    index (nothing is half-stored), and elements without an id get `topic:partition:offset:i`.
-    An empty array holds nothing to store and is rejected, so every message ends somewhere.
-    """
-    if value.lstrip()[:1] == b"[":
-        try:
-            items = orjson.loads(value)
-        except orjson.JSONDecodeError as e:
-            raise DecodeError(json_reason(value, e)) from None
-        if not isinstance(items, list):  # `[` then garbage is a JSON error, but be sure
-            raise DecodeError(f"expected a JSON array, got {type(items).__name__}")
-    else:
-        items = []
-        for n, line in enumerate(value.splitlines(), 1):
-            if line.strip():
-                try:
-                    items.append(orjson.loads(line))
-                except orjson.JSONDecodeError as e:
-                    raise DecodeError(f"line {n}: {json_reason(line, e)}") from None
-    if not items:
-        raise DecodeError("empty JSON array: no records")
-    fallback = f"{msg.topic}:{msg.partition}:{msg.offset}"
-    requests: list[Request] = []
-    skipped = 0
-    for i, obj in enumerate(items):
-        try:
-            out = decode_obj(obj, msg)
-        except DecodeError as e:
-            raise DecodeError(f"element {i}: {e}") from None
-        if len(items) > 1:
-            for r in out.requests:
-                if r.request_id == fallback:
-                    r.request_id += f":{i}"
-        requests.extend(out.requests)
-        skipped += out.skipped
-    return Decoded(requests, skipped)
+    """A JSON array or NDJSON message of one format, each element decoded by `decode_obj` (a
+    format fixed per topic gets the whole message, so the JSON formats that can arrive batched
+    use this); see `split_many` and `decode_elements`."""
+    return decode_elements(split_many(value), msg, decode_obj)
 
 
 def is_many(value: bytes) -> bool:
