@@ -27,6 +27,13 @@ class Metrics:
                              "USD charged to the shadow budget (worst case for attempts of unknown "
                              "fate)",
                              ["model"], registry=r)
+        self.floor_calls = Counter("shadowroute_noise_floor_calls_total",
+                                   "Calls to the frontier model for the noise floor, by model and "
+                                   "outcome (their spend is in shadowroute_shadow_spend_usd_total)",
+                                   ["model", "outcome"], registry=r)
+        self.router_calls = Counter("shadowroute_router_calls_total",
+                                    "Router calls, by router and outcome (ok, error: the sample "
+                                    "got no score from it)", ["router", "outcome"], registry=r)
         self.samples_finished = Counter("shadowroute_samples_finished_total",
                                         "Samples finished, by status", ["status"], registry=r)
         self.pending = Gauge("shadowroute_samples_pending", "Samples waiting for shadow calls",

@@ -164,6 +164,12 @@ class Service:
                 m.reused.labels(c.model).inc()
             if c.spend_usd:
                 m.spend.labels(c.model).inc(c.spend_usd)
+        for c, *_ in res.floor:
+            m.floor_calls.labels(c.model, c.outcome).inc()
+            if c.spend_usd:  # the same budget: the spend metric counts all of it
+                m.spend.labels(c.model).inc(c.spend_usd)
+        for router, _, error in res.router_calls:
+            m.router_calls.labels(router, "ok" if error is None else "error").inc()
 
     def _on_reset(self, reset: OffsetReset) -> None:
         self.metrics.offset_resets.labels(reset.topic, reset.kind).inc()

@@ -341,7 +341,10 @@ def test_metrics_of_the_shadow_stage(tmp_path: Path) -> None:
             svc._on_result(SampleResult("s1", "done", calls=[
                 CallResult("cheap", "4", 10, 0, 1, 0.001, 120.0, None, 1, "ok", "cheap#0", 0.001),
                 CallResult("other", "4", 10, 0, 1, 0.001, 120.0, None, 0, "reused", "o#0", 0.0,
-                           reused_from="s0")]))
+                           reused_from="s0")],
+                router_calls=[("random", 0.01, None), ("ext", 2000.0, "no answer: timeout")],
+                floor=[(CallResult("gpt-4o", "4", 10, 0, 1, 0.01, 300.0, None, 1, "ok",
+                                   "gpt-4o#0", 0.01), "exact_match", "exact_match", 1.0, None)]))
             svc._on_result(SampleResult("s2", "skipped_budget", calls=[
                 CallResult("cheap", None, None, None, None, None, 0.1, "budget", 0, "budget")]))
             svc._on_shed(3)
@@ -359,6 +362,10 @@ def test_metrics_of_the_shadow_stage(tmp_path: Path) -> None:
                  'shadowroute_shadow_calls_total{model="cheap",outcome="budget"} 1.0',
                  'shadowroute_shadow_reused_total{model="other"} 1.0',
                  'shadowroute_shadow_spend_usd_total{model="cheap"} 0.001',
+                 'shadowroute_shadow_spend_usd_total{model="gpt-4o"} 0.01',
+                 'shadowroute_noise_floor_calls_total{model="gpt-4o",outcome="ok"} 1.0',
+                 'shadowroute_router_calls_total{outcome="ok",router="random"} 1.0',
+                 'shadowroute_router_calls_total{outcome="error",router="ext"} 1.0',
                  'shadowroute_shadow_budget_left_usd{window="hour"} 0.75',
                  'shadowroute_shadow_budget_left_usd{window="day"} +Inf',
                  'shadowroute_shadow_budget_spent_usd{window="hour"} 0.25',
