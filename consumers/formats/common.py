@@ -187,36 +187,11 @@ def whole(v: int | float | None, where: str) -> int | None:
     return int(v)
 
 
-class json_errors:  # noqa: N801 - used as a `with` statement, like contextlib's helpers
-    """Within it, decoding `value` with msgspec fails only with `DecodeError`: a type error
-    phrased by `reason`, a JSON error by `json_reason`, deep nesting as such. A class, not a
-    generator context manager: it runs once per message."""
-
-    __slots__ = ("value", "reason")
-
-    def __init__(self, value: bytes, reason: Callable[[msgspec.ValidationError], str]) -> None:
-        self.value = value
-        self.reason = reason
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, typ: type[BaseException] | None, e: BaseException | None,
-                 tb: object) -> None:
-        if typ is None:
-            return
-        if issubclass(typ, msgspec.ValidationError):
-            raise DecodeError(self.reason(e)) from None  # type: ignore[arg-type]
-        if issubclass(typ, (msgspec.DecodeError, UnicodeDecodeError)):  # bad UTF-8 in a string
-            raise DecodeError(json_reason(self.value, e)) from None  # type: ignore[arg-type]
-        if issubclass(typ, RecursionError):
-            raise DecodeError("JSON nested too deeply") from None
-
-
 def decode_json_as(decoder: msgspec.json.Decoder[T], value: bytes,
                    reason: Callable[[msgspec.ValidationError], str]) -> T:
-    """`decoder.decode(value)`, its errors raised as `DecodeError` (as `json_errors` does;
-    written out, as a `try` costs nothing when nothing is raised, and this runs per record)."""
+    """`decoder.decode(value)`, its errors raised as `DecodeError`: a type error phrased by
+    `reason`, a JSON error by `json_reason`, deep nesting as such (a `try`, which costs nothing
+    when nothing is raised: this runs per record)."""
     try:
         return decoder.decode(value)
     except msgspec.ValidationError as e:  # first: a subclass of msgspec.DecodeError

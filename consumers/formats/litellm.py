@@ -157,8 +157,8 @@ def decode(value: bytes, msg: RawMessage) -> Decoded:
         p = _either_decoder.decode(value)
     except Exception:  # noqa: BLE001 - the path below gives the reason
         p = None
-    # Errors as `json_errors` maps them, with a `try` (free when nothing is raised) rather than
-    # a context object per record.
+    # Errors as `decode_json_as` maps them, with a `try` (free when nothing is raised) rather
+    # than a context object per record.
     try:
         if p is not None and p.standard_logging_object is msgspec.UNSET:
             # No wrapper at the top level: what the path below decodes too, key quoted or not.
