@@ -122,8 +122,10 @@ def _cell(v: Any) -> str:
 def sql_cmd(query: str, db: str | None, config: str | None, fmt: str) -> None:
     """Run a read-only SQL QUERY on the DuckDB file (or on the running service).
 
-    Tables: requests, rejected, samples, shadow_calls, scores, router_scores, offsets.
-    Views: savings, strata, sample_outcomes. Example:
+    Tables: requests, rejected, skipped, samples, shadow_calls, shadow_attempts, scores,
+    router_scores, router_calls, noise_floor, offsets, offset_resets. Views: savings,
+    segment_savings, window_savings, strata, sample_outcomes, router_pgr, router_metrics,
+    noise_floor_by_segment, quality_vs_floor. Example:
 
         shadowroute sql "SELECT * FROM savings WHERE router = 'rules' ORDER BY threshold"
     """
