@@ -144,14 +144,14 @@ class ShadowRunner:
         floor = self.floor.get(sample.frontier_model) if self.floor else None
         if floor is not None and self._floor_hash(sid) >= self.floor_share:
             floor = None
-        if len(self.models) == 1 and floor is None:
-            result.calls = [await self.models[0].complete(messages, params, sample_id=sid)]
+        clients = [*self.models, floor] if floor is not None else self.models
+        if len(clients) == 1:
+            calls = [await clients[0].complete(messages, params, sample_id=sid)]
         else:
             calls = list(await asyncio.gather(
-                *(m.complete(messages, params, sample_id=sid)
-                  for m in (*self.models, *((floor,) if floor is not None else ())))))
-            result.calls = calls[:len(self.models)]
-            floor_call = calls[-1] if floor is not None else None
+                *(m.complete(messages, params, sample_id=sid) for m in clients)))
+        result.calls = calls[:len(self.models)]
+        floor_call = calls[-1] if floor is not None else None
         scorer_name = sample.scorer
         if self.fit_scorers is not None and self.scoring.wants_fit(scorer_name, reference):
             await self.fit_scorers()
@@ -160,7 +160,7 @@ class ShadowRunner:
                 used, value, failure = self.scoring.score(
                     scorer_name, c.answer or "", reference, tags.get(self.score_tag))
                 result.scores.append((c.model, scorer_name, value, used, failure))
-        if floor is not None and floor_call is not None:
+        if floor_call is not None:
             # The frontier against itself, by the same scorer: the noise floor.
             used, value, failure = (self.scoring.score(
                 scorer_name, floor_call.answer or "", reference, tags.get(self.score_tag))
