@@ -79,6 +79,7 @@ from shadowroute.service import run_loop  # noqa: E402
 
 CHOSEN = "aiohttp"
 RSS_BLOCK = 10_000
+RAMP_S = 0.5  # ShadowRunner's default: its workers start spread over this long
 
 
 class HttpxClient:
@@ -194,6 +195,15 @@ async def shadow_run(client_name: str, url: str, n: int, in_flight: int, db: Pat
         child0 = proc_cpu_s(child) if child else 0.0
         cpu0, t0 = time.process_time(), time.perf_counter()
         task = asyncio.create_task(runner.run())
+        lags: list[float] = []  # how late a 5 ms sleep wakes: the event loop's stalls
+
+        async def watch_loop() -> None:
+            while True:
+                t = time.perf_counter()
+                await asyncio.sleep(0.005)
+                lags.append((time.perf_counter() - t) * 1000 - 5)
+
+        watcher = asyncio.create_task(watch_loop())
 
         async def all_written() -> bool:
             return runner.completed >= n
@@ -203,6 +213,7 @@ async def shadow_run(client_name: str, url: str, n: int, in_flight: int, db: Pat
         wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
         store_cpu = proc_cpu_s(child) - child0 if child else 0.0
         rss.append(memory())
+        watcher.cancel()
         await runner.stop()
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
@@ -212,6 +223,49 @@ async def shadow_run(client_name: str, url: str, n: int, in_flight: int, db: Pat
     store.close()
     if done != n:
         raise SystemExit(f"{client_name}: only {done} of {n} calls succeeded")
+    out = figures(latencies, n, in_flight, latency_s, wall, cpu, store_cpu, rss)
+    lags.sort()
+    out["loop_lag_p99_ms"] = round(lags[int(len(lags) * 0.99)], 1)
+    out["loop_lag_max_ms"] = round(lags[-1], 1)
+    return out
+
+
+async def bare_run(url: str, n: int, in_flight: int, latency_s: float, ramp_s: float
+                         ) -> dict[str, Any]:
+    """The baseline: the same calls with aiohttp alone (one session, `in_flight` tasks started
+    over `ramp_s` as the runner's workers are, the body built and the answer parsed with orjson),
+    no shadow stage around it: what the library costs here, today, on this machine's load."""
+    import aiohttp
+    import orjson
+    body = orjson.dumps({"model": "tiny", "messages": [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "What is 1 + 1? Reply with the number only."}],
+        "temperature": 0, "stream": False, "max_tokens": 64})
+    headers = {"Content-Type": "application/json"}
+    timeout = aiohttp.ClientTimeout(total=60)
+    latencies: list[tuple[float, float]] = []
+    left = [n]
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(
+            limit=in_flight, limit_per_host=0)) as session:
+        async def worker(delay: float) -> None:
+            await asyncio.sleep(delay)
+            while left[0] > 0:
+                left[0] -= 1
+                t = time.perf_counter()
+                async with session.post(url + "/chat/completions", data=body, headers=headers,
+                                        timeout=timeout) as r:
+                    orjson.loads(await r.read())
+                now = time.perf_counter()
+                latencies.append((now, (now - t) * 1000))
+
+        cpu0, t0 = time.process_time(), time.perf_counter()
+        await asyncio.gather(*(worker(i * ramp_s / in_flight) for i in range(in_flight)))
+        wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    return figures(latencies, n, in_flight, latency_s, wall, cpu, 0.0, [rss_mb(os.getpid())] * 2)
+
+
+def figures(latencies: list[tuple[float, float]], n: int, in_flight: int, latency_s: float,
+            wall: float, cpu: float, store_cpu: float, rss: list[float]) -> dict[str, Any]:
     latencies.sort()
     finished = [t for t, _ in latencies]
     lat = latency_s * 1000
@@ -238,6 +292,11 @@ async def shadow_run(client_name: str, url: str, n: int, in_flight: int, db: Pat
 def one(args: argparse.Namespace) -> None:
     """Child mode: one client's run, its figures as the last line."""
     raise_fd_limit()
+    if args.one == "bare":
+        out = run_loop(bare_run(args.url, args.calls, args.in_flight, args.latency_ms / 1000,
+                                RAMP_S))
+        print(json.dumps(out))
+        return
     with tempfile.TemporaryDirectory() as tmp:
         out = run_loop(shadow_run(args.one, args.url, args.calls, args.in_flight,
                                   Path(tmp) / "bench.duckdb", args.latency_ms / 1000,
@@ -284,6 +343,17 @@ def main() -> None:
             print(f"{name}: {f['calls']} calls, {f['calls_per_s']} calls/s, "
                   f"{f['cpu_ms_per_call']} ms CPU/call, p99 +{f['p99_overhead_ms']} ms, "
                   f"RSS x{f['rss_ratio']} ({f['rss_mb']} MB)", flush=True)
+        # The baseline, in the same run: aiohttp alone, the same calls, no shadow stage.
+        cmd = [sys.executable, __file__, "--one", "bare", "--url", url, "--calls",
+               str(args.calls), "--in-flight", str(args.in_flight), "--latency-ms",
+               str(args.latency_ms)]
+        r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+        if r.returncode != 0:
+            raise SystemExit(f"bare aiohttp: run failed:\n{r.stderr[-2000:]}{r.stdout[-500:]}")
+        bare = json.loads(r.stdout.strip().splitlines()[-1])
+        print(f"baseline, aiohttp alone: {bare['calls']} calls, {bare['calls_per_s']} calls/s, "
+              f"{bare['cpu_ms_per_call']} ms CPU/call, p99 +{bare['p99_overhead_ms']} ms",
+              flush=True)
     finally:
         proc.terminate()
         proc.wait(10)
@@ -294,6 +364,7 @@ def main() -> None:
                 "cpus": os.cpu_count()})
     for name in others:
         out[name] = results[name]
+    out["baseline_aiohttp_alone"] = bare
     print(json.dumps(out))
 
 
