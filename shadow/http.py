@@ -270,6 +270,8 @@ class AiohttpClient:
             resp.close()
             raise ResponseTooLarge(f"response of {n} bytes is over the "
                                    f"{cap}-byte cap (shadow.max_response_bytes)")
+        if n is not None and "content-encoding" not in resp.headers:
+            return await resp.read()  # a known length within the cap: read in one go
         chunks: list[bytes] = []
         size = 0
         while chunk := await resp.content.readany():
