@@ -34,11 +34,21 @@ ATTEMPTS_SCHEMA: dict[str, Any] = {
     "error": pl.Utf8}
 
 
+JUDGE_CALLS_SCHEMA: dict[str, Any] = {
+    "sample_id": pl.Utf8, "model": pl.Utf8, "judge": pl.Utf8, "mode": pl.Utf8,
+    "position": pl.Utf8, "template": pl.Utf8, "output": pl.Utf8, "grade": pl.Float64,
+    "verdict": pl.Utf8, "parse_error": pl.Utf8, "candidate_chars": pl.Int64,
+    "reference_chars": pl.Int64, "input_tokens": pl.Int64, "output_tokens": pl.Int64,
+    "cost_usd": pl.Float64, "spend_usd": pl.Float64, "latency_ms": pl.Float64,
+    "error": pl.Utf8, "outcome": pl.Utf8, "attempts": pl.Int32}
+
+
 def _attempt_rows(results: Sequence[SampleResult]) -> list[tuple[Any, ...]]:
     return [(a.attempt_id, a.sample_id, a.model, a.attempt, a.deployment, a.outcome,
              a.spend_usd, a.latency_ms, a.error)
             for r in results
-            for a in (*(a for c in (*r.calls, *(f[0] for f in r.floor)) for a in c.attempt_log),
+            for a in (*(a for c in (*r.calls, *(f[0] for f in r.floor),
+                                    *(j.call for j in r.judge_calls)) for a in c.attempt_log),
                       *r.attempts)]
 
 
@@ -71,6 +81,12 @@ def results_to_frames(results: Sequence[SampleResult]) -> dict[str, pl.DataFrame
             [(r.sample_id, r.status, r.skip_reason) for r in results if r.status != "pending"],
             FINISHED_SCHEMA),
         "batch_attempts": frame(_attempt_rows(results), ATTEMPTS_SCHEMA),
+        "batch_judge_calls": frame(
+            [(r.sample_id, j.model, j.judge, j.mode, j.position, j.template, j.call.answer,
+              j.grade, j.verdict, j.parse_error, j.candidate_chars, j.reference_chars,
+              j.call.input_tokens, j.call.output_tokens, j.call.cost_usd, j.call.spend_usd,
+              j.call.latency_ms, j.call.error, j.call.outcome, j.call.attempts)
+             for r in results for j in r.judge_calls], JUDGE_CALLS_SCHEMA),
     }
 
 

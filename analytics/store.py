@@ -284,7 +284,8 @@ class Store:
                             ("batch_shadow_calls", "insert_shadow_calls" + suffix),
                             ("batch_scores", "insert_scores" + suffix),
                             ("batch_finished", "finish_samples"),
-                            ("batch_attempts", "insert_shadow_attempts" + suffix)):
+                            ("batch_attempts", "insert_shadow_attempts" + suffix),
+                            ("batch_judge_calls", "insert_judge_calls" + suffix)):
                 if name in frames:
                     con.execute(sql.query(q)).fetchall()
 

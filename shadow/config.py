@@ -12,7 +12,7 @@ import types
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from consumers.config import check_at_least, check_positive, check_rate
+from consumers.config import check_at_least, check_choice, check_positive, check_rate
 from consumers.errors import ConfigError
 
 MAX_TOKENS_FIELDS = ("max_tokens", "max_completion_tokens")
@@ -154,6 +154,33 @@ class NoiseFloorConfig:
     room in the same budget; identical replays are never reused for them."""
 
 
+JUDGE_MODES = ("grade", "pairwise", "both")
+
+
+@dataclass(frozen=True)
+class JudgeConfig:
+    """The LLM judge (`shadow.judge`): scores the samples whose scorer is `judge`."""
+
+    model: ModelConfig
+    """The judge model, configured as a cheap model is (`[shadow.judge.model]`: endpoint, key,
+    prices, limits, deployments); its calls take room in the same hard budget."""
+    mode: str = "grade"
+    """`grade`: a 1-10 grade against the frontier answer as reference; `pairwise`: which of the
+    two answers is better, asked in both orders; `both`: the grade scores, the pairwise verdicts
+    measure the judge's position and length biases (three calls per answer)."""
+    prefilter: str = "exact_match"
+    """A deterministic scorer asked first: an answer it scores at least `accept_at` is good
+    without the judge (empty: every answer goes to the judge)."""
+    accept_at: float = 1.0
+    """The prefilter's score at which the judge is not asked."""
+    max_chars: int = 8000
+    """Longest request, reference or answer text put in a judge prompt; longer ones are cut,
+    saying so (bounds what one judge call can cost)."""
+    allow_candidate: bool = False
+    """Allow a judge that is also one of the cheap candidates (models favour their own answers,
+    so it is refused unless set)."""
+
+
 @dataclass(frozen=True)
 class ShadowConfig:
     concurrency: int = 8
@@ -200,6 +227,8 @@ class ShadowConfig:
     sent and not retried."""
     noise_floor: NoiseFloorConfig = field(default_factory=NoiseFloorConfig)
     """The frontier model re-asked on a share of samples (Diffy's noise floor)."""
+    judge: JudgeConfig | None = None
+    """The LLM judge (`[shadow.judge]`), for samples scored by `judge`."""
 
 
 @dataclass(frozen=True)
@@ -249,6 +278,28 @@ def check_shadow(sh: ShadowConfig, key: str = "shadow") -> None:
     check_models(sh.models, f"{key}.models")
     check_rate(f"{key}.noise_floor.share", sh.noise_floor.share)
     check_models(sh.noise_floor.models, f"{key}.noise_floor.models")
+    if sh.judge is not None:
+        check_judge_endpoint(sh.judge, sh.models, f"{key}.judge")
+
+
+def check_judge_endpoint(j: JudgeConfig, candidates: tuple[ModelConfig, ...], key: str) -> None:
+    """The judge's own values, and that it is not one of the candidates it judges."""
+    check_choice(f"{key}.mode", j.mode, JUDGE_MODES)
+    check_at_least(f"{key}.max_chars", j.max_chars, 100)
+    check_rate(f"{key}.accept_at", j.accept_at)
+    check_models((j.model,), f"{key}.model")
+    if j.allow_candidate:
+        return
+    mine = {_endpoint(d) for d in j.model.resolved_deployments()}
+    for m in candidates:
+        if m.name == j.model.name or mine & {_endpoint(d) for d in m.resolved_deployments()}:
+            raise ConfigError(f"{key}.model", f"is also the candidate model {m.name!r}: a model "
+                              "judging its own answers favours them (set "
+                              f"{key}.allow_candidate = true to allow it)")
+
+
+def _endpoint(d: DeploymentConfig) -> tuple[str, str]:
+    return d.base_url.rstrip("/"), d.model
 
 
 def check_models(models: tuple[ModelConfig, ...], key: str) -> None:

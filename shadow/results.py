@@ -65,6 +65,24 @@ class CallResult:
     attempt_log: list[Attempt] = field(default_factory=list)
 
 
+@dataclass
+class JudgeCall:
+    """One question to the LLM judge about one cheap answer (`shadow.judge`)."""
+
+    model: str
+    """The model whose answer was judged (a cheap model, or the frontier's noise-floor call)."""
+    judge: str
+    mode: str  # grade | pairwise
+    position: str | None  # pairwise: where the judged answer stood, cheap_first | cheap_second
+    template: str  # the prompt template's version
+    call: CallResult  # the judge model's call: its raw output is `call.answer`
+    grade: float | None = None  # grade: 1-10
+    verdict: str | None = None  # pairwise, for the judged answer: cheap | frontier | tie
+    parse_error: str | None = None
+    candidate_chars: int = 0
+    reference_chars: int = 0
+
+
 SAMPLE_STATUSES = ("pending", "done", "skipped_budget", "skipped_unavailable", "skipped_failed",
                    "skipped_shed", "skipped_tools", "skipped_no_models", "skipped_error")
 
@@ -87,3 +105,5 @@ class SampleResult:
     # The noise floor: (the frontier model's call, scorer, scorer used, value, failure) when the
     # sample's frontier model was asked again.
     floor: list[tuple[CallResult, str, str, float | None, str | None]] = field(default_factory=list)
+    # Every call to the LLM judge about this sample's answers (its floor answer's included).
+    judge_calls: list[JudgeCall] = field(default_factory=list)

@@ -36,9 +36,10 @@ from typing import Protocol
 from consumers.ingest import prompt_text
 from consumers.sampling import UnitHash
 from shadow.client import ModelClient
-from shadow.results import Attempt, PendingSample, SampleResult
+from shadow.judge import Judge
+from shadow.results import Attempt, CallResult, PendingSample, SampleResult
 from shadow.routers import RouteInput, Router
-from shadow.scorers import Scoring
+from shadow.scorers import JUDGE, Scoring
 
 log = logging.getLogger("shadowroute.shadow")
 
@@ -68,9 +69,10 @@ class ShadowRunner:
                  ramp_s: float = 0.5, scoring: Scoring | None = None,
                  score_tag: str = "feature",
                  fit_scorers: Callable[[], Awaitable[None]] | None = None,
-                 floor: Mapping[str, ModelClient] | None = None, floor_share: float = 0.0
-                 ) -> None:
+                 floor: Mapping[str, ModelClient] | None = None, floor_share: float = 0.0,
+                 judge: Judge | None = None) -> None:
         self.sink = sink
+        self.judge = judge  # scores the samples whose scorer is `judge`
         # The noise floor: frontier model name -> its client, asked again on `floor_share` of
         # the samples (by a hash of the sample id, so a sample resumed after a restart is the
         # same choice).
@@ -155,17 +157,18 @@ class ShadowRunner:
         scorer_name = sample.scorer
         if self.fit_scorers is not None and self.scoring.wants_fit(scorer_name, reference):
             await self.fit_scorers()
-        for c in result.calls:
-            if c.error is None:
-                used, value, failure = self.scoring.score(
-                    scorer_name, c.answer or "", reference, tags.get(self.score_tag))
+        answered = [c for c in result.calls if c.error is None]
+        # The frontier against itself, by the same scorer: the noise floor.
+        if floor_call is not None and floor_call.error is None:
+            answered.append(floor_call)
+        scored = await asyncio.gather(*(self._score(sample, c, result) for c in answered))
+        for c, (used, value, failure) in zip(answered, scored, strict=True):
+            if c is floor_call:
+                result.floor = [(c, scorer_name, used, value, failure)]
+            else:
                 result.scores.append((c.model, scorer_name, value, used, failure))
-        if floor_call is not None:
-            # The frontier against itself, by the same scorer: the noise floor.
-            used, value, failure = (self.scoring.score(
-                scorer_name, floor_call.answer or "", reference, tags.get(self.score_tag))
-                if floor_call.error is None else (scorer_name, None, None))
-            result.floor = [(floor_call, scorer_name, used, value, failure)]
+        if floor_call is not None and floor_call.error is not None:
+            result.floor = [(floor_call, scorer_name, scorer_name, None, None)]
         if all(c.error is not None for c in result.calls):
             outcomes = {c.outcome for c in result.calls}
             result.status = ("skipped_budget" if outcomes == {"budget"} else
@@ -173,6 +176,19 @@ class ShadowRunner:
                              "skipped_failed")
             result.skip_reason = "; ".join(f"{c.model}: {c.error}" for c in result.calls)[:500]
         return result
+
+    async def _score(self, sample: PendingSample, call: CallResult, result: SampleResult
+                     ) -> tuple[str, float | None, str | None]:
+        """(scorer used, value, failure) of one answer, by the sample's scorer: the LLM judge's
+        calls (when it is the scorer) join the result."""
+        answer, reference = call.answer or "", sample.response_text
+        if self.judge is not None and self.scoring.pick(sample.scorer, reference) == JUDGE:
+            j = await self.judge.judge(sample.messages, reference, answer, model=call.model,
+                                       sample_id=sample.sample_id)
+            result.judge_calls.extend(j.calls)
+            return j.used, j.value, j.failure
+        return self.scoring.score(sample.scorer, answer, reference,
+                                  sample.tags.get(self.score_tag))
 
     def _router_state(self, name: str, sid: str, error: str | None) -> None:
         """One log line when a router starts failing and one when it answers again (every
@@ -367,7 +383,9 @@ class ShadowRunner:
         for t in list(self._tasks):
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        cancelled = [a for m in self.models for a in m.take_cancelled()]
+        clients = [*self.models, *self.floor.values(),
+                   *((self.judge.client,) if self.judge is not None else ())]
+        cancelled = [a for m in clients for a in m.take_cancelled()]
         if cancelled:
             log.warning("stopping: %d samples cut short after %.1f s; %d attempts in flight "
                         "recorded at their worst-case cost ($%.6f)", max(cut, 0), grace_s,

@@ -296,7 +296,8 @@ SCORERS: dict[str, Scorer] = {
 }
 AUTO = "auto"
 TFIDF = "tfidf_cosine"
-OPEN_ENDED = ("token_f1", "rouge_l", "contains", TFIDF)
+JUDGE = "judge"  # the LLM judge (`shadow.judge`): scored by the runner, not here
+OPEN_ENDED = ("token_f1", "rouge_l", "contains", TFIDF, JUDGE)
 
 
 class TfidfCosine:
@@ -364,14 +365,20 @@ class Scoring:
         """Whether scoring with `name` needs the fitted scorer, and it is not fitted yet."""
         if self.tfidf.fitted:
             return False
-        return (pick(reference, self.open_ended) if name == AUTO else name) == TFIDF
+        return self.pick(name, reference) == TFIDF
+
+    def pick(self, name: str, reference: str) -> str:
+        """The scorer `name` means for this frontier answer (`auto` picks from it)."""
+        return pick(reference, self.open_ended) if name == AUTO else name
 
     def score(self, name: str, candidate: str, reference: str, segment: str | None = None
               ) -> tuple[str, float | None, str | None]:
         """(scorer used, value, failure): `auto` picks from the reference; a scorer that cannot
         judge the pair gives no value and its reason."""
-        used = pick(reference, self.open_ended) if name == AUTO else name
+        used = self.pick(name, reference)
         try:
+            if used == JUDGE:  # the runner asks the judge; here only without one configured
+                raise ScoreFailed("judge: no LLM judge is configured (shadow.judge)")
             if used == TFIDF:
                 value = self.tfidf(candidate, reference, segment)
             else:
@@ -385,7 +392,7 @@ class Scoring:
 
 def names() -> list[str]:
     """Every scorer name a config may use (besides `json_match:<paths>`)."""
-    return sorted([AUTO, TFIDF, *SCORERS])
+    return sorted([AUTO, TFIDF, JUDGE, *SCORERS])
 
 
 def resolve(name: str) -> Scorer:
@@ -398,7 +405,7 @@ def resolve(name: str) -> Scorer:
 
 
 def known(name: str) -> bool:
-    return name in (AUTO, TFIDF) or name in SCORERS or (name.startswith("json_match:")
+    return name in (AUTO, TFIDF, JUDGE) or name in SCORERS or (name.startswith("json_match:")
                                                and bool(name.split(":", 1)[1].strip()))
 
 

@@ -50,11 +50,13 @@ from consumers.formats.mapping import check_formats
 from shadow.config import (
     BudgetConfig,
     DeploymentConfig,
+    JudgeConfig,
     ModelConfig,
     ScoringConfig,
     ShadowConfig,
     check_shadow,
 )
+from shadow.judge import check_judge
 from shadow.routers import (
     HttpRouterConfig,
     RandomRouterConfig,
@@ -67,7 +69,8 @@ from shadow.scorers import check_scoring
 # The sections' types live with their stages; they are named here too, as the one place a
 # reader (or a test) finds every part of the configuration.
 __all__ = ["BudgetConfig", "Config", "ConfigError", "DeploymentConfig", "FormatsConfig",
-           "GateConfig", "HttpRouterConfig", "KafkaConfig", "MappingConfig", "ModelConfig", "Price",
+           "GateConfig", "HttpRouterConfig", "JudgeConfig", "KafkaConfig", "MappingConfig",
+           "ModelConfig", "Price",
            "RandomRouterConfig", "RouterConfig", "RulesRouterConfig", "SamplingConfig",
            "ScoringConfig", "ServerConfig", "ShadowConfig", "StorageConfig", "api_token",
            "is_loopback", "load_config", "secret_from_env"]
@@ -235,6 +238,10 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
 def _convert(tp: Any, value: Any, key: str) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType) and type(None) in args:
+        # An optional section (`X | None`): present in the file means set; absent keeps None.
+        (inner,) = (a for a in args if a is not type(None))
+        return _convert(inner, value, key)
     if dataclasses.is_dataclass(tp):
         if isinstance(tp, type) and hasattr(tp, "kinds") and isinstance(value, dict):
             return _build(_kind_type(tp, value, key), value, key)
@@ -296,6 +303,7 @@ def _validate(cfg: Config) -> None:
     check_shadow(cfg.shadow)
     check_routers(cfg.routers)
     check_scoring(cfg.scoring)
+    check_judge(cfg.shadow, cfg.scoring)
     check_prices(cfg.prices)
     check_server(cfg.server)
     check_gate(cfg.gate)

@@ -31,6 +31,11 @@ class Metrics:
                                    "Calls to the frontier model for the noise floor, by model and "
                                    "outcome (their spend is in shadowroute_shadow_spend_usd_total)",
                                    ["model", "outcome"], registry=r)
+        self.judge_calls = Counter("shadowroute_judge_calls_total",
+                                   "Calls to the LLM judge, by judge, mode (grade, pairwise) and "
+                                   "result (ok, unparseable, or the call's outcome); their spend "
+                                   "is in shadowroute_shadow_spend_usd_total under the judge's name",
+                                   ["judge", "mode", "result"], registry=r)
         self.router_calls = Counter("shadowroute_router_calls_total",
                                     "Router calls, by router and outcome (ok, error: the sample "
                                     "got no score from it)", ["router", "outcome"], registry=r)

@@ -37,6 +37,7 @@ from consumers.records import OffsetReset, RawMessage
 from shadow.budget import Budget
 from shadow.client import ModelClient
 from shadow.http import HttpClient, make_http
+from shadow.judge import Judge
 from shadow.routers import RouterContext, build_routers
 from shadow.runner import SampleResult, ShadowRunner
 from shadow.scorers import TFIDF, Scoring, TfidfCosine
@@ -168,6 +169,11 @@ class Service:
             m.floor_calls.labels(c.model, c.outcome).inc()
             if c.spend_usd:  # the same budget: the spend metric counts all of it
                 m.spend.labels(c.model).inc(c.spend_usd)
+        for j in res.judge_calls:
+            result = j.call.outcome if j.call.error else "unparseable" if j.parse_error else "ok"
+            m.judge_calls.labels(j.judge, j.mode, result).inc()
+            if j.call.spend_usd:
+                m.spend.labels(j.judge).inc(j.call.spend_usd)
         for router, _, error in res.router_calls:
             m.router_calls.labels(router, "ok" if error is None else "error").inc()
 
@@ -344,9 +350,13 @@ class Service:
         floor_shadow = dataclasses.replace(sh, reuse_window_s=0.0)
         floor = {m.name: ModelClient.from_config(m, floor_shadow, self.http, self.budget)
                  for m in sh.noise_floor.models}
+        # The judge: the same client, limits, retries and budget as the cheap models.
+        judge = (None if sh.judge is None else
+                 Judge(sh.judge, ModelClient.from_config(sh.judge.model, sh, self.http,
+                                                         self.budget)))
         routers = build_routers(self.cfg.routers, RouterContext(self.http))
         self.runner = ShadowRunner(self.store, routers, models, floor=floor,
-                                   floor_share=sh.noise_floor.share,
+                                   floor_share=sh.noise_floor.share, judge=judge,
                                    concurrency=sh.concurrency, on_result=self._on_result,
                                    replay_tools=sh.replay_tools, max_queue=sh.max_queue,
                                    on_shed=self._on_shed, scoring=self.scoring,

@@ -91,6 +91,16 @@ INSERT OR IGNORE INTO shadow_calls BY NAME SELECT * FROM batch_shadow_calls;
 -- name: insert_shadow_attempts
 INSERT INTO shadow_attempts BY NAME SELECT * FROM batch_attempts;
 
+-- name: insert_judge_calls
+INSERT INTO judge_calls BY NAME SELECT * FROM batch_judge_calls;
+
+-- name: insert_judge_calls_ignore_known
+-- The same write again after it committed: only the answers whose judge calls are not stored.
+INSERT INTO judge_calls BY NAME
+SELECT * FROM batch_judge_calls b
+WHERE NOT EXISTS (SELECT 1 FROM judge_calls j
+                  WHERE j.sample_id = b.sample_id AND j.model = b.model AND j.judge = b.judge);
+
 -- name: insert_shadow_attempts_ignore_known
 INSERT OR IGNORE INTO shadow_attempts BY NAME SELECT * FROM batch_attempts;
 
@@ -154,7 +164,8 @@ SELECT greatest(0, epoch(current_timestamp::TIMESTAMP)
                    - epoch(date_trunc('minute', called_at)) - 60) AS age_s,
        sum(coalesce(spend_usd, cost_usd, 0)) AS usd
 FROM (SELECT called_at, spend_usd, cost_usd FROM shadow_calls
-      UNION ALL SELECT called_at, spend_usd, cost_usd FROM noise_floor)  -- floor calls: same budget
+      UNION ALL SELECT called_at, spend_usd, cost_usd FROM noise_floor   -- floor calls and
+      UNION ALL SELECT called_at, spend_usd, cost_usd FROM judge_calls)  -- judge calls: same budget
 WHERE called_at > current_timestamp::TIMESTAMP - INTERVAL 1 DAY
 GROUP BY date_trunc('minute', called_at)
 UNION ALL
@@ -163,7 +174,8 @@ FROM (
     SELECT r.leased,
            (SELECT coalesce(sum(coalesce(c.spend_usd, c.cost_usd, 0)), 0)
             FROM (SELECT called_at, spend_usd, cost_usd FROM shadow_calls
-                  UNION ALL SELECT called_at, spend_usd, cost_usd FROM noise_floor) c
+                  UNION ALL SELECT called_at, spend_usd, cost_usd FROM noise_floor
+                  UNION ALL SELECT called_at, spend_usd, cost_usd FROM judge_calls) c
             WHERE c.called_at >= r.first_ts
               AND (r.next_first IS NULL OR c.called_at < r.next_first)) AS written
     FROM (SELECT sum(nano) / 1e9 AS leased, min(ts) AS first_ts, max(ts) AS last_ts,

@@ -673,3 +673,108 @@ WITH q AS (
 SELECT q.stratum, q.model, q.n, q.quality, f.floor_n, f.floor,
        CASE WHEN f.floor > 0 THEN least(1.0, q.quality / f.floor) END AS quality_vs_floor
 FROM q LEFT JOIN f USING (stratum);
+
+-- name: schema_90_judge_calls
+-- Every question to the LLM judge (`shadow.judge`): which answer (sample, model) it judged, how
+-- (`grade`, or `pairwise` with the judged answer's position), the prompt template's version,
+-- the judge's raw output, what was parsed from it (a 1-10 grade, or the verdict for the judged
+-- answer: cheap | frontier | tie) or why nothing could be, and the call's cost. The score the
+-- judge gave is in `scores` (scorer `judge`); a call that failed (`error`: budget, endpoint
+-- down) or could not be parsed gives no score there.
+--   SELECT judge, mode, count(*), count(parse_error), sum(spend_usd) FROM judge_calls GROUP BY ALL
+CREATE TABLE IF NOT EXISTS judge_calls (
+    sample_id       VARCHAR NOT NULL,
+    model           VARCHAR NOT NULL,   -- whose answer was judged
+    judge           VARCHAR NOT NULL,
+    mode            VARCHAR NOT NULL,   -- grade | pairwise
+    position        VARCHAR,            -- pairwise: cheap_first | cheap_second
+    template        VARCHAR NOT NULL,
+    output          VARCHAR,            -- the judge's raw output
+    grade           DOUBLE,
+    verdict         VARCHAR,
+    parse_error     VARCHAR,
+    candidate_chars BIGINT,
+    reference_chars BIGINT,
+    input_tokens    BIGINT,
+    output_tokens   BIGINT,
+    cost_usd        DOUBLE,
+    spend_usd       DOUBLE,             -- what the shadow budget was charged for it
+    latency_ms      DOUBLE,
+    error           VARCHAR,
+    outcome         VARCHAR,
+    attempts        INTEGER,
+    called_at       TIMESTAMP DEFAULT current_timestamp
+);
+
+-- name: schema_91_judge_summary
+-- Per judge and way of asking: calls, what they gave, and their spend (shown apart from the
+-- cheap models' spend, which `shadow_calls` holds; both come out of the same budget).
+CREATE OR REPLACE VIEW judge_summary AS
+SELECT judge, mode, template, count(*) AS calls,
+       count(*) FILTER (WHERE grade IS NOT NULL OR verdict IS NOT NULL) AS parsed,
+       count(parse_error) AS unparseable,
+       count(*) FILTER (WHERE error IS NOT NULL) AS failed,
+       count(*) FILTER (WHERE outcome = 'budget') AS skipped_budget,
+       avg(grade) AS mean_grade,
+       sum(coalesce(spend_usd, cost_usd, 0)) AS spend_usd,
+       median(latency_ms) FILTER (WHERE error IS NULL) AS median_latency_ms
+FROM judge_calls GROUP BY ALL;
+
+-- name: schema_92_judge_pairs
+-- Each answer asked about pairwise, with the verdict of each order (NULL: that call gave none).
+CREATE OR REPLACE VIEW judge_pairs AS
+SELECT sample_id, model, judge,
+       any_value(verdict) FILTER (WHERE position = 'cheap_first') AS first,
+       any_value(verdict) FILTER (WHERE position = 'cheap_second') AS second
+FROM judge_calls WHERE mode = 'pairwise'
+GROUP BY ALL;
+
+-- name: schema_93_judge_pairwise
+-- Pairwise verdicts per (judged model, stratum): each answer was asked about in both orders;
+-- the same winner twice wins, any disagreement is a tie (MT-Bench's rule). `inconsistent`
+-- counts the ties that were disagreements.
+CREATE OR REPLACE VIEW judge_pairwise AS
+SELECT p.judge, p.model, s.stratum, count(*) AS pairs,
+       count(*) FILTER (WHERE first = 'cheap' AND second = 'cheap') AS cheap_wins,
+       count(*) FILTER (WHERE first = second AND first = 'tie' OR first <> second) AS ties,
+       count(*) FILTER (WHERE first = 'frontier' AND second = 'frontier') AS frontier_wins,
+       count(*) FILTER (WHERE first <> second) AS inconsistent,
+       (count(*) FILTER (WHERE first = 'cheap' AND second = 'cheap')
+        + 0.5 * count(*) FILTER (WHERE first = second AND first = 'tie' OR first <> second))
+         / count(*) AS cheap_win_rate
+FROM judge_pairs p JOIN samples s USING (sample_id)
+WHERE first IS NOT NULL AND second IS NOT NULL
+GROUP BY ALL;
+
+-- name: schema_94_judge_bias
+-- How the judge leans, measured on its own verdicts rather than assumed, per judge:
+-- * position: among its pairwise verdicts that named a winner, the share that named the answer
+--   shown first, minus 0.5 (0: no lean; +0.5: always the first), and the share of pairs whose
+--   two orders disagree;
+-- * length: among verdicts that named a winner between answers of different lengths, the share
+--   won by the longer one, minus 0.5; and, for grades, the correlation of the grade with the
+--   log ratio of the graded answer's length to the reference's.
+CREATE OR REPLACE VIEW judge_bias AS
+WITH v AS (
+    SELECT judge, verdict, position, candidate_chars AS c, reference_chars AS r,
+           (position = 'cheap_first') = (verdict = 'cheap') AS first_won
+    FROM judge_calls WHERE mode = 'pairwise' AND verdict IN ('cheap', 'frontier')
+), p AS (
+    SELECT judge, count(*) AS decisive_verdicts,
+           avg(first_won::INT) - 0.5 AS position_bias,
+           count(*) FILTER (WHERE c <> r) AS length_verdicts,
+           avg(((verdict = 'cheap') = (c > r))::INT) FILTER (WHERE c <> r) - 0.5 AS length_bias
+    FROM v GROUP BY ALL
+), i AS (
+    SELECT judge, count(*) AS pairs, avg((first <> second)::INT) AS inconsistency
+    FROM judge_pairs WHERE first IS NOT NULL AND second IS NOT NULL GROUP BY ALL
+), g AS (
+    SELECT judge, count(*) AS grades,
+           corr(grade, ln(greatest(candidate_chars, 1) / greatest(reference_chars, 1)))
+             AS grade_length_corr
+    FROM judge_calls WHERE mode = 'grade' AND grade IS NOT NULL GROUP BY ALL
+)
+SELECT judge, p.decisive_verdicts, p.position_bias, i.pairs, i.inconsistency,
+       p.length_verdicts, p.length_bias, g.grades, g.grade_length_corr
+FROM (SELECT DISTINCT judge FROM judge_calls) j
+LEFT JOIN p USING (judge) LEFT JOIN i USING (judge) LEFT JOIN g USING (judge);

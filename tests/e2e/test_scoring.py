@@ -135,3 +135,56 @@ def test_tfidf_cosine_is_fitted_from_stored_answers_before_its_first_score(
     # Not one sample was scored before the vectorizer was fitted: every pair has a value.
     assert all(r[:2] == ("tfidf_cosine", "tfidf_cosine") and r[3] is None for r in rows), rows
     assert all(0.2 < r[2] < 1.0 for r in rows), rows  # shares refund/arrive, not the rest
+
+
+def test_auto_sends_open_ended_answers_to_the_llm_judge_through_the_service(
+        broker: Broker, topic: str, db_path: Path, tmp_path: Path) -> None:
+    n_each = 4
+    values = [v for v in _records(n_each)
+              if orjson.loads(v)["tags"]["feature"] in ("number", "prose")]
+    asyncio.run(produce(broker.bootstrap, topic, values))
+
+    def judge(prompt: str) -> str:
+        assert "[Reference answer]\nThe meeting moved to Tuesday because" in prompt
+        return "Right, but it leaves out why. [[8]]"
+
+    with ModelServer(ModelBehaviour(answer=_cheap)) as ms, \
+            ModelServer(ModelBehaviour(answer=judge)) as js:
+        path = write_config(tmp_path / "c.toml", bootstrap=broker.bootstrap, topic=topic,
+                            group="g-judge", db=db_path, model_url=ms.url, default_rate=1.0,
+                            math_rate=1.0)
+        text = path.read_text().replace(
+            'default = "exact_match"\nby_tag = { math = "final_number" }',
+            'default = "auto"\nopen_ended = "judge"')
+        path.write_text(text + f"""
+[shadow.judge]
+mode = "grade"
+
+[shadow.judge.model]
+name = "judge"
+base_url = "{js.url}"
+input_per_mtok = 2.5
+output_per_mtok = 10.0
+max_tokens = 64
+""")
+        asyncio.run(run_until_consumed(load_config(path, env={}), len(values)))
+        asked = len(js.behaviour.requests)
+
+    import duckdb
+    con = duckdb.connect(str(db_path), read_only=True)
+    try:
+        rows = con.execute(
+            "SELECT s.tags->>'feature', sc.scorer, sc.scorer_used, sc.value, sc.error "
+            "FROM scores sc JOIN samples s USING (sample_id)").fetchall()
+        judged = con.execute("SELECT count(*), sum(spend_usd) > 0, count(DISTINCT sample_id) "
+                             "FROM judge_calls WHERE grade = 8 AND outcome = 'ok'").fetchone()
+    finally:
+        con.close()
+    by_feature: dict[str, set[tuple[object, ...]]] = {}
+    for feature, *rest in rows:
+        by_feature.setdefault(feature, set()).add(tuple(rest))
+    # Closed answers are scored by their deterministic scorer; only open-ended ones are judged.
+    assert by_feature["number"] == {("auto", "final_number", 1.0, None)}
+    [(scorer, used, value, error)] = by_feature["prose"]
+    assert (scorer, used, error) == ("auto", "judge", None) and value == pytest.approx(7 / 9)
+    assert asked == n_each and judged == (n_each, True, n_each)

@@ -15,8 +15,9 @@ import pytest
 
 from shadow.budget import Budget
 from shadow.client import ModelClient
-from shadow.config import DeploymentConfig, ModelConfig
+from shadow.config import DeploymentConfig, JudgeConfig, ModelConfig
 from shadow.http import AiohttpClient
+from shadow.judge import Judge, Judged
 from shadow.results import CallResult
 from shadowroute.demo.localmodel import LocalModelServer, find_gguf
 
@@ -67,6 +68,37 @@ def test_real_prompts_through_the_shadow_client(local_model: LocalModelServer) -
     assert budget.reserved == 0
     print(f"\n{len(PROMPTS)} real calls in {elapsed:.1f}s: "
           + " | ".join(repr((r.answer or "")[:30]) for r in results))
+
+
+def test_a_real_small_model_as_the_judge(local_model: LocalModelServer) -> None:
+    """Its output is parsed into a grade or verdict, or recorded as unparseable: never a crash,
+    never a made-up score."""
+    cfg = JudgeConfig(model=ModelConfig(
+        name="smollm2-judge", base_url=local_model.url, model=local_model.model_name,
+        input_per_mtok=0.1, output_per_mtok=0.4, max_tokens=48, timeout_s=120,
+        deployments=(DeploymentConfig(max_concurrency=local_model.parallel),)), mode="both")
+    pairs = [("What is 2 + 2?", "4", "The answer is 4."),
+             ("Name the capital of France.", "Paris", "Lyon")]
+
+    async def go() -> list[Judged]:
+        async with AiohttpClient() as http:
+            judge = Judge(cfg, ModelClient(cfg.model, http, budget=Budget(usd_per_hour=1.0)))
+            return list(await asyncio.gather(*(judge.judge(
+                [{"role": "user", "content": q}], ref, cand, model="cheap", sample_id=q)
+                for q, ref, cand in pairs)))
+
+    for j in asyncio.run(go()):
+        assert len(j.calls) == 3  # a grade and two pairwise orders
+        for c in j.calls:
+            assert c.call.outcome == "ok" and c.call.answer is not None, c.call.error
+            parsed = c.grade if c.mode == "grade" else c.verdict
+            assert (parsed is None) != (c.parse_error is None), (c.call.answer, c.parse_error)
+            if c.grade is not None:
+                assert 1.0 <= c.grade <= 10.0
+        assert (j.value is None) == (j.failure is not None)
+        assert j.value is None or 0.0 <= j.value <= 1.0
+        print(f"\njudge: value {j.value}, failure {j.failure}; outputs: "
+              + " | ".join(repr((c.call.answer or "")[-40:]) for c in j.calls))
 
 
 def test_its_quirks(local_model: LocalModelServer) -> None:

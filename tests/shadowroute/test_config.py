@@ -18,7 +18,7 @@ from shadow.scorers import SCORERS
 from shadowroute.config import Config, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
-KNOWN_SCORERS = ", ".join(sorted([*SCORERS, "auto", "tfidf_cosine"])) + ", json_match:<paths>"
+KNOWN_SCORERS = ", ".join(sorted([*SCORERS, "auto", "judge", "tfidf_cosine"])) + ", json_match:<paths>"
 
 GOOD = """
 [kafka]
