@@ -123,9 +123,10 @@ def sql_cmd(query: str, db: str | None, config: str | None, fmt: str) -> None:
     """Run a read-only SQL QUERY on the DuckDB file (or on the running service).
 
     Tables: requests, rejected, skipped, samples, shadow_calls, shadow_attempts, scores,
-    router_scores, router_calls, noise_floor, offsets, offset_resets. Views: savings,
-    segment_savings, window_savings, strata, sample_outcomes, router_pgr, router_metrics,
-    noise_floor_by_segment, quality_vs_floor. Example:
+    router_scores, router_calls, noise_floor, judge_calls, offsets, offset_resets. Views:
+    savings, segment_savings, window_savings, strata, sample_outcomes, router_pgr,
+    router_metrics, noise_floor_by_segment, quality_vs_floor, judge_summary, judge_pairwise,
+    judge_bias. Example:
 
         shadowroute sql "SELECT * FROM savings WHERE router = 'rules' ORDER BY threshold"
     """
@@ -421,6 +422,7 @@ def plan(hours: str, fmt: str, db: str | None, config: str | None) -> None:
     from analytics.plan import StratumTraffic
     from analytics.plan import plan as make_plan
     from consumers.sampling import Sampler
+    from shadow.scorers import AUTO, JUDGE
 
     cfg = _load(config)
     path = Path(db) if db else Path(cfg.storage.db_path)
@@ -429,9 +431,16 @@ def plan(hours: str, fmt: str, db: str | None, config: str | None) -> None:
     if not traffic:
         fail(f"no eligible requests in {path} yet: run the service (or replay logs) first", 1)
     sh = cfg.shadow
+    sc = cfg.scoring
+
+    def judged(stratum: str) -> bool:  # its scorer can send answers to the LLM judge
+        scorer = sc.by_tag.get(stratum.partition("|")[2], sc.default)
+        return scorer == JUDGE or (scorer == AUTO and sc.open_ended == JUDGE)
+
     out = make_plan(traffic, Sampler(cfg.sampling.default_rate, cfg.sampling.rates,
                                      cfg.sampling.salt),
-                    sh.models, sh.noise_floor, sh.budget.usd_per_hour, sh.budget.usd_per_day)
+                    sh.models, sh.noise_floor, sh.budget.usd_per_hour, sh.budget.usd_per_day,
+                    sh.judge, judged)
     if fmt == "json":
         click.echo(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode())
         return
@@ -448,6 +457,9 @@ def plan(hours: str, fmt: str, db: str | None, config: str | None) -> None:
     if out["noise_floor_usd_per_hour"]:
         f = out["noise_floor_usd_per_hour"]
         table.add_row("noise floor (frontier)", f"{f:.4f}", f"{f * 24:.4f}", f"{f:.4f}")
+    if out["judge_usd_per_hour"]:
+        j = out["judge_usd_per_hour"]
+        table.add_row("LLM judge (at most)", f"{j:.4f}", f"{j * 24:.4f}", f"{j:.4f}")
     table.add_row("all", f"{out['expected_usd_per_hour']:.4f}",
                   f"{out['expected_usd_per_day']:.4f}", f"{out['reserved_usd_per_hour']:.4f}")
     Console().print(table)

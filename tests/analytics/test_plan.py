@@ -15,7 +15,7 @@ import pytest
 from analytics.plan import StratumTraffic, plan
 from analytics.store import Store
 from consumers.sampling import Sampler
-from shadow.config import ModelConfig, NoiseFloorConfig
+from shadow.config import JudgeConfig, ModelConfig, NoiseFloorConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 MINI = ModelConfig(name="mini", base_url="http://x", input_per_mtok=0.15, output_per_mtok=0.6,
@@ -42,6 +42,24 @@ def test_plan_arithmetic() -> None:
     assert out["hourly"] == "within the cap"  # 0.53 + 0.10 USD/h < 1
     share = 1 - 5.0 / ((exp + floor) * 24)
     assert out["daily"] == f"over the cap: about {share:.0%} of samples would end skipped_budget"
+
+
+def test_plan_counts_the_judge_where_a_scorer_sends_answers_to_it() -> None:
+    t = [StratumTraffic("gpt-4o|support", 3600, 1000.0, 300.0, 0.01, 3600.0),
+         StratumTraffic("gpt-4o|math", 3600, 1000.0, 300.0, 0.01, 3600.0)]
+    judge = JudgeConfig(model=ModelConfig(name="j", base_url="http://j", input_per_mtok=2.5,
+                                          output_per_mtok=10.0, max_tokens=200),
+                        mode="both", max_chars=2000)
+    out = plan(t, Sampler(0.1, {}, "s"), [MINI], NoiseFloorConfig(), usd_per_hour=10.0,
+               usd_per_day=100.0, judge=judge, judged=lambda stratum: stratum.endswith("support"))
+    # 360 support samples/h; one cheap answer each, judged 3 times (a grade, two orders); each
+    # prompt: 300 template + request (1,000 tokens, cut to 500) + reference 300 + answer 100.
+    per_call = ((300 + 500 + 300 + 100) * 2.5 + 200 * 10.0) / 1e6
+    assert out["judge_usd_per_hour"] == pytest.approx(360 * 3 * per_call)
+    cheap = 720 * (1000 * 0.15 + 100 * 0.6) / 1e6
+    assert out["expected_usd_per_hour"] == pytest.approx(cheap + 360 * 3 * per_call)
+    assert plan(t, Sampler(0.1, {}, "s"), [MINI], NoiseFloorConfig(), 10.0, 100.0)[
+        "judge_usd_per_hour"] == 0.0
 
 
 def fill(db: Path) -> None:
