@@ -34,6 +34,9 @@ Open-ended text (graded):
   are fitted per segment (the scoring tag's value) on stored frontier answers by the service's
   scheduler (`TfidfCosine.fit`), never per call; a segment with too few answers uses the one
   fitted on all of them. Before the first fit it records a failure, not a score.
+- `embedding_cosine`: cosine similarity of sentence embeddings (WordLlama, shipped in its wheel;
+  optional extra `embed`; see `EmbeddingCosine`): the same meaning in other words scores high.
+- `judge`: an LLM judge (`shadow.judge`, see `shadow.judge`), asked by the runner.
 
 `auto` (see `pick`) chooses per sample from what the frontier answer is: a bare number →
 `final_number`, one short label → `exact_match`, JSON → `json_match`, code blocks → `code`,
@@ -49,6 +52,7 @@ import re
 import string
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from consumers.errors import ConfigError
@@ -296,8 +300,48 @@ SCORERS: dict[str, Scorer] = {
 }
 AUTO = "auto"
 TFIDF = "tfidf_cosine"
+EMBEDDING = "embedding_cosine"
 JUDGE = "judge"  # the LLM judge (`shadow.judge`): scored by the runner, not here
-OPEN_ENDED = ("token_f1", "rouge_l", "contains", TFIDF, JUDGE)
+OPEN_ENDED = ("token_f1", "rouge_l", "contains", TFIDF, EMBEDDING, JUDGE)
+
+
+class EmbeddingCosine:
+    """`embedding_cosine`: the cosine of the two answers' sentence embeddings, clipped to [0, 1].
+
+    The model is WordLlama's `l2_supercat` (256 dimensions; MIT licence): token embeddings
+    distilled from large language models' embedding codebooks, averaged over the text. Its wheel
+    holds the weights and the tokenizer, so it loads offline in ~0.4 s and scores a pair in
+    ~0.4 ms on one CPU core. Chosen over an ONNX MiniLM because no PyPI wheel ships one (they
+    download it at first use). It rewards the same meaning in other words, which token overlap
+    misses; like any averaged embedding it is lenient on a changed fact ("Tuesday" against
+    "Wednesday" in an otherwise equal sentence scores ~0.94), so it suits paraphrase-heavy text
+    more than answers whose one number or name decides them (use `auto`, which sends those to
+    `final_number`/`exact_match`). Optional: `pip install 'shadowroute[embed]'`."""
+
+    def __init__(self) -> None:
+        self._model: Any = None
+
+    @staticmethod
+    def available() -> bool:
+        import importlib.util
+        return importlib.util.find_spec("wordllama") is not None
+
+    def load(self) -> None:
+        """Load the model now (the service does at start, not on its first sample)."""
+        if self._model is None:
+            import wordllama
+            # The wheel ships the tokenizer under `tokenizers/`, which WordLlama looks for in
+            # its cache directory: pointing that at the package finds both files offline.
+            self._model = wordllama.WordLlama.load(
+                cache_dir=Path(wordllama.__file__).parent, disable_download=True)
+
+    def __call__(self, candidate: str, reference: str) -> float:
+        if not reference.strip():
+            raise ScoreFailed(f"{EMBEDDING}: the frontier answer is empty")
+        if not candidate.strip():
+            return 0.0
+        self.load()
+        return float(min(1.0, max(0.0, self._model.similarity(candidate, reference))))
 
 
 class TfidfCosine:
@@ -357,9 +401,11 @@ class TfidfCosine:
 class Scoring:
     """Scores answers with the registered scorers, `auto`, and the fitted ones it holds."""
 
-    def __init__(self, open_ended: str = "token_f1", tfidf: TfidfCosine | None = None) -> None:
+    def __init__(self, open_ended: str = "token_f1", tfidf: TfidfCosine | None = None,
+                 embedding: EmbeddingCosine | None = None) -> None:
         self.open_ended = open_ended
         self.tfidf = tfidf or TfidfCosine()
+        self.embedding = embedding or EmbeddingCosine()
 
     def wants_fit(self, name: str, reference: str) -> bool:
         """Whether scoring with `name` needs the fitted scorer, and it is not fitted yet."""
@@ -381,6 +427,8 @@ class Scoring:
                 raise ScoreFailed("judge: no LLM judge is configured (shadow.judge)")
             if used == TFIDF:
                 value = self.tfidf(candidate, reference, segment)
+            elif used == EMBEDDING:
+                value = self.embedding(candidate, reference)
             else:
                 value = resolve(used)(candidate, reference)
         except ScoreFailed as e:
@@ -392,7 +440,7 @@ class Scoring:
 
 def names() -> list[str]:
     """Every scorer name a config may use (besides `json_match:<paths>`)."""
-    return sorted([AUTO, TFIDF, JUDGE, *SCORERS])
+    return sorted([AUTO, TFIDF, EMBEDDING, JUDGE, *SCORERS])
 
 
 def resolve(name: str) -> Scorer:
@@ -405,7 +453,7 @@ def resolve(name: str) -> Scorer:
 
 
 def known(name: str) -> bool:
-    return name in (AUTO, TFIDF, JUDGE) or name in SCORERS or (name.startswith("json_match:")
+    return name in (AUTO, TFIDF, EMBEDDING, JUDGE) or name in SCORERS or (name.startswith("json_match:")
                                                and bool(name.split(":", 1)[1].strip()))
 
 
@@ -425,3 +473,7 @@ def check_scoring(sc: ScoringConfig, key: str = "scoring") -> None:
     if sc.open_ended not in OPEN_ENDED:
         raise ConfigError(f"{key}.open_ended", f"must be one of {', '.join(OPEN_ENDED)}, got "
                                                f"{sc.open_ended!r}")
+    for k, scorer in [(f"{key}.default", sc.default), (f"{key}.open_ended", sc.open_ended),
+                      *((f"{key}.by_tag.{t}", v) for t, v in sc.by_tag.items())]:
+        if scorer == EMBEDDING and not EmbeddingCosine.available():
+            raise ConfigError(k, f"{EMBEDDING} needs its model: pip install 'shadowroute[embed]'")

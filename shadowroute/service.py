@@ -40,7 +40,7 @@ from shadow.http import HttpClient, make_http
 from shadow.judge import Judge
 from shadow.routers import RouterContext, build_routers
 from shadow.runner import SampleResult, ShadowRunner
-from shadow.scorers import TFIDF, Scoring, TfidfCosine
+from shadow.scorers import EMBEDDING, TFIDF, Scoring, TfidfCosine
 from shadowroute.api import build_app
 from shadowroute.config import Config, api_token
 from shadowroute.errors import ConfigError
@@ -150,6 +150,8 @@ class Service:
         sc = cfg.scoring
         self._score_tag = sc.tag or cfg.sampling.stratify_tag
         self.scoring = Scoring(sc.open_ended, TfidfCosine(sc.tfidf_min_docs))
+        if EMBEDDING in (sc.default, sc.open_ended, *sc.by_tag.values()):
+            self.scoring.embedding.load()  # now, not on the event loop at the first sample
         self._last_fit = -float("inf")
         self._fitting = asyncio.Lock()  # the scheduler's job and the runner's first need
 

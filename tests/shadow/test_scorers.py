@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from shadow.scorers import (
     SCORERS,
+    EmbeddingCosine,
     ScoreFailed,
     Scoring,
     TfidfCosine,
@@ -329,3 +330,44 @@ def test_tfidf_cosine_weighs_rare_words_and_fits_per_segment() -> None:
     # Disjoint answers score 0, and values stay in [0, 1].
     assert t("golden bread minutes", ref) == 0.0
     assert 0.0 <= t("refund bread arrive golden", ref) <= 1.0
+
+
+EMBED = EmbeddingCosine()
+
+
+def test_embedding_cosine_rewards_the_same_meaning_in_other_words() -> None:
+    ref = "The meeting moved to Tuesday because the room was booked."
+    paraphrase = "We had to push the meeting to Tuesday, since someone else had the room."
+    unrelated = "Paris is the capital of France and its largest city."
+    assert EMBED(ref, ref) == pytest.approx(1.0, abs=1e-5)
+    # Other words, same meaning: well above an unrelated answer, and above what token overlap
+    # gives the same pair.
+    assert EMBED(paraphrase, ref) > 0.5 > 0.2 > EMBED(unrelated, ref)
+    assert EMBED(paraphrase, ref) > token_f1(paraphrase, ref) + 0.1
+    assert EMBED("", ref) == 0.0
+    with pytest.raises(ScoreFailed, match="the frontier answer is empty"):
+        EMBED(paraphrase, "  ")
+
+
+def test_embedding_cosine_through_scoring_and_auto() -> None:
+    s = Scoring(open_ended="embedding_cosine", embedding=EMBED)
+    used, value, failure = s.score("auto", "Sure, we can ship it next week.",
+                                   "Yes, shipping next week works for us.")
+    assert used == "embedding_cosine" and failure is None and value is not None
+    assert 0.3 < value < 1.0
+    # A closed answer still goes to its own scorer under auto.
+    assert s.score("auto", "The answer is 42.", "42")[:2] == ("final_number", 1.0)
+    assert known("embedding_cosine")
+
+
+def test_embedding_cosine_without_its_extra_says_what_to_install(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from consumers.errors import ConfigError
+    from shadow.config import ScoringConfig
+    from shadow.scorers import check_scoring
+    monkeypatch.setattr(EmbeddingCosine, "available", staticmethod(lambda: False))
+    with pytest.raises(ConfigError) as e:
+        check_scoring(ScoringConfig(by_tag={"support": "embedding_cosine"}))
+    assert str(e.value) == ("scoring.by_tag.support: embedding_cosine needs its model: "
+                            "pip install 'shadowroute[embed]'")
+    check_scoring(ScoringConfig(default="token_f1"))  # not asked for: nothing to install

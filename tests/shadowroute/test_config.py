@@ -18,7 +18,8 @@ from shadow.scorers import SCORERS
 from shadowroute.config import Config, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
-KNOWN_SCORERS = ", ".join(sorted([*SCORERS, "auto", "judge", "tfidf_cosine"])) + ", json_match:<paths>"
+KNOWN_SCORERS = ", ".join(sorted([*SCORERS, "auto", "embedding_cosine", "judge",
+                                  "tfidf_cosine"])) + ", json_match:<paths>"
 
 GOOD = """
 [kafka]
