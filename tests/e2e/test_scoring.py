@@ -188,3 +188,52 @@ max_tokens = 64
     [(scorer, used, value, error)] = by_feature["prose"]
     assert (scorer, used, error) == ("auto", "judge", None) and value == pytest.approx(7 / 9)
     assert asked == n_each and judged == (n_each, True, n_each)
+
+
+def test_the_noise_floor_through_the_service(broker: Broker, topic: str, db_path: Path,
+                                             tmp_path: Path) -> None:
+    n = 12
+    values = [orjson.dumps({
+        "request_id": f"m-{i}", "ts": 1764244800 + i,
+        "request": {"model": "gpt-4o", "messages": [{"role": "user", "content": f"{i} + 1 = ?"}]},
+        "response": {"choices": [{"message": {"role": "assistant", "content": str(i + 1)},
+                                  "finish_reason": "stop"}],
+                     "usage": {"prompt_tokens": 20, "completion_tokens": 2}},
+        "cost_usd": 0.001, "tags": {"feature": "math"}}) for i in range(n)]
+    asyncio.run(produce(broker.bootstrap, topic, values))
+
+    def cheap(prompt: str) -> str:
+        return str(int(prompt.split()[0]) + 1)
+
+    def frontier(prompt: str) -> str:  # disagrees with its production answer on every third
+        i = int(prompt.split()[0])
+        return str(i + 1) if i % 3 else str(i + 5)
+
+    with ModelServer(ModelBehaviour(answer=cheap)) as ms, \
+            ModelServer(ModelBehaviour(answer=frontier)) as fs:
+        path = write_config(tmp_path / "c.toml", bootstrap=broker.bootstrap, topic=topic,
+                            group="g-floor", db=db_path, model_url=ms.url, default_rate=1.0,
+                            math_rate=1.0, extra=f"""
+[shadow.noise_floor]
+share = 1.0
+[[shadow.noise_floor.models]]
+name = "gpt-4o"
+base_url = "{fs.url}"
+input_per_mtok = 2.5
+output_per_mtok = 10.0
+""")
+        asyncio.run(run_until_consumed(load_config(path, env={}), len(values)))
+        asked = len(fs.behaviour.requests)
+
+    import duckdb
+    con = duckdb.connect(str(db_path), read_only=True)
+    try:
+        floor = con.execute("SELECT stratum, scorer_used, n, floor FROM noise_floor_by_segment"
+                            ).fetchall()
+        vs = con.execute("SELECT model, quality, floor_n, floor, quality_vs_floor "
+                         "FROM quality_vs_floor").fetchall()
+    finally:
+        con.close()
+    assert asked == n
+    assert floor == [("gpt-4o|math", "final_number", n, pytest.approx(8 / 12))]
+    assert vs == [("cheap", 1.0, n, pytest.approx(8 / 12), 1.0)]

@@ -91,12 +91,15 @@ def judge_cfg(url: str, **kw: Any) -> JudgeConfig:
 
 
 def run(db: Path, cheap_url: str, judge_url: str, *, budget: Budget | None = None,
-        cheap: ModelConfig | None = None, **kw: Any) -> None:
+        cheap: ModelConfig | None = None, judge_model: ModelConfig | None = None,
+        **kw: Any) -> None:
     async def main() -> None:
         st = open_store(db, "thread")
         try:
             async with AiohttpClient() as http:
                 jc = judge_cfg(judge_url, **kw)
+                if judge_model is not None:
+                    jc = JudgeConfig(model=judge_model, **kw)
                 judge = Judge(jc, ModelClient(jc.model, http, budget=budget, backoff_s=0.01))
                 runner = ShadowRunner(st, build_routers((RandomRouterConfig("random"),)),
                                       [ModelClient(cheap or model(cheap_url), http, budget=budget)],
@@ -207,6 +210,21 @@ def test_a_rate_limited_or_slow_judge_is_retried(tmp_path: Path) -> None:
     assert sorted(q(db, "SELECT attempts, outcome FROM judge_calls")) == [(1, "ok"), (2, "ok")]
     assert q(db, "SELECT count(*) FROM scores WHERE value IS NOT NULL") == [(2,)]
     assert q(db, "SELECT count(*) FROM shadow_attempts WHERE model = 'judge'") == [(3,)]
+
+
+def test_a_judge_that_times_out_is_retried_and_charged_its_worst_case(tmp_path: Path) -> None:
+    db = judged_samples(tmp_path, 1)
+    cheap, judge = servers(fair_judge, script=["hang", "ok"], hang_s=5.0)
+    jm = ModelConfig(name="judge", base_url="", input_per_mtok=5.0, output_per_mtok=15.0,
+                     max_tokens=64, timeout_s=0.5)
+    with cheap, judge:
+        jm = ModelConfig(**{**jm.__dict__, "base_url": judge.url})
+        run(db, cheap.url, judge.url, judge_model=jm)
+    # (s0000: the cheap answer is wrong, graded 2)
+    assert q(db, "SELECT attempts, outcome, grade FROM judge_calls") == [(2, "ok", 2.0)]
+    assert q(db, "SELECT outcome, spend_usd > 0 FROM shadow_attempts WHERE model = 'judge' "
+                 "ORDER BY attempt") == [("unknown", True), ("ok", True)]
+    assert q(db, "SELECT value FROM scores") == [(pytest.approx(1 / 9),)]
 
 
 def test_a_judge_the_budget_cannot_pay_for_is_skipped_with_its_status(tmp_path: Path) -> None:
