@@ -10,7 +10,8 @@ import polars as pl
 from consumers.ingest import frame
 from shadow.results import SampleResult
 
-ROUTER_SCORES_SCHEMA: dict[str, Any] = {"sample_id": pl.Utf8, "router": pl.Utf8, "score": pl.Float64}
+ROUTER_SCORES_SCHEMA: dict[str, Any] = {"sample_id": pl.Utf8, "router": pl.Utf8,
+                                        "score": pl.Float64, "version": pl.Utf8}
 NOISE_FLOOR_SCHEMA: dict[str, Any] = {
     "sample_id": pl.Utf8, "model": pl.Utf8, "answer": pl.Utf8, "input_tokens": pl.Int64,
     "cached_input_tokens": pl.Int64, "output_tokens": pl.Int64, "cost_usd": pl.Float64,
@@ -59,7 +60,7 @@ def results_to_frames(results: Sequence[SampleResult]) -> dict[str, pl.DataFrame
     (`orient="row"` took ~4x as long)."""
     return {
         "batch_router_scores": frame(
-            [(r.sample_id, name, s) for r in results for name, s in r.router_scores],
+            [(r.sample_id, *rs) for r in results for rs in r.router_scores],
             ROUTER_SCORES_SCHEMA),
         "batch_router_calls": frame(
             [(r.sample_id, *call) for r in results for call in r.router_calls],

@@ -26,8 +26,8 @@ import pyarrow as pa
 
 import sql
 from analytics.errors import StoreError, StoreLockedError, StoreWriteError
-from analytics.frames import results_to_frames
-from consumers.ingest import IngestBatch
+from analytics.frames import ROUTER_SCORES_SCHEMA, results_to_frames
+from consumers.ingest import IngestBatch, frame
 from consumers.records import OffsetReset
 from shadow.results import PendingSample, SampleResult
 
@@ -306,6 +306,19 @@ class Store:
         """(age in seconds, USD) of shadow spend over the last day, to seed the budget, with
         what killed runs leased but never wrote (at age 0)."""
         return [(float(a), float(u)) for a, u in self.fetch(sql.query("recent_shadow_spend"))]
+
+    def learned_rows(self, model: str) -> list[tuple[Any, ...]]:
+        """A learned router's training rows (`learned_router_rows`): the completed samples
+        scored for `model`, in the order they arrived."""
+        return self.fetch(sql.query("learned_router_rows"), {"model": model})
+
+    def write_router_scores(self, rows: Sequence[tuple[str, str, float, str]]) -> None:
+        """(sample_id, router, score, version) for samples without a score from that router
+        (a learned router's out-of-fold scores); a score already stored stays."""
+        if not rows:
+            return
+        with self._tx({"batch_oof": frame(list(rows), ROUTER_SCORES_SCHEMA)}) as con:
+            con.execute(sql.query("insert_oof_router_scores")).fetchall()
 
     def lease_budget(self, run_id: str, nano: int) -> None:
         """Journal room the shadow budget is about to use (negative: room given back)."""

@@ -104,7 +104,8 @@ def _portable(e: BaseException) -> BaseException:
 # What each channel may run: Store methods, compared as the functions themselves.
 ASYNC_CALLS: frozenset[Callable[..., Any]] = frozenset({
     Store.write_ingest, Store.record_resets, Store.pending_samples, Store.write_sample_results,
-    Store.shed_pending, Store.recent_shadow_spend, Store.lease_budget, Store.counts})
+    Store.shed_pending, Store.recent_shadow_spend, Store.lease_budget, Store.counts,
+    Store.learned_rows, Store.write_router_scores})
 CONTROL_CALLS: frozenset[Callable[..., Any]] = frozenset({
     Store.stored_offsets, Store.stored_marks, Store.fetch, Store.counts,
     Store.interrupt_user_queries})
@@ -387,6 +388,12 @@ class StoreProcess:
 
     async def lease_budget(self, run_id: str, nano: int) -> None:
         await self._call(Store.lease_budget, run_id, nano)
+
+    async def learned_rows(self, model: str) -> list[tuple[Any, ...]]:
+        return await self._call(Store.learned_rows, model)
+
+    async def write_router_scores(self, rows: Sequence[tuple[str, str, float, str]]) -> None:
+        await self._call(Store.write_router_scores, list(rows))
 
     async def counts(self) -> dict[str, Any]:
         return await self._call(Store.counts)

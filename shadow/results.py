@@ -92,7 +92,8 @@ class SampleResult:
     sample_id: str
     status: str  # one of SAMPLE_STATUSES
     skip_reason: str | None = None
-    router_scores: list[tuple[str, float]] = field(default_factory=list)
+    # (router, score, the router's version that gave it: a learned router's, else None)
+    router_scores: list[tuple[str, float, str | None]] = field(default_factory=list)
     calls: list[CallResult] = field(default_factory=list)
     # (model, scorer, value, scorer used, failure): `auto` says which scorer it used; a scorer
     # that could not judge the pair gives no value and its reason.

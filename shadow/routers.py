@@ -31,16 +31,20 @@ import asyncio
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
 import orjson
+from apscheduler.triggers.cron import CronTrigger
 
 from consumers.config import check_positive, secret_from_env
 from consumers.errors import ConfigError
 from consumers.formats.mapping import compile_path
 from consumers.sampling import UnitHash
+from shadow import learned
 from shadow.errors import HttpFailure, RouterCallFailed
 from shadow.http import HttpClient
+from shadow.learned import VersionInfo
 
 # Names the savings views give their own rows: no router may take them.
 RESERVED_NAMES = ("all_cheap", "oracle")
@@ -53,7 +57,7 @@ class RouterConfig:
     name: str
     """Name used in `router_scores` and the savings view."""
     kind: str = "rules"
-    """Registered router kind: `random`, `rules` or `http`."""
+    """Registered router kind: `random`, `rules`, `http` or `learned`."""
 
     @classmethod
     def kinds(cls) -> Mapping[str, type[RouterConfig]]:
@@ -83,6 +87,37 @@ class RulesRouterConfig(RouterConfig):
     """Tag -> values that force the strong model, e.g. {tenant = ["acme"]}."""
     force_strong_models: tuple[str, ...] = ()
     """Frontier models whose traffic is never routed away."""
+
+
+@dataclass(frozen=True)
+class LearnedRouterConfig(RouterConfig):
+    """A router trained on this project's own shadow results (see `shadow.learned`)."""
+
+    kind: str = "learned"
+    model: str = ""
+    """The cheap model whose scores label the samples (required)."""
+    bar: float = 0.8
+    """A sample whose cheap score is below this needed the strong model (label 1)."""
+    algorithm: str = "logreg"
+    """`logreg` (logistic regression) or `gbdt` (gradient-boosted trees)."""
+    models_dir: str = "shadowroute-models"
+    """Where versions are kept: `<models_dir>/<name>/vNNNN.skops` and `.json`."""
+    min_rows: int = 200
+    """Labelled samples needed (with both labels present) before a first version is trained."""
+    retrain_every_s: float = 3600.0
+    """Train a new version this often (0: only on `retrain_cron` or new labels)."""
+    retrain_cron: str = ""
+    """A crontab line (`0 3 * * *`) on which to train a new version, instead of every N s."""
+    retrain_after_labels: int = 500
+    """Also train when this many labelled samples arrived since the last version (0: never)."""
+    check_every_s: float = 30.0
+    """How often the labelled samples are counted (for the first version and the one above)."""
+    pin_version: int = 0
+    """Score with this version (0: the newest)."""
+    backfill: str = "forward"
+    """Out-of-fold scores for the samples that came before a version: `forward` (each fold by
+    a model of the folds before it) or `kfold` (by the other folds; time leaks across them)."""
+    folds: int = 5
 
 
 @dataclass(frozen=True)
@@ -254,6 +289,68 @@ def _http_router(cfg: HttpRouterConfig, ctx: RouterContext) -> Router:
     return HttpRouter(cfg, ctx.http)
 
 
+class LearnedRouter:
+    """Scores with the newest (or pinned) trained version; before there is one it raises, so
+    its samples get no score from it (they get out-of-fold ones once a version exists)."""
+
+    def __init__(self, cfg: LearnedRouterConfig) -> None:
+        self.name = cfg.name
+        self.cfg = cfg
+        self.version: str | None = None  # the version that gave the last score
+        self._model: Any = None
+        self.reload()
+
+    def reload(self) -> VersionInfo | None:
+        """Load the version to score with from `models_dir`; returns it (None: none yet)."""
+        versions = learned.list_versions(Path(self.cfg.models_dir), self.name)
+        if self.cfg.pin_version:
+            versions = [v for v in versions if v.version == self.cfg.pin_version]
+        if not versions:
+            return None
+        info = versions[-1]
+        art, _ = learned.version_paths(Path(self.cfg.models_dir), self.name, info.version)
+        self._model, self.version = learned.load_model(art), info.tag
+        return info
+
+    def use(self, model: Any, info: VersionInfo) -> None:
+        """Score with a version just trained (unless another is pinned)."""
+        if not self.cfg.pin_version or self.cfg.pin_version == info.version:
+            self._model, self.version = model, info.tag
+
+    async def score(self, request: RouteInput) -> float:
+        if self._model is None:
+            raise RouterCallFailed("no version trained yet (it trains once "
+                                   f"{self.cfg.min_rows} samples are labelled)")
+        text, meta = learned.features(request.messages, request.model, request.tags)
+        return learned.predict(self._model, [(text, meta)])[0]
+
+
+def _check_learned(cfg: LearnedRouterConfig, key: str) -> None:
+    if not cfg.model:
+        raise ConfigError(f"{key}.model", "is required: the cheap model whose scores label "
+                                          "the samples")
+    if cfg.algorithm not in learned.ALGORITHMS:
+        raise ConfigError(f"{key}.algorithm", f"must be one of {', '.join(learned.ALGORITHMS)}"
+                                              f", got {cfg.algorithm!r}")
+    if cfg.backfill not in learned.SCHEMES:
+        raise ConfigError(f"{key}.backfill", f"must be one of {', '.join(learned.SCHEMES)}, "
+                                             f"got {cfg.backfill!r}")
+    if not 0.0 < cfg.bar <= 1.0:
+        raise ConfigError(f"{key}.bar", f"must be above 0 and at most 1, got {cfg.bar}")
+    check_positive(f"{key}.min_rows", cfg.min_rows)
+    if cfg.folds < 2:
+        raise ConfigError(f"{key}.folds", f"must be at least 2, got {cfg.folds}")
+    check_positive(f"{key}.check_every_s", cfg.check_every_s)
+    if cfg.retrain_every_s < 0 or cfg.retrain_after_labels < 0 or cfg.pin_version < 0:
+        raise ConfigError(key, "retrain_every_s, retrain_after_labels and pin_version must not "
+                               "be negative")
+    if cfg.retrain_cron:
+        try:
+            CronTrigger.from_crontab(cfg.retrain_cron)
+        except ValueError as e:
+            raise ConfigError(f"{key}.retrain_cron", f"not a crontab line: {e}") from None
+
+
 class RouterKind(NamedTuple):
     config: type[RouterConfig]
     build: Callable[[Any, RouterContext], Router]  # takes its own `config` type
@@ -291,6 +388,8 @@ ROUTER_KINDS: dict[str, RouterKind] = {
     "random": RouterKind(RandomRouterConfig, lambda cfg, ctx: RandomRouter(cfg)),
     "rules": RouterKind(RulesRouterConfig, lambda cfg, ctx: RulesRouter(cfg)),
     "http": RouterKind(HttpRouterConfig, _http_router, _check_http),
+    "learned": RouterKind(LearnedRouterConfig, lambda cfg, ctx: LearnedRouter(cfg),
+                          _check_learned),
 }
 
 

@@ -135,7 +135,9 @@ class ShadowRunner:
                 result.router_calls.append((r.name, (time.perf_counter() - started) * 1000, error))
                 self._router_state(r.name, sid, error)
                 continue
-            result.router_scores.append((r.name, score))
+            # Read with the score (no await between): a retrained version swapped in later does
+            # not relabel it.
+            result.router_scores.append((r.name, score, getattr(r, "version", None)))
             result.router_calls.append((r.name, (time.perf_counter() - started) * 1000, None))
             if r.name in self._routers_failing:
                 self._router_state(r.name, sid, None)

@@ -28,6 +28,7 @@ from typing import Any, Protocol, TypeVar
 import orjson
 import uvicorn
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.cron import CronTrigger
 
 import sql
 from analytics.service_store import open_store
@@ -38,9 +39,10 @@ from shadow.budget import Budget
 from shadow.client import ModelClient
 from shadow.http import HttpClient, make_http
 from shadow.judge import Judge
-from shadow.routers import RouterContext, build_routers
+from shadow.routers import LearnedRouter, RouterContext, build_routers
 from shadow.runner import SampleResult, ShadowRunner
 from shadow.scorers import EMBEDDING, TFIDF, Scoring, TfidfCosine
+from shadow.training import Trainer
 from shadowroute.api import build_app
 from shadowroute.config import Config, api_token
 from shadowroute.errors import ConfigError
@@ -178,6 +180,20 @@ class Service:
                 m.spend.labels(j.judge).inc(j.call.spend_usd)
         for router, _, error in res.router_calls:
             m.router_calls.labels(router, "ok" if error is None else "error").inc()
+
+    @staticmethod
+    def _schedule_training(scheduler: AsyncIOScheduler, trainer: Trainer) -> None:
+        """A learned router trains on its schedule (a crontab line, else every N s) and as
+        soon as enough new samples are labelled (counted every `check_every_s`)."""
+        cfg = trainer.cfg
+        if cfg.retrain_cron:
+            scheduler.add_job(trainer.train, CronTrigger.from_crontab(cfg.retrain_cron),
+                              max_instances=1, coalesce=True)
+        elif cfg.retrain_every_s:
+            scheduler.add_job(trainer.train, "interval", seconds=cfg.retrain_every_s,
+                              max_instances=1, coalesce=True)
+        scheduler.add_job(trainer.on_new_labels, "interval", seconds=cfg.check_every_s,
+                          max_instances=1, coalesce=True)
 
     def _on_reset(self, reset: OffsetReset) -> None:
         self.metrics.offset_resets.labels(reset.topic, reset.kind).inc()
@@ -381,6 +397,9 @@ class Service:
             # First at once, then every 5 s: mostly a no-op once fitted (see _refit_scorers).
             scheduler.add_job(self._refit_scorers, "interval", seconds=5, max_instances=1,
                               coalesce=True, next_run_time=datetime.datetime.now())
+        for r in self.runner.routers:
+            if isinstance(r, LearnedRouter):
+                self._schedule_training(scheduler, Trainer(r, self.store))
         scheduler.start()
         runner_task = asyncio.create_task(self.runner.run())
         ingest_task = asyncio.create_task(self._ingest_loop())

@@ -82,6 +82,28 @@ WHERE NOT EXISTS (SELECT 1 FROM router_calls rc
 -- name: insert_router_scores_ignore_known
 INSERT OR IGNORE INTO router_scores BY NAME SELECT * FROM batch_router_scores;
 
+-- name: insert_oof_router_scores
+-- A learned router's out-of-fold scores for samples it has no score for yet (`batch_oof`):
+-- a score given when the sample arrived is never replaced.
+INSERT OR IGNORE INTO router_scores BY NAME SELECT * FROM batch_oof;
+
+-- name: learned_router_rows
+-- A learned router's training rows: the completed samples that `$model` was scored on (by the
+-- sample's scorer), in the order they arrived, with their request (never the frontier answer).
+SELECT s.sample_id, r.ts, s.frontier_model, s.messages, s.tags, sc.value
+FROM samples s
+JOIN requests r ON r.request_id = s.sample_id
+JOIN scores sc ON sc.sample_id = s.sample_id AND sc.model = $model AND sc.scorer = s.scorer
+WHERE s.status = 'done' AND sc.value IS NOT NULL
+ORDER BY r.ts, s.sample_id;
+
+-- name: learned_router_unscored
+-- Of those rows, the samples `$router` has no score for.
+SELECT s.sample_id FROM samples s
+WHERE s.status = 'done'
+  AND NOT EXISTS (SELECT 1 FROM router_scores rs
+                  WHERE rs.sample_id = s.sample_id AND rs.router = $router);
+
 -- name: insert_shadow_calls
 INSERT INTO shadow_calls BY NAME SELECT * FROM batch_shadow_calls;
 
@@ -251,7 +273,7 @@ SELECT sample_id, 'cheap', 'a', frontier_cost_usd * (0.05 + random() * 0.1) FROM
 INSERT INTO scores (sample_id, model, scorer, value)
 SELECT sample_id, 'cheap', 'exact_match', CASE WHEN random() < 0.9 THEN 1.0 ELSE 0.0 END
 FROM samples;
-INSERT INTO router_scores
+INSERT INTO router_scores (sample_id, router, score)
 SELECT s.sample_id, 'router' || r, round(random(), 3) FROM samples s, range($routers) t(r);
 
 -- name: router_samples

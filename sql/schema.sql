@@ -778,3 +778,9 @@ SELECT judge, p.decisive_verdicts, p.position_bias, i.pairs, i.inconsistency,
        p.length_verdicts, p.length_bias, g.grades, g.grade_length_corr
 FROM (SELECT DISTINCT judge FROM judge_calls) j
 LEFT JOIN p USING (judge) LEFT JOIN i USING (judge) LEFT JOIN g USING (judge);
+
+-- name: schema_95_router_scores_version
+-- Which version of a router gave the score: a learned router's `vN` (trained before the sample
+-- arrived), or how an out-of-fold score was made (`oof-forward/5`, `oof-kfold/5`); NULL for
+-- routers without versions.
+ALTER TABLE router_scores ADD COLUMN IF NOT EXISTS version VARCHAR;

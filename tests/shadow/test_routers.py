@@ -152,7 +152,7 @@ def test_random_score_is_in_unit_interval(rid: str, seed: int) -> None:
 
 
 def test_build_routers_by_kind() -> None:
-    assert set(ROUTER_KINDS) == {"http", "random", "rules"}
+    assert set(ROUTER_KINDS) == {"http", "learned", "random", "rules"}
     built = build_routers((RandomRouterConfig(name="a"),
                            RulesRouterConfig(name="b")))
     assert [type(r) for r in built] == [RandomRouter, RulesRouter]

@@ -282,7 +282,7 @@ def test_results_written_again_are_stored_once(tmp_path: Path) -> None:
 
     def result(sid: str, answer: str) -> SampleResult:
         call = CallResult("cheap", answer, 10, 0, 2, 0.001, 50.0, None, 1, deployment="d0")
-        return SampleResult(sid, "done", None, [("random", 0.5)], [call],
+        return SampleResult(sid, "done", None, [("random", 0.5, None)], [call],
                             [("cheap", "exact_match", 1.0, "exact_match", None)],
                             router_calls=[("random", 0.01, None)])
 
