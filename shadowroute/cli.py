@@ -392,6 +392,83 @@ def router_metrics(model: str | None, router: str | None, replicates: int, seed:
     click.echo(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode())
 
 
+def _learned(cfg: Config, name: str | None) -> list[Any]:
+    from shadow.routers import LearnedRouterConfig
+    found = [r for r in cfg.routers if isinstance(r, LearnedRouterConfig)
+             and (name is None or r.name == name)]
+    if not found:
+        fail(f"no learned router {name!r} in the config" if name else
+             "no learned router in the config ([[routers]] with kind = \"learned\")", 1)
+    return found
+
+
+@main.command()
+@click.option("--router", "name", default=None, help="One learned router (default: every one).")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
+              show_default=True)
+@config_option
+def routers(name: str | None, fmt: str, config: str | None) -> None:
+    """List the versions of the learned routers: training cutoff, rows, share needing the strong
+    model, cross-validated AUC, and which one scores (the newest, or `pin_version`)."""
+    import dataclasses
+
+    from shadow import learned
+
+    cfg = _load(config)
+    out = []
+    for r in _learned(cfg, name):
+        versions = learned.list_versions(Path(r.models_dir), r.name)
+        active = r.pin_version or (versions[-1].version if versions else None)
+        out += [{**dataclasses.asdict(v), "active": v.version == active} for v in versions]
+    if fmt == "json":
+        click.echo(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode())
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="learned router versions")
+    cols = ("router", "version", "active", "algorithm", "model", "bar", "cutoff", "rows",
+            "strong_share", "cv_auc", "trained_at")
+    for c in cols:
+        table.add_column(c)
+    for v in out:
+        table.add_row(*(_cell(v[c]) if c != "version" else f"v{v[c]}" for c in cols))
+    Console().print(table)
+
+
+@main.command("export-router")
+@click.argument("name")
+@click.option("--version", "version", required=True, help="The version to export (v3 or 3).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True,
+              help="Directory to write model.skops, router.py and version.json into.")
+@config_option
+def export_router(name: str, version: str, out_dir: str, config: str | None) -> None:
+    """Write a learned router's version for production: the skops model, its metadata and
+    router.py, a standalone `score(messages, model, tags)` with the same feature code that was
+    measured (needs scikit-learn and skops only)."""
+    import shutil
+
+    from shadow import learned
+
+    cfg = _load(config)
+    (r,) = _learned(cfg, name)
+    try:
+        number = learned.parse_version(version)
+    except ValueError as e:
+        fail(f"--version: {e}")
+    art, meta = learned.version_paths(Path(r.models_dir), r.name, number)
+    if not art.exists() or not meta.exists():
+        known = ", ".join(f"v{v.version}" for v in learned.list_versions(Path(r.models_dir),
+                                                                          r.name)) or "none yet"
+        fail(f"router {name!r} has no version v{number} in {r.models_dir} (versions: {known})", 1)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(art, out / "model.skops")
+    shutil.copyfile(meta, out / "version.json")
+    (out / "router.py").write_text(learned.export_source())
+    click.echo(f"wrote {out / 'router.py'}, model.skops and version.json (v{number})")
+
+
 def _read_all(cfg: Config, db: str | None, query_name: str) -> Any:
     """One of our own queries, on the file or through the running service, every row of it: no
     row cap of our own (a running service applies its own, and says `truncated`)."""

@@ -89,20 +89,23 @@ INSERT OR IGNORE INTO router_scores BY NAME SELECT * FROM batch_oof;
 
 -- name: learned_router_rows
 -- A learned router's training rows: the completed samples that `$model` was scored on (by the
--- sample's scorer), in the order they arrived, with their request (never the frontier answer).
+-- sample's scorer), in the order they arrived, with their request (never the frontier answer);
+-- only those from before the oldest sample still pending, so that every sample a new version
+-- scores afterwards came after its training cutoff.
+WITH open AS (
+    SELECT min(r.ts) AS first_open
+    FROM samples s JOIN requests r ON r.request_id = s.sample_id
+    WHERE s.status = 'pending'
+)
 SELECT s.sample_id, r.ts, s.frontier_model, s.messages, s.tags, sc.value
 FROM samples s
 JOIN requests r ON r.request_id = s.sample_id
 JOIN scores sc ON sc.sample_id = s.sample_id AND sc.model = $model AND sc.scorer = s.scorer
+CROSS JOIN open
 WHERE s.status = 'done' AND sc.value IS NOT NULL
+  AND (open.first_open IS NULL OR r.ts < open.first_open)
 ORDER BY r.ts, s.sample_id;
 
--- name: learned_router_unscored
--- Of those rows, the samples `$router` has no score for.
-SELECT s.sample_id FROM samples s
-WHERE s.status = 'done'
-  AND NOT EXISTS (SELECT 1 FROM router_scores rs
-                  WHERE rs.sample_id = s.sample_id AND rs.router = $router);
 
 -- name: insert_shadow_calls
 INSERT INTO shadow_calls BY NAME SELECT * FROM batch_shadow_calls;

@@ -4,6 +4,7 @@ and training from a real DuckDB file through the store."""
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import subprocess
 import sys
@@ -198,3 +199,40 @@ def test_learned_router_config() -> None:
                                         "got 'random'")
     assert error(retrain_cron="every day").startswith("routers[0].retrain_cron: not a crontab")
     assert error(bar=0.0) == "routers[0].bar: must be above 0 and at most 1, got 0.0"
+
+
+def test_routers_and_export_router_commands(tmp_path: Path) -> None:
+    rows, labels = dataset(200, seed=4)
+    models = tmp_path / "models"
+    for number in (1, 2):
+        model, info = learned.train_version("learned", "logreg", "cheap", 0.8, rows, labels,
+                                            datetime(2026, 11, 30, number, tzinfo=UTC), number)
+        learned.save_version(models, model, info)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SHADOWROUTE_")}
+    env.update({"SHADOWROUTE_ROUTERS__0__NAME": "learned",
+                "SHADOWROUTE_ROUTERS__0__KIND": "learned",
+                "SHADOWROUTE_ROUTERS__0__MODEL": "cheap",
+                "SHADOWROUTE_ROUTERS__0__MODELS_DIR": str(models),
+                "SHADOWROUTE_ROUTERS__0__PIN_VERSION": "1"})
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "shadowroute.cli", *args],
+                              capture_output=True, text=True, timeout=120, env=env,
+                              cwd=Path(__file__).resolve().parents[2])
+
+    listed = cli("routers", "--format", "json")
+    assert listed.returncode == 0, listed.stderr
+    got = [(v["version"], v["active"], v["rows"]) for v in orjson.loads(listed.stdout)]
+    assert got == [(1, True, 200), (2, False, 200)]  # pinned: v1 scores
+    out = tmp_path / "export"
+    done = cli("export-router", "learned", "--version", "v2", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["model.skops", "router.py", "version.json"]
+    assert orjson.loads((out / "version.json").read_text())["version"] == 2
+    missing = cli("export-router", "learned", "--version", "v9", "--out", str(out))
+    assert missing.returncode == 1
+    assert missing.stderr.strip().endswith("has no version v9 in " + str(models)
+                                           + " (versions: v1, v2)")
+    bad = cli("export-router", "learned", "--version", "latest", "--out", str(out))
+    assert bad.returncode == 2 and "--version: not a version: 'latest'" in bad.stderr
+    assert cli("export-router", "nope", "--version", "1", "--out", str(out)).returncode == 1
