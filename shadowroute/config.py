@@ -59,6 +59,7 @@ from shadow.config import (
 from shadow.judge import check_judge
 from shadow.routers import (
     HttpRouterConfig,
+    LearnedRouterConfig,
     RandomRouterConfig,
     RouterConfig,
     RulesRouterConfig,
@@ -69,7 +70,8 @@ from shadow.scorers import check_scoring
 # The sections' types live with their stages; they are named here too, as the one place a
 # reader (or a test) finds every part of the configuration.
 __all__ = ["BudgetConfig", "Config", "ConfigError", "DeploymentConfig", "FormatsConfig",
-           "GateConfig", "HttpRouterConfig", "JudgeConfig", "KafkaConfig", "MappingConfig",
+           "GateConfig", "HttpRouterConfig", "JudgeConfig", "KafkaConfig", "LearnedRouterConfig",
+           "MappingConfig",
            "ModelConfig", "Price",
            "RandomRouterConfig", "RouterConfig", "RulesRouterConfig", "SamplingConfig",
            "ScoringConfig", "ServerConfig", "ShadowConfig", "StorageConfig", "api_token",
@@ -304,6 +306,11 @@ def _validate(cfg: Config) -> None:
     check_routers(cfg.routers)
     check_scoring(cfg.scoring)
     check_judge(cfg.shadow, cfg.scoring)
+    cheap = {m.name for m in cfg.shadow.models}
+    for i, r in enumerate(cfg.routers):
+        if isinstance(r, LearnedRouterConfig) and cheap and r.model not in cheap:
+            raise ConfigError(f"routers[{i}].model", f"{r.model!r} is not one of the cheap "
+                              f"models ({', '.join(sorted(cheap))}): its scores are the labels")
     check_prices(cfg.prices)
     check_server(cfg.server)
     check_gate(cfg.gate)

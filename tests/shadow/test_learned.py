@@ -187,6 +187,12 @@ def test_learned_router_config() -> None:
     assert isinstance(r, LearnedRouterConfig) and (r.algorithm, r.retrain_cron) == ("gbdt",
                                                                                     "0 3 * * *")
 
+    with pytest.raises(ConfigError) as e:
+        load_config(None, env={**env, "SHADOWROUTE_SHADOW__MODELS__0__NAME": "mini",
+                               "SHADOWROUTE_SHADOW__MODELS__0__BASE_URL": "http://127.0.0.1:9"})
+    assert str(e.value) == ("routers[0].model: 'cheap' is not one of the cheap models (mini): "
+                            "its scores are the labels")
+
     def error(**kw: Any) -> str:
         with pytest.raises(ConfigError) as e:
             check_routers((LearnedRouterConfig(name="l", **{"model": "cheap", **kw}),))
