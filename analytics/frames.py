@@ -35,6 +35,8 @@ ATTEMPTS_SCHEMA: dict[str, Any] = {
     "error": pl.Utf8}
 
 
+CASCADE_SCORES_SCHEMA: dict[str, Any] = {"sample_id": pl.Utf8, "cascade": pl.Utf8,
+                                         "model": pl.Utf8, "accept": pl.Float64}
 JUDGE_CALLS_SCHEMA: dict[str, Any] = {
     "sample_id": pl.Utf8, "model": pl.Utf8, "judge": pl.Utf8, "mode": pl.Utf8,
     "position": pl.Utf8, "template": pl.Utf8, "output": pl.Utf8, "grade": pl.Float64,
@@ -82,6 +84,9 @@ def results_to_frames(results: Sequence[SampleResult]) -> dict[str, pl.DataFrame
             [(r.sample_id, r.status, r.skip_reason) for r in results if r.status != "pending"],
             FINISHED_SCHEMA),
         "batch_attempts": frame(_attempt_rows(results), ATTEMPTS_SCHEMA),
+        "batch_cascade_scores": frame(
+            [(r.sample_id, *c) for r in results for c in r.cascade_scores],
+            CASCADE_SCORES_SCHEMA),
         "batch_judge_calls": frame(
             [(r.sample_id, j.model, j.judge, j.mode, j.position, j.template, j.call.answer,
               j.grade, j.verdict, j.parse_error, j.candidate_chars, j.reference_chars,

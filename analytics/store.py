@@ -285,7 +285,8 @@ class Store:
                             ("batch_scores", "insert_scores" + suffix),
                             ("batch_finished", "finish_samples"),
                             ("batch_attempts", "insert_shadow_attempts" + suffix),
-                            ("batch_judge_calls", "insert_judge_calls" + suffix)):
+                            ("batch_judge_calls", "insert_judge_calls" + suffix),
+                            ("batch_cascade_scores", "insert_cascade_scores" + suffix)):
                 if name in frames:
                     con.execute(sql.query(q)).fetchall()
 

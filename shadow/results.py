@@ -108,3 +108,5 @@ class SampleResult:
     floor: list[tuple[CallResult, str, str, float | None, str | None]] = field(default_factory=list)
     # Every call to the LLM judge about this sample's answers (its floor answer's included).
     judge_calls: list[JudgeCall] = field(default_factory=list)
+    # (cascade, cheap model, acceptance score): how much each cascade trusts the cheap answer.
+    cascade_scores: list[tuple[str, str, float]] = field(default_factory=list)

@@ -35,6 +35,7 @@ from typing import Protocol
 
 from consumers.ingest import prompt_text
 from consumers.sampling import UnitHash
+from shadow.cascade import Acceptance
 from shadow.client import ModelClient
 from shadow.judge import Judge
 from shadow.results import Attempt, CallResult, PendingSample, SampleResult
@@ -70,8 +71,9 @@ class ShadowRunner:
                  score_tag: str = "feature",
                  fit_scorers: Callable[[], Awaitable[None]] | None = None,
                  floor: Mapping[str, ModelClient] | None = None, floor_share: float = 0.0,
-                 judge: Judge | None = None) -> None:
+                 judge: Judge | None = None, cascades: Sequence[Acceptance] = ()) -> None:
         self.sink = sink
+        self.cascades = list(cascades)
         self.judge = judge  # scores the samples whose scorer is `judge`
         # The noise floor: frontier model name -> its client, asked again on `floor_share` of
         # the samples (by a hash of the sample id, so a sample resumed after a restart is the
@@ -171,6 +173,11 @@ class ShadowRunner:
                 result.scores.append((c.model, scorer_name, value, used, failure))
         if floor_call is not None and floor_call.error is not None:
             result.floor = [(floor_call, scorer_name, scorer_name, None, None)]
+        for acc in self.cascades:  # from the request and the cheap answer only
+            for c in result.calls:
+                if c.model == acc.model and c.error is None:
+                    result.cascade_scores.append(
+                        (acc.name, c.model, acc.accept(messages, c.answer or "")))
         if all(c.error is not None for c in result.calls):
             outcomes = {c.outcome for c in result.calls}
             result.status = ("skipped_budget" if outcomes == {"budget"} else

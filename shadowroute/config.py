@@ -47,6 +47,7 @@ from consumers.config import (
 )
 from consumers.errors import ConfigError
 from consumers.formats.mapping import check_formats
+from shadow.cascade import CascadeConfig, check_cascades
 from shadow.config import (
     BudgetConfig,
     DeploymentConfig,
@@ -69,7 +70,7 @@ from shadow.scorers import check_scoring
 
 # The sections' types live with their stages; they are named here too, as the one place a
 # reader (or a test) finds every part of the configuration.
-__all__ = ["BudgetConfig", "Config", "ConfigError", "DeploymentConfig", "FormatsConfig",
+__all__ = ["BudgetConfig", "CascadeConfig", "Config", "ConfigError", "DeploymentConfig", "FormatsConfig",
            "GateConfig", "HttpRouterConfig", "JudgeConfig", "KafkaConfig", "LearnedRouterConfig",
            "MappingConfig",
            "ModelConfig", "Price",
@@ -145,6 +146,8 @@ class Config:
         RandomRouterConfig(name="random"),
     )
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
+    cascades: tuple[CascadeConfig, ...] = ()
+    """Cascade policies (FrugalGPT): a cheap model first, escalated when not trusted."""
     prices: Mapping[str, Price] = field(default_factory=dict)
     """Frontier model -> price, used when a log record carries no cost. A dated snapshot or a
     provider-prefixed name takes its model's price (`Ingestor.price_for`)."""
@@ -306,6 +309,7 @@ def _validate(cfg: Config) -> None:
     check_routers(cfg.routers)
     check_scoring(cfg.scoring)
     check_judge(cfg.shadow, cfg.scoring)
+    check_cascades(cfg.cascades, [m.name for m in cfg.shadow.models])
     cheap = {m.name for m in cfg.shadow.models}
     for i, r in enumerate(cfg.routers):
         if isinstance(r, LearnedRouterConfig) and cheap and r.model not in cheap:

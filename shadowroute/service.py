@@ -36,6 +36,7 @@ from consumers.ingest import IngestBatch, Ingestor
 from consumers.pipeline import DeadLetters, IngestPipeline
 from consumers.records import OffsetReset, RawMessage
 from shadow.budget import Budget
+from shadow.cascade import build_cascades
 from shadow.client import ModelClient
 from shadow.http import HttpClient, make_http
 from shadow.judge import Judge
@@ -375,6 +376,7 @@ class Service:
         routers = build_routers(self.cfg.routers, RouterContext(self.http))
         self.runner = ShadowRunner(self.store, routers, models, floor=floor,
                                    floor_share=sh.noise_floor.share, judge=judge,
+                                   cascades=build_cascades(self.cfg.cascades),
                                    concurrency=sh.concurrency, on_result=self._on_result,
                                    replay_tools=sh.replay_tools, max_queue=sh.max_queue,
                                    on_shed=self._on_shed, scoring=self.scoring,

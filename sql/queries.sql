@@ -116,6 +116,12 @@ INSERT OR IGNORE INTO shadow_calls BY NAME SELECT * FROM batch_shadow_calls;
 -- name: insert_shadow_attempts
 INSERT INTO shadow_attempts BY NAME SELECT * FROM batch_attempts;
 
+-- name: insert_cascade_scores
+INSERT INTO cascade_scores BY NAME SELECT * FROM batch_cascade_scores;
+
+-- name: insert_cascade_scores_ignore_known
+INSERT OR IGNORE INTO cascade_scores BY NAME SELECT * FROM batch_cascade_scores;
+
 -- name: insert_judge_calls
 INSERT INTO judge_calls BY NAME SELECT * FROM batch_judge_calls;
 

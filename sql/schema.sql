@@ -784,3 +784,14 @@ LEFT JOIN p USING (judge) LEFT JOIN i USING (judge) LEFT JOIN g USING (judge);
 -- arrived), or how an out-of-fold score was made (`oof-forward/5`, `oof-kfold/5`); NULL for
 -- routers without versions.
 ALTER TABLE router_scores ADD COLUMN IF NOT EXISTS version VARCHAR;
+
+-- name: schema_96_cascade_scores
+-- How much each cascade (`[[cascades]]`) trusts a cheap answer, from the request and that
+-- answer only: the probability it is good enough to keep rather than escalate to the frontier.
+CREATE TABLE IF NOT EXISTS cascade_scores (
+    sample_id VARCHAR NOT NULL,
+    cascade   VARCHAR NOT NULL,
+    model     VARCHAR NOT NULL,
+    accept    DOUBLE NOT NULL,
+    PRIMARY KEY (sample_id, cascade)
+);
