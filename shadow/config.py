@@ -242,7 +242,11 @@ class ScoringConfig:
     the frontier answer; `json_match:a.b,c` compares only those JSON paths."""
     open_ended: str = "token_f1"
     """What `auto` uses for an open-ended frontier answer (`token_f1`, `rouge_l`, `contains`,
-    `tfidf_cosine`)."""
+    `tfidf_cosine`, `embedding_cosine`, `judge`)."""
+    also: tuple[str, ...] = ()
+    """Scorers every answer is also scored by, beside its sample's own (not `judge`): each gets
+    its rows in `scores`, so the savings macros can estimate with any of them
+    (`savings_at([...], scorer := 'embedding_cosine')`)."""
     refit_s: float = 600.0
     """`tfidf_cosine`: how often its vectorizers are fitted again on stored frontier answers
     (sooner while none is fitted yet)."""

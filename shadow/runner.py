@@ -71,8 +71,10 @@ class ShadowRunner:
                  score_tag: str = "feature",
                  fit_scorers: Callable[[], Awaitable[None]] | None = None,
                  floor: Mapping[str, ModelClient] | None = None, floor_share: float = 0.0,
-                 judge: Judge | None = None, cascades: Sequence[Acceptance] = ()) -> None:
+                 judge: Judge | None = None, cascades: Sequence[Acceptance] = (),
+                 also_score: Sequence[str] = ()) -> None:
         self.sink = sink
+        self.also_score = list(also_score)
         self.cascades = list(cascades)
         self.judge = judge  # scores the samples whose scorer is `judge`
         # The noise floor: frontier model name -> its client, asked again on `floor_share` of
@@ -159,7 +161,8 @@ class ShadowRunner:
         result.calls = calls[:len(self.models)]
         floor_call = calls[-1] if floor is not None else None
         scorer_name = sample.scorer
-        if self.fit_scorers is not None and self.scoring.wants_fit(scorer_name, reference):
+        if self.fit_scorers is not None and any(
+                self.scoring.wants_fit(n, reference) for n in (scorer_name, *self.also_score)):
             await self.fit_scorers()
         answered = [c for c in result.calls if c.error is None]
         # The frontier against itself, by the same scorer: the noise floor.
@@ -173,6 +176,13 @@ class ShadowRunner:
                 result.scores.append((c.model, scorer_name, value, used, failure))
         if floor_call is not None and floor_call.error is not None:
             result.floor = [(floor_call, scorer_name, scorer_name, None, None)]
+        for c in result.calls:  # the other scorers asked for (`scoring.also`)
+            if c.error is None:
+                for name in self.also_score:
+                    if name != scorer_name:
+                        used, value, failure = self.scoring.score(
+                            name, c.answer or "", reference, tags.get(self.score_tag))
+                        result.scores.append((c.model, name, value, used, failure))
         for acc in self.cascades:  # from the request and the cheap answer only
             for c in result.calls:
                 if c.model == acc.model and c.error is None:

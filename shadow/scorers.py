@@ -473,7 +473,12 @@ def check_scoring(sc: ScoringConfig, key: str = "scoring") -> None:
     if sc.open_ended not in OPEN_ENDED:
         raise ConfigError(f"{key}.open_ended", f"must be one of {', '.join(OPEN_ENDED)}, got "
                                                f"{sc.open_ended!r}")
+    for i, scorer in enumerate(sc.also):
+        if not known(scorer) or scorer in (JUDGE, AUTO):
+            raise ConfigError(f"{key}.also[{i}]", f"must be a scorer other than auto and judge, "
+                              f"got {scorer!r}")
     for k, scorer in [(f"{key}.default", sc.default), (f"{key}.open_ended", sc.open_ended),
-                      *((f"{key}.by_tag.{t}", v) for t, v in sc.by_tag.items())]:
+                      *((f"{key}.by_tag.{t}", v) for t, v in sc.by_tag.items()),
+                      *((f"{key}.also[{i}]", v) for i, v in enumerate(sc.also))]:
         if scorer == EMBEDDING and not EmbeddingCosine.available():
             raise ConfigError(k, f"{EMBEDDING} needs its model: pip install 'shadowroute[embed]'")

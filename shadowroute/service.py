@@ -153,7 +153,7 @@ class Service:
         sc = cfg.scoring
         self._score_tag = sc.tag or cfg.sampling.stratify_tag
         self.scoring = Scoring(sc.open_ended, TfidfCosine(sc.tfidf_min_docs))
-        if EMBEDDING in (sc.default, sc.open_ended, *sc.by_tag.values()):
+        if EMBEDDING in (sc.default, sc.open_ended, *sc.by_tag.values(), *sc.also):
             self.scoring.embedding.load()  # now, not on the event loop at the first sample
         self._last_fit = -float("inf")
         self._fitting = asyncio.Lock()  # the scheduler's job and the runner's first need
@@ -252,7 +252,7 @@ class Service:
 
     def _fits_scorers(self) -> bool:
         sc = self.cfg.scoring
-        used = {sc.default, *sc.by_tag.values()}
+        used = {sc.default, *sc.by_tag.values(), *sc.also}
         return TFIDF in used or ("auto" in used and sc.open_ended == TFIDF)
 
     async def _refit_scorers(self) -> None:
@@ -377,6 +377,7 @@ class Service:
         self.runner = ShadowRunner(self.store, routers, models, floor=floor,
                                    floor_share=sh.noise_floor.share, judge=judge,
                                    cascades=build_cascades(self.cfg.cascades),
+                                   also_score=self.cfg.scoring.also,
                                    concurrency=sh.concurrency, on_result=self._on_result,
                                    replay_tools=sh.replay_tools, max_queue=sh.max_queue,
                                    on_shed=self._on_shed, scoring=self.scoring,

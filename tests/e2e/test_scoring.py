@@ -237,3 +237,33 @@ output_per_mtok = 10.0
     assert asked == n
     assert floor == [("gpt-4o|math", "final_number", n, pytest.approx(8 / 12))]
     assert vs == [("cheap", 1.0, n, pytest.approx(8 / 12), 1.0)]
+
+
+def test_every_answer_also_scored_by_the_scorers_asked_for(broker: Broker, topic: str,
+                                                           db_path: Path, tmp_path: Path) -> None:
+    n_each = 3
+    values = [v for v in _records(n_each)
+              if orjson.loads(v)["tags"]["feature"] in ("number", "prose")]
+    asyncio.run(produce(broker.bootstrap, topic, values))
+    with ModelServer(ModelBehaviour(answer=_cheap)) as ms:
+        path = write_config(tmp_path / "c.toml", bootstrap=broker.bootstrap, topic=topic,
+                            group="g-also", db=db_path, model_url=ms.url, default_rate=1.0,
+                            math_rate=1.0)
+        path.write_text(path.read_text().replace(
+            'default = "exact_match"\nby_tag = { math = "final_number" }',
+            'default = "auto"\nalso = ["embedding_cosine", "rouge_l"]'))
+        asyncio.run(run_until_consumed(load_config(path, env={}), len(values)))
+    import duckdb
+    con = duckdb.connect(str(db_path), read_only=True)
+    try:
+        rows = con.execute(
+            "SELECT s.tags->>'feature', sc.scorer, count(*), count(sc.value) "
+            "FROM scores sc JOIN samples s USING (sample_id) GROUP BY ALL ORDER BY ALL"
+        ).fetchall()
+        # The estimates still use each sample's own scorer.
+        own = con.execute("SELECT count(*) FROM completed_outcomes").fetchone()
+    finally:
+        con.close()
+    assert rows == [(f, s, n_each, n_each) for f in ("number", "prose")
+                    for s in ("auto", "embedding_cosine", "rouge_l")]
+    assert own == (2 * n_each,)
