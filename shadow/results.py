@@ -27,6 +27,8 @@ class PendingSample:      # `fields()` per object), and these cross the store's 
     frontier_cost_usd: float | None
     input_tokens: int | None
     scorer: str
+    sample_key: int | None = None
+    """The sample's integer key in the store (`samples.sample_key`), written with its results."""
 
 
 @dataclass
@@ -87,3 +89,6 @@ class SampleResult:
     # The noise floor: (the frontier model's call, scorer, scorer used, value, failure) when the
     # sample's frontier model was asked again.
     floor: list[tuple[CallResult, str, str, float | None, str | None]] = field(default_factory=list)
+    # The sample's key in the store, written with its calls and scores (the savings views join
+    # on it); None: the store finds it by sample_id.
+    sample_key: int | None = None

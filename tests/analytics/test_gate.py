@@ -63,7 +63,8 @@ def fill(store: Store, strata: dict[str, tuple[int, list[S]]], *, noise: bool = 
     con.execute("INSERT INTO scores (sample_id, model, scorer, value) "
                 "SELECT sample_id, $m, $s, x FROM t_scores",
                 {"m": MODEL, "s": SCORER})
-    con.execute("INSERT INTO router_scores SELECT sample_id, $r, x FROM t_routes", {"r": ROUTER})
+    con.execute("INSERT INTO router_scores (sample_id, router, score) "
+                "SELECT sample_id, $r, x FROM t_routes", {"r": ROUTER})
     for name in frames:
         con.unregister(f"t_{name}")
     if noise:
@@ -437,7 +438,7 @@ def test_binned_sums_give_what_the_cross_join_gave_for_many_routers_and_models(
                  "gpt-4o|chat": (25, [S(1.0, 0.5), S(0.0, 0.05), S(0.25, 0.7)]),
                  "gpt-4o|code": (9, [S(0.75, 0.2)])})
     con = store.con
-    con.execute("INSERT INTO router_scores SELECT sample_id, 'mf', "
+    con.execute("INSERT INTO router_scores (sample_id, router, score) SELECT sample_id, 'mf', "
                 "CASE WHEN sample_id = 'gpt-4o-math-1' THEN NULL ELSE 1 - score END "
                 "FROM router_scores WHERE router = $r", {"r": ROUTER})
     con.execute("INSERT INTO shadow_calls (sample_id, model, answer, cost_usd) "

@@ -58,7 +58,8 @@ def store(tmp_path: Path) -> Iterator[Store]:
                     "VALUES ($1, $2, 'a', $3)", [sid, MODEL, cf / 10])
         con.execute("INSERT INTO scores (sample_id, model, scorer, value) VALUES ($1, $2, $3, $4)",
                     [sid, MODEL, SCORER, q])
-        con.execute("INSERT INTO router_scores VALUES ($1, $2, $3)", [sid, ROUTER, score])
+        con.execute("INSERT INTO router_scores (sample_id, router, score) VALUES ($1, $2, $3)",
+                    [sid, ROUTER, score])
     yield s
     s.close()
 
