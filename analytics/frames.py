@@ -10,8 +10,11 @@ import polars as pl
 from consumers.ingest import frame
 from shadow.results import SampleResult
 
+# `sample_key` (the sample's integer key, NULL when the result does not carry it) is written with
+# the rows the savings views join: router scores, calls and scores.
 ROUTER_SCORES_SCHEMA: dict[str, Any] = {"sample_id": pl.Utf8, "router": pl.Utf8,
-                                        "score": pl.Float64, "version": pl.Utf8}
+                                        "score": pl.Float64, "version": pl.Utf8,
+                                        "sample_key": pl.Int64}
 NOISE_FLOOR_SCHEMA: dict[str, Any] = {
     "sample_id": pl.Utf8, "model": pl.Utf8, "answer": pl.Utf8, "input_tokens": pl.Int64,
     "cached_input_tokens": pl.Int64, "output_tokens": pl.Int64, "cost_usd": pl.Float64,
@@ -24,10 +27,10 @@ SHADOW_CALLS_SCHEMA: dict[str, Any] = {
     "cached_input_tokens": pl.Int64, "output_tokens": pl.Int64, "cost_usd": pl.Float64,
     "latency_ms": pl.Float64, "error": pl.Utf8, "attempts": pl.Int32, "deployment": pl.Utf8,
     "outcome": pl.Utf8, "spend_usd": pl.Float64, "usage_estimated": pl.Boolean,
-    "reused_from": pl.Utf8}
+    "reused_from": pl.Utf8, "sample_key": pl.Int64}
 SCORES_SCHEMA: dict[str, Any] = {
     "sample_id": pl.Utf8, "model": pl.Utf8, "scorer": pl.Utf8, "value": pl.Float64,
-    "scorer_used": pl.Utf8, "error": pl.Utf8}
+    "scorer_used": pl.Utf8, "error": pl.Utf8, "sample_key": pl.Int64}
 FINISHED_SCHEMA: dict[str, Any] = {"sample_id": pl.Utf8, "status": pl.Utf8, "skip_reason": pl.Utf8}
 ATTEMPTS_SCHEMA: dict[str, Any] = {
     "attempt_id": pl.Utf8, "sample_id": pl.Utf8, "model": pl.Utf8, "attempt": pl.Int32,
@@ -62,7 +65,7 @@ def results_to_frames(results: Sequence[SampleResult]) -> dict[str, pl.DataFrame
     (`orient="row"` took ~4x as long)."""
     return {
         "batch_router_scores": frame(
-            [(r.sample_id, *rs) for r in results for rs in r.router_scores],
+            [(r.sample_id, *rs, r.sample_key) for r in results for rs in r.router_scores],
             ROUTER_SCORES_SCHEMA),
         "batch_router_calls": frame(
             [(r.sample_id, *call) for r in results for call in r.router_calls],
@@ -76,10 +79,10 @@ def results_to_frames(results: Sequence[SampleResult]) -> dict[str, pl.DataFrame
         "batch_shadow_calls": frame(
             [(r.sample_id, c.model, c.answer, c.input_tokens, c.cached_input_tokens,
               c.output_tokens, c.cost_usd, c.latency_ms, c.error, c.attempts, c.deployment,
-              c.outcome, c.spend_usd, c.usage_estimated, c.reused_from)
+              c.outcome, c.spend_usd, c.usage_estimated, c.reused_from, r.sample_key)
              for r in results for c in r.calls], SHADOW_CALLS_SCHEMA),
         "batch_scores": frame(
-            [(r.sample_id, *sc) for r in results for sc in r.scores], SCORES_SCHEMA),
+            [(r.sample_id, *sc, r.sample_key) for r in results for sc in r.scores], SCORES_SCHEMA),
         "batch_finished": frame(
             [(r.sample_id, r.status, r.skip_reason) for r in results if r.status != "pending"],
             FINISHED_SCHEMA),

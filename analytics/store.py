@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import threading
 from collections.abc import Iterator, Mapping, Sequence
@@ -131,8 +132,12 @@ class Store:
             lock_down(self.con)
 
     def migrate(self) -> None:
+        """The schema statements in name order, tables and their columns before views and
+        macros: DuckDB binds a view's or macro's query when it is created, so one may use a
+        column that a later migration adds to an existing file (e.g. `sample_key`)."""
+        stmts = sql.script("schema_")
         with self._lock:
-            for stmt in sql.script("schema_"):
+            for stmt in sorted(stmts, key=_defines_view):  # stable: name order within each
                 self.con.execute(stmt).fetchall()
 
     @contextmanager
@@ -252,8 +257,8 @@ class Store:
                     sample_id=sid, stratum=stratum, frontier_model=model,
                     messages=orjson.loads(messages), params=orjson.loads(params),
                     tags=orjson.loads(tags or "{}"), response_text=answer or "",
-                    frontier_cost_usd=cost, input_tokens=inp, scorer=scorer)
-                    for sid, stratum, model, messages, params, tags, answer, cost, inp, scorer
+                    frontier_cost_usd=cost, input_tokens=inp, scorer=scorer, sample_key=key)
+                    for sid, stratum, model, messages, params, tags, answer, cost, inp, scorer, key
                     in rows)
             return out
 
@@ -318,7 +323,8 @@ class Store:
         (a learned router's out-of-fold scores); a score already stored stays."""
         if not rows:
             return
-        with self._tx({"batch_oof": frame(list(rows), ROUTER_SCORES_SCHEMA)}) as con:
+        with self._tx({"batch_oof": frame([(*r, None) for r in rows],  # key: by sample_id
+                                          ROUTER_SCORES_SCHEMA)}) as con:
             con.execute(sql.query("insert_oof_router_scores")).fetchall()
 
     def lease_budget(self, run_id: str, nano: int) -> None:
@@ -414,6 +420,15 @@ class Store:
     def counts(self) -> dict[str, Any]:
         cols, rows = self.query_table(sql.query("counts"))
         return dict(zip(cols, rows[0], strict=True))
+
+
+_VIEW = re.compile(r"^\s*CREATE\s+(?:OR\s+REPLACE\s+)?(?:VIEW|MACRO)\b", re.IGNORECASE)
+
+
+def _defines_view(stmt: str) -> bool:
+    """Whether a schema statement creates a view or macro (its comment lines aside)."""
+    code = "\n".join(line for line in stmt.splitlines() if not line.lstrip().startswith("--"))
+    return bool(_VIEW.match(code))
 
 
 def _approx_bytes(v: Any) -> int:

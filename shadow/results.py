@@ -27,6 +27,8 @@ class PendingSample:      # `fields()` per object), and these cross the store's 
     frontier_cost_usd: float | None
     input_tokens: int | None
     scorer: str
+    sample_key: int | None = None
+    """The sample's integer key in the store (`samples.sample_key`), written with its results."""
 
 
 @dataclass
@@ -110,3 +112,6 @@ class SampleResult:
     judge_calls: list[JudgeCall] = field(default_factory=list)
     # (cascade, cheap model, acceptance score): how much each cascade trusts the cheap answer.
     cascade_scores: list[tuple[str, str, float]] = field(default_factory=list)
+    # The sample's key in the store, written with its calls and scores (the savings views join
+    # on it); None: the store finds it by sample_id.
+    sample_key: int | None = None

@@ -125,7 +125,7 @@ class ShadowRunner:
         messages, params, tags = sample.messages, sample.params, sample.tags
         reference = sample.response_text
         route_in = RouteInput(sid, sample.frontier_model, prompt_text(messages), tags, messages)
-        result = SampleResult(sid, "done")
+        result = SampleResult(sid, "done", sample_key=sample.sample_key)
         if params.get("tools") and not self.replay_tools:
             result.status = "skipped_tools"
             result.skip_reason = "request offered tools (shadow.replay_tools = false)"

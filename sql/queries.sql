@@ -50,7 +50,7 @@ FROM otlp_pending ORDER BY seq;
 
 -- name: pending_samples
 SELECT sample_id, stratum, frontier_model, messages, params, tags, response_text,
-       frontier_cost_usd, input_tokens, scorer
+       frontier_cost_usd, input_tokens, scorer, sample_key
 FROM samples
 WHERE status = 'pending'
   -- the runner's in-flight samples: still pending here until their results are written
@@ -84,8 +84,9 @@ INSERT OR IGNORE INTO router_scores BY NAME SELECT * FROM batch_router_scores;
 
 -- name: insert_oof_router_scores
 -- A learned router's out-of-fold scores for samples it has no score for yet (`batch_oof`):
--- a score given when the sample arrived is never replaced.
-INSERT OR IGNORE INTO router_scores BY NAME SELECT * FROM batch_oof;
+-- a score given when the sample arrived is never replaced. With the sample's key.
+INSERT OR IGNORE INTO router_scores BY NAME
+SELECT b.* REPLACE (s.sample_key AS sample_key) FROM batch_oof b JOIN samples s USING (sample_id);
 
 -- name: learned_router_rows
 -- A learned router's training rows: the completed samples that `$model` was scored on (by the
@@ -277,13 +278,15 @@ FROM range(2 * $samples) t(i);
 INSERT INTO samples (sample_id, stratum, frontier_model, scorer, frontier_cost_usd, status)
 SELECT request_id, stratum, 'gpt-4o', 'exact_match', cost_usd, 'done'
 FROM requests WHERE sampled;
-INSERT INTO shadow_calls (sample_id, model, answer, cost_usd)
-SELECT sample_id, 'cheap', 'a', frontier_cost_usd * (0.05 + random() * 0.1) FROM samples;
-INSERT INTO scores (sample_id, model, scorer, value)
-SELECT sample_id, 'cheap', 'exact_match', CASE WHEN random() < 0.9 THEN 1.0 ELSE 0.0 END
+INSERT INTO shadow_calls (sample_id, model, answer, cost_usd, sample_key)
+SELECT sample_id, 'cheap', 'a', frontier_cost_usd * (0.05 + random() * 0.1), sample_key FROM samples;
+INSERT INTO scores (sample_id, model, scorer, value, sample_key)
+SELECT sample_id, 'cheap', 'exact_match', CASE WHEN random() < 0.9 THEN 1.0 ELSE 0.0 END,
+       sample_key
 FROM samples;
-INSERT INTO router_scores (sample_id, router, score)
-SELECT s.sample_id, 'router' || r, round(random(), 3) FROM samples s, range($routers) t(r);
+INSERT INTO router_scores (sample_id, router, score, sample_key)
+SELECT s.sample_id, 'router' || r, round(random(), 3), s.sample_key
+FROM samples s, range($routers) t(r);
 
 -- name: router_samples
 -- Every router's score on every completed sample, with the stratum's N_h (for

@@ -164,15 +164,23 @@ FROM requests WHERE eligible GROUP BY stratum;
 -- and the frontier cost f (with squares and the cross product, for the variances), at the
 -- given thresholds. A request goes to the cheap model when score < threshold.
 -- Cost grows with the samples, not samples x thresholds: each score falls in one bin between
--- the sorted distinct thresholds (bin = #{thresholds <= score}, a binary search of ten steps,
--- so at most 1023 distinct thresholds per call), the samples are summed per (router, model,
--- stratum, bin) and the bins accumulated in order; threshold number j (from 1, in order) then
--- takes the running sums up to bin j - 1 (an equi-join). A stratum's totals are what every
--- sample costs on the frontier; the cheap side replaces its part.
--- Speed (benchmarks/analytics.py): the work per row is the same for discrete and continuous
--- scores; routers, models and strata are numbered first and the aggregation of every (sample,
--- policy) row groups on one integer key, never on strings (10x cheaper in DuckDB); the outcome
--- tables are joined once (the CTE `c`) for the routers and the two reference policies.
+-- the sorted distinct thresholds (bin = #{thresholds <= score}, at most 1023 distinct
+-- thresholds per call), the samples are summed per (router, model, stratum, bin) and the bins
+-- accumulated in order; threshold number j (from 1, in order) then takes the running sums up to
+-- bin j - 1 (an equi-join). A stratum's totals are what every sample costs on the frontier; the
+-- cheap side replaces its part.
+-- Speed (benchmarks/analytics.py; the work per row is the same for discrete and continuous
+-- scores):
+-- * Tables are joined on one integer: `sample_key` (schema_80), and a (sample, model, scorer)
+--   triple numbered from it. DuckDB joins a single column of dense integers by direct lookup;
+--   on the VARCHAR sample_id, or on two columns, the same join costs 3-10x as much. A row
+--   written without a key (by hand) finds it through sample_id.
+-- * A score's bin is read from a table of 2^12 buckets over [0, 1] (lo[b] = #{thresholds in
+--   the buckets below b}) and settled by comparing the thresholds inside its own bucket (almost
+--   always none or one; several only for thresholds closer than 2^-12 or outside [0, 1]).
+-- * Routers, models and strata are numbered first and every (sample, router) row is summed on
+--   one integer key, never on strings (10x cheaper in DuckDB); the reference policies are summed
+--   from the outcomes' totals per (model, stratum, q = 1).
 CREATE OR REPLACE MACRO routed_strata(thresholds, width := NULL) AS TABLE
 WITH g AS (
     -- the distinct thresholds in order, numbered from 1
@@ -192,73 +200,137 @@ WITH g AS (
           SELECT stratum, date_trunc(width, ts), cost_usd FROM requests
           WHERE eligible AND ts IS NOT NULL AND width IS NOT NULL)
     GROUP BY stratum, win
-), c AS MATERIALIZED (
-    -- completed_outcomes, with the stratum's number
-    SELECT s.sample_id, sc.model, p.h, sc.value AS q, s.frontier_cost_usd AS cf,
-           x.cost_usd AS cm
-    FROM (SELECT sample_id, stratum, NULL::TIMESTAMP AS win, scorer, frontier_cost_usd
+), done AS (
+    -- the completed samples, with their stratum's number
+    SELECT s.sample_key, s.scorer, s.frontier_cost_usd AS cf, p.h
+    FROM (SELECT sample_key, stratum, NULL::TIMESTAMP AS win, scorer, frontier_cost_usd
           FROM samples WHERE status = 'done' AND width IS NULL
           UNION ALL
-          SELECT s.sample_id, s.stratum, date_trunc(width, r.ts), s.scorer, s.frontier_cost_usd
+          SELECT s.sample_key, s.stratum, date_trunc(width, r.ts), s.scorer, s.frontier_cost_usd
           FROM samples s JOIN requests r ON r.request_id = s.sample_id
           WHERE s.status = 'done' AND r.ts IS NOT NULL AND width IS NOT NULL) s
-    JOIN shadow_calls x ON x.sample_id = s.sample_id AND x.error IS NULL
-    JOIN scores sc ON sc.sample_id = s.sample_id AND sc.model = x.model AND sc.scorer = s.scorer
-        AND sc.value IS NOT NULL
     JOIN strata p ON p.stratum = s.stratum AND p.win IS NOT DISTINCT FROM s.win
+), calls AS (
+    -- the answered cheap calls, scores and router scores by sample_key; rows without one find
+    -- it by sample_id (the samples looked up first with IN: when no row lacks a key, that
+    -- branch reads nothing, where a join would read every sample_id)
+    SELECT sample_key, model, cost_usd FROM shadow_calls
+    WHERE error IS NULL AND sample_key IS NOT NULL
+    UNION ALL
+    SELECT s.sample_key, x.model, x.cost_usd FROM shadow_calls x JOIN samples s USING (sample_id)
+    WHERE x.error IS NULL AND x.sample_key IS NULL
+      AND s.sample_id IN (SELECT sample_id FROM shadow_calls WHERE sample_key IS NULL)
+), quality AS (
+    SELECT sample_key, model, scorer, value FROM scores
+    WHERE value IS NOT NULL AND sample_key IS NOT NULL
+    UNION ALL
+    SELECT s.sample_key, sc.model, sc.scorer, sc.value FROM scores sc JOIN samples s USING (sample_id)
+    WHERE sc.value IS NOT NULL AND sc.sample_key IS NULL
+      AND s.sample_id IN (SELECT sample_id FROM scores WHERE sample_key IS NULL)
+), routes AS (
+    SELECT sample_key, router, score FROM router_scores WHERE sample_key IS NOT NULL
+    UNION ALL
+    SELECT s.sample_key, rs.router, rs.score FROM router_scores rs JOIN samples s USING (sample_id)
+    WHERE rs.sample_key IS NULL
+      AND s.sample_id IN (SELECT sample_id FROM router_scores WHERE sample_key IS NULL)
 ), models AS MATERIALIZED (
-    SELECT model, row_number() OVER (ORDER BY model) AS m FROM (SELECT DISTINCT model FROM c)
+    SELECT model, row_number() OVER (ORDER BY model) AS m
+    FROM (SELECT DISTINCT model FROM shadow_calls WHERE error IS NULL)
+), scorers AS MATERIALIZED (
+    SELECT scorer, row_number() OVER (ORDER BY scorer) AS n
+    FROM (SELECT DISTINCT scorer FROM samples WHERE status = 'done' AND scorer IS NOT NULL)
+), nk AS (
+    SELECT (SELECT count(*) FROM models) AS nm, (SELECT count(*) FROM scorers) AS ns
+), c AS MATERIALIZED (
+    -- completed_outcomes: each answered call joined with its score by the sample's scorer on
+    -- one integer, (sample_key * models + m - 1) * scorers + n - 1 (dense, so a direct lookup,
+    -- when every sample has every model and one scorer is used)
+    SELECT x.sample_key, x.m, x.h, q.value AS q, x.cf, x.cm
+    FROM (SELECT (d.sample_key * nk.nm + models.m - 1) * nk.ns + scorers.n - 1 AS k,
+                 d.sample_key, models.m, d.h, d.cf, c.cost_usd AS cm
+          FROM done d JOIN calls c ON c.sample_key = d.sample_key
+          JOIN models ON models.model = c.model JOIN scorers ON scorers.scorer = d.scorer, nk) x
+    JOIN (SELECT (q.sample_key * nk.nm + models.m - 1) * nk.ns + scorers.n - 1 AS k, q.value
+          FROM quality q JOIN models ON models.model = q.model
+          JOIN scorers ON scorers.scorer = q.scorer, nk) q ON q.k = x.k
 ), routers AS (
     SELECT router, row_number() OVER (ORDER BY router) AS r
     FROM (SELECT DISTINCT router FROM router_scores)
 ), th AS MATERIALIZED (
-    -- the sorted distinct thresholds padded with NaN (DuckDB orders it above everything) to
-    -- 1023 entries, for a binary search per score
-    SELECT CASE WHEN len(d) > 1023
-                THEN error('savings: at most 1023 distinct thresholds per call, got ' || len(d))
-                ELSE list_concat(d, list_transform(range(1023 - len(d)), lambda i: 'NaN'::DOUBLE))
-           END AS tp
-    FROM (SELECT list_sort(list_distinct(thresholds::DOUBLE[])) AS d)
+    -- the thresholds by bucket, bucket(x) = floor(x * 2^12) clamped to [-1, 2^12] (NaN in 2^12:
+    -- DuckDB orders it above everything), which is monotone in x; at list position b + 2, for
+    -- bucket b: `lo` the distinct thresholds in the buckets below and `t1` its own one (NaN:
+    -- none). A score's bin is `lo` of its bucket plus its bucket's thresholds that are <= it.
+    -- `crowded`: a bucket holds several (thresholds closer than 2^-12, or several outside
+    -- [0, 1]); then each score is compared with every threshold of its bucket (in `tp`,
+    -- sorted, from position lo + 1).
+    SELECT list(below::INTEGER ORDER BY b) AS lo,
+           list(coalesce(t1, 'NaN'::DOUBLE) ORDER BY b) AS t1,
+           max(inside) > 1 AS crowded,
+           (SELECT list_sort(list_distinct(thresholds::DOUBLE[]))) AS tp
+    FROM (SELECT b, coalesce(sum(inside) OVER (ORDER BY b ROWS BETWEEN UNBOUNDED PRECEDING
+                                                            AND 1 PRECEDING), 0) AS below,
+                 inside, t1
+          FROM (SELECT range::INTEGER AS b FROM range(-1, 4098))
+          LEFT JOIN (SELECT least(greatest(floor(t * 4096), -1), 4096)::INTEGER AS b,
+                            count(*) AS inside, min(t) AS t1
+                     FROM (SELECT unnest(list_distinct(thresholds::DOUBLE[])) AS t) GROUP BY 1)
+          USING (b))
 ), dims AS (
     -- radixes of the integer key ((r + 2) * mhs + m * hs + h) * 1024 + bin, the number of
     -- thresholds, and the bins of the reference policies' scores 0 and 1; all_cheap is r = -1,
     -- oracle r = -2
     SELECT (SELECT count(*) FROM strata) + 1 AS hs,
            ((SELECT count(*) FROM models) + 1) * ((SELECT count(*) FROM strata) + 1) AS mhs,
-           (SELECT count(*) FROM g) AS k,
+           (SELECT CASE WHEN count(*) > 1023
+                        THEN error('savings: at most 1023 distinct thresholds per call, got '
+                                   || count(*))
+                        ELSE count(*) END FROM g) AS k,
            (SELECT count(*) FROM g WHERE threshold <= 0.0) AS b0,
            (SELECT count(*) FROM g WHERE threshold <= 1.0) AS b1
 ), cm AS MATERIALIZED (
-    SELECT c.sample_id, models.m * dims.hs + c.h AS mh, c.q, c.cf, c.cm
-    FROM c JOIN models USING (model), dims
-), s0 AS (
-    -- bin = #{thresholds <= score} by binary search over the padded list, ten halvings;
-    -- NULL scores as NaN: above every threshold, never cheap (as before)
-    SELECT sample_id, router, coalesce(score, 'NaN'::DOUBLE) AS s, 0 AS bin FROM router_scores
-), s1 AS (SELECT * REPLACE (bin + CASE WHEN (SELECT tp FROM th)[bin + 512] <= s THEN 512 ELSE 0 END AS bin) FROM s0
-), s2 AS (SELECT * REPLACE (bin + CASE WHEN (SELECT tp FROM th)[bin + 256] <= s THEN 256 ELSE 0 END AS bin) FROM s1
-), s3 AS (SELECT * REPLACE (bin + CASE WHEN (SELECT tp FROM th)[bin + 128] <= s THEN 128 ELSE 0 END AS bin) FROM s2
-), s4 AS (SELECT * REPLACE (bin + CASE WHEN (SELECT tp FROM th)[bin + 64] <= s THEN 64 ELSE 0 END AS bin) FROM s3
-), s5 AS (SELECT * REPLACE (bin + CASE WHEN (SELECT tp FROM th)[bin + 32] <= s THEN 32 ELSE 0 END AS bin) FROM s4
-), s6 AS (SELECT * REPLACE (bin + CASE WHEN (SELECT tp FROM th)[bin + 16] <= s THEN 16 ELSE 0 END AS bin) FROM s5
-), s7 AS (SELECT * REPLACE (bin + CASE WHEN (SELECT tp FROM th)[bin + 8] <= s THEN 8 ELSE 0 END AS bin) FROM s6
-), s8 AS (SELECT * REPLACE (bin + CASE WHEN (SELECT tp FROM th)[bin + 4] <= s THEN 4 ELSE 0 END AS bin) FROM s7
-), s9 AS (SELECT * REPLACE (bin + CASE WHEN (SELECT tp FROM th)[bin + 2] <= s THEN 2 ELSE 0 END AS bin) FROM s8
-), binned AS (SELECT * REPLACE (bin + CASE WHEN (SELECT tp FROM th)[bin + 1] <= s THEN 1 ELSE 0 END AS bin) FROM s9
-), o AS (
-    SELECT ((routers.r + 2) * dims.mhs + cm.mh) * 1024 + b.bin AS key, cm.q, cm.cf, cm.cm
-    FROM cm JOIN binned b ON b.sample_id = cm.sample_id
+    SELECT c.sample_key, c.m * dims.hs + c.h AS mh, c.q, c.cf, c.cm FROM c, dims
+), binned AS (
+    -- NULL scores as NaN: above every threshold, never cheap (as before); capped at 1023 (the
+    -- key's room), which is >= the number of thresholds
+    SELECT sample_key, router,
+           CASE WHEN th.crowded
+                THEN th.lo[b + 2] + len(list_filter(th.tp[th.lo[b + 2] + 1:th.lo[b + 3]],
+                                                    lambda t: t <= s))
+                ELSE least(th.lo[b + 2] + (th.t1[b + 2] <= s)::INTEGER, 1023) END AS bin
+    FROM (SELECT sample_key, router, coalesce(score, 'NaN'::DOUBLE) AS s,
+                 least(greatest(floor(coalesce(score, 'NaN'::DOUBLE) * 4096), -1),
+                       4096)::INTEGER AS b
+          FROM routes), th
+), sums AS (
+    -- every (sample, router) row on its key
+    SELECT ((routers.r + 2) * dims.mhs + cm.mh) * 1024 + b.bin AS key,
+           count(*) AS k, sum(1.0 - cm.q) AS sl, sum((1.0 - cm.q) * (1.0 - cm.q)) AS sll,
+           sum(cm.cm) AS scm, sum(cm.cm * cm.cm) AS scmm, sum(cm.cm * cm.cf) AS scmf,
+           sum(cm.cf) AS scf, sum(cm.cf * cm.cf) AS scff
+    FROM cm JOIN binned b ON b.sample_key = cm.sample_key
     JOIN routers ON routers.router = b.router, dims
-    UNION ALL
-    SELECT (dims.mhs + mh) * 1024 + dims.b0, q, cf, cm FROM cm, dims
-    UNION ALL
-    SELECT mh * 1024 + CASE WHEN q >= 1.0 THEN dims.b0 ELSE dims.b1 END, q, cf, cm
-    FROM cm, dims
+    GROUP BY 1
+), perfect AS (
+    -- the outcomes' totals per (model, stratum, q = 1), for the reference policies
+    SELECT mh, q >= 1.0 AS perfect, count(*) AS k, sum(1.0 - q) AS sl,
+           sum((1.0 - q) * (1.0 - q)) AS sll, sum(cm) AS scm, sum(cm * cm) AS scmm,
+           sum(cm * cf) AS scmf, sum(cf) AS scf, sum(cf * cf) AS scff
+    FROM cm GROUP BY ALL
 ), by_bin AS MATERIALIZED (
-    SELECT key // 1024 AS cell, key % 1024 AS bin, count(*) AS k,
-           sum(1.0 - q) AS sl, sum((1.0 - q) * (1.0 - q)) AS sll, sum(cm) AS scm,
-           sum(cm * cm) AS scmm, sum(cm * cf) AS scmf, sum(cf) AS scf, sum(cf * cf) AS scff
-    FROM o GROUP BY key
+    SELECT key // 1024 AS cell, key % 1024 AS bin, k, sl, sll, scm, scmm, scmf, scf, scff
+    FROM sums
+    UNION ALL
+    -- all_cheap (r = -1) sends every sample to the bin of score 0, oracle (r = -2) those that
+    -- scored 1 to the bin of score 0 and the others to the bin of score 1
+    SELECT cell, bin, sum(k), sum(sl), sum(sll), sum(scm), sum(scmm), sum(scmf), sum(scf),
+           sum(scff)
+    FROM (SELECT dims.mhs + mh AS cell, dims.b0 AS bin, p.* EXCLUDE (mh, perfect)
+          FROM perfect p, dims
+          UNION ALL
+          SELECT mh, CASE WHEN perfect THEN dims.b0 ELSE dims.b1 END, p.* EXCLUDE (mh, perfect)
+          FROM perfect p, dims)
+    GROUP BY cell, bin
 ), tot AS (
     SELECT cell, sum(k) AS n, sum(scf) AS sf, sum(scff) AS sff FROM by_bin GROUP BY cell
 ), cum AS (
@@ -673,6 +745,43 @@ WITH q AS (
 SELECT q.stratum, q.model, q.n, q.quality, f.floor_n, f.floor,
        CASE WHEN f.floor > 0 THEN least(1.0, q.quality / f.floor) END AS quality_vs_floor
 FROM q LEFT JOIN f USING (stratum);
+
+-- name: schema_80_sample_key_seq
+-- Issue 19: an integer key per sample, written with every row of the tables the savings curve
+-- joins (samples, shadow_calls, scores, router_scores), so that `routed_strata` joins them on
+-- one integer column rather than the VARCHAR sample_id (the curve over 1M samples took 3x as
+-- long on sample_id). Numbered in insertion order, so the keys of the samples are dense.
+CREATE SEQUENCE IF NOT EXISTS sample_key_seq;
+
+-- name: schema_81_samples_sample_key
+-- Given at insertion (also to the rows of an existing file, when the column is added).
+ALTER TABLE samples ADD COLUMN IF NOT EXISTS sample_key BIGINT DEFAULT nextval('sample_key_seq');
+
+-- name: schema_82_shadow_calls_sample_key
+-- The sample's key: written by `Store.write_results` (the runner carries it from the pending
+-- sample); NULL where a row was written without it, which the curve then finds by sample_id
+-- until the next open fills it in (schema_85).
+ALTER TABLE shadow_calls ADD COLUMN IF NOT EXISTS sample_key BIGINT;
+
+-- name: schema_83_scores_sample_key
+ALTER TABLE scores ADD COLUMN IF NOT EXISTS sample_key BIGINT;
+
+-- name: schema_84_router_scores_sample_key
+ALTER TABLE router_scores ADD COLUMN IF NOT EXISTS sample_key BIGINT;
+
+-- name: schema_85_shadow_calls_fill_sample_key
+-- Rows without a key (a file of before the key, rows written by hand) get their sample's. Cheap
+-- at every open once done: the filter on a column without NULLs skips the join.
+UPDATE shadow_calls SET sample_key = s.sample_key FROM samples s
+WHERE shadow_calls.sample_key IS NULL AND s.sample_id = shadow_calls.sample_id;
+
+-- name: schema_86_scores_fill_sample_key
+UPDATE scores SET sample_key = s.sample_key FROM samples s
+WHERE scores.sample_key IS NULL AND s.sample_id = scores.sample_id;
+
+-- name: schema_87_router_scores_fill_sample_key
+UPDATE router_scores SET sample_key = s.sample_key FROM samples s
+WHERE router_scores.sample_key IS NULL AND s.sample_id = router_scores.sample_id;
 
 -- name: schema_90_judge_calls
 -- Every question to the LLM judge (`shadow.judge`): which answer (sample, model) it judged, how
