@@ -181,7 +181,7 @@ FROM requests WHERE eligible GROUP BY stratum;
 -- * Routers, models and strata are numbered first and every (sample, router) row is summed on
 --   one integer key, never on strings (10x cheaper in DuckDB); the reference policies are summed
 --   from the outcomes' totals per (model, stratum, q = 1).
-CREATE OR REPLACE MACRO routed_strata(thresholds, width := NULL) AS TABLE
+CREATE OR REPLACE MACRO routed_strata(thresholds, width := NULL, by_scorer := NULL) AS TABLE
 WITH g AS (
     -- the distinct thresholds in order, numbered from 1
     SELECT t AS threshold, row_number() OVER (ORDER BY t) AS j
@@ -202,7 +202,9 @@ WITH g AS (
     GROUP BY stratum, win
 ), done AS (
     -- the completed samples, with their stratum's number
-    SELECT s.sample_key, s.scorer, s.frontier_cost_usd AS cf, p.h
+    -- (by_scorer: the scorer whose values are the quality, instead of each sample's own)
+    SELECT s.sample_key, coalesce(by_scorer, s.scorer) AS scorer, s.frontier_cost_usd AS cf,
+           p.h
     FROM (SELECT sample_key, stratum, NULL::TIMESTAMP AS win, scorer, frontier_cost_usd
           FROM samples WHERE status = 'done' AND width IS NULL
           UNION ALL
@@ -238,7 +240,8 @@ WITH g AS (
     FROM (SELECT DISTINCT model FROM shadow_calls WHERE error IS NULL)
 ), scorers AS MATERIALIZED (
     SELECT scorer, row_number() OVER (ORDER BY scorer) AS n
-    FROM (SELECT DISTINCT scorer FROM samples WHERE status = 'done' AND scorer IS NOT NULL)
+    FROM (SELECT DISTINCT coalesce(by_scorer, scorer) AS scorer FROM samples
+          WHERE status = 'done' AND coalesce(by_scorer, scorer) IS NOT NULL)
 ), nk AS (
     SELECT (SELECT count(*) FROM models) AS nm, (SELECT count(*) FROM scorers) AS ns
 ), c AS MATERIALIZED (
@@ -388,13 +391,17 @@ FROM r JOIN strata USING (h) JOIN models USING (m) LEFT JOIN routers USING (r);
 -- per stratum, savings and dollars by the delta method for the ratio, all with the
 -- finite-population correction. quality_se is the plain stratified standard error (strata with
 -- one sample count as maximal variance 0.25), kept for readers of earlier versions.
+-- `by_scorer` estimates with another scorer's values (one of `scoring.also`, e.g.
+-- 'embedding_cosine') instead of each sample's own; samples without that score are left out.
+-- `floor`, `floor_samples`, `quality_vs_floor`: the noise floor of the group (see
+-- `quality_vs_floor`), by the same scorer; NULL where none was scored.
 CREATE OR REPLACE MACRO grouped_savings_at(thresholds, by_segment, z := 1.959963984540054,
-                                           width := NULL) AS TABLE
+                                           width := NULL, by_scorer := NULL) AS TABLE
 WITH g AS (
     SELECT *, CASE WHEN by_segment THEN segment END AS grp,
            greatest(0.0, 1.0 - n / big_n) AS fpc,
            sum(big_n * sc / n) OVER w / nullif(sum(big_n * sf / n) OVER w, 0) AS ratio
-    FROM routed_strata(thresholds, width := width)
+    FROM routed_strata(thresholds, width := width, by_scorer := by_scorer)
     WINDOW w AS (PARTITION BY router, threshold, model, window_start,
                  CASE WHEN by_segment THEN segment END)
 ), h AS (
@@ -444,8 +451,16 @@ WITH g AS (
            (strong_share + ks / 2) / (1 + ks) AS cs,
            sqrt(ks * strong_share * (1 - strong_share) + ks * ks / 4) / (1 + ks) AS hs
     FROM a
+), fl AS (
+    -- the noise floor of the group (the frontier against its own production answer, by the
+    -- scorer the quality uses), over all time: NULL where no floor sample was scored
+    SELECT CASE WHEN by_segment THEN split_part(s.stratum, '|', 2) END AS segment,
+           avg(f.value) AS floor, count(*) AS floor_samples
+    FROM noise_floor f JOIN samples s USING (sample_id)
+    WHERE f.value IS NOT NULL AND f.scorer = coalesce(by_scorer, s.scorer)
+    GROUP BY 1
 )
-SELECT router, threshold, model, window_start, segment, strata, samples, requests,
+SELECT router, threshold, model, window_start, b.segment, strata, samples, requests,
        1 - loss AS quality, quality_se,
        1 - ratio AS savings, strong_share, frontier_usd,
        frontier_usd - saved AS routed_usd,
@@ -460,16 +475,21 @@ SELECT router, threshold, model, window_start, segment, strata, samples, request
             ELSE saved - half_usd END AS projected_usd_saved_lower,
        CASE WHEN frontier_exact IS NOT NULL THEN (1 - ratio + half_ratio) * frontier_exact
             ELSE saved + half_usd END AS projected_usd_saved_upper,
-       frontier_exact IS NOT NULL AS frontier_usd_exact
-FROM b;
+       frontier_exact IS NOT NULL AS frontier_usd_exact,
+       fl.floor, coalesce(fl.floor_samples, 0) AS floor_samples,
+       CASE WHEN fl.floor > 0 THEN least(1.0, (1 - loss) / fl.floor) END AS quality_vs_floor
+FROM b LEFT JOIN fl ON fl.segment IS NOT DISTINCT FROM b.segment;
 
 -- name: schema_12c_savings_at
-CREATE OR REPLACE MACRO savings_at(thresholds, z := 1.959963984540054) AS TABLE
-SELECT * EXCLUDE (segment, window_start) FROM grouped_savings_at(thresholds, false, z := z);
+CREATE OR REPLACE MACRO savings_at(thresholds, z := 1.959963984540054, by_scorer := NULL) AS TABLE
+SELECT * EXCLUDE (segment, window_start)
+FROM grouped_savings_at(thresholds, false, z := z, by_scorer := by_scorer);
 
 -- name: schema_12d_segment_savings_at
-CREATE OR REPLACE MACRO segment_savings_at(thresholds, z := 1.959963984540054) AS TABLE
-SELECT * EXCLUDE (window_start) FROM grouped_savings_at(thresholds, true, z := z);
+CREATE OR REPLACE MACRO segment_savings_at(thresholds, z := 1.959963984540054,
+                                           by_scorer := NULL) AS TABLE
+SELECT * EXCLUDE (window_start)
+FROM grouped_savings_at(thresholds, true, z := z, by_scorer := by_scorer);
 
 -- name: schema_12e_window_savings_at
 -- Estimates per window of production time: `width` is a date_trunc part ('hour', 'day', ...)
@@ -477,9 +497,10 @@ SELECT * EXCLUDE (window_start) FROM grouped_savings_at(thresholds, true, z := z
 -- Each window is estimated for its own traffic, as the gate's --window does: N_h is the
 -- stratum's eligible requests in that window and the frontier spend is the window's, exactly;
 -- requests without a time are left out. The same columns and intervals as savings_at.
-CREATE OR REPLACE MACRO window_savings_at(width, thresholds, z := 1.959963984540054) AS TABLE
+CREATE OR REPLACE MACRO window_savings_at(width, thresholds, z := 1.959963984540054,
+                                          by_scorer := NULL) AS TABLE
 SELECT width AS width, window_start, * EXCLUDE (segment, window_start)
-FROM grouped_savings_at(thresholds, false, z := z, width := width);
+FROM grouped_savings_at(thresholds, false, z := z, width := width, by_scorer := by_scorer);
 
 -- name: schema_13_savings
 -- The savings table people query: every router on a threshold grid 0, 0.05, ..., 1, and the

@@ -236,6 +236,18 @@ output_per_mtok = 10.0
         con.close()
     assert asked == n
     assert floor == [("gpt-4o|math", "final_number", n, pytest.approx(8 / 12))]
+    # The savings estimates show the floor beside the quality.
+    con = duckdb.connect(str(db_path), read_only=True)
+    try:
+        ((quality, fl, fl_n, rel),) = con.execute(
+            "SELECT quality, floor, floor_samples, quality_vs_floor FROM savings "
+            "WHERE router = 'all_cheap'").fetchall()
+        seg = con.execute("SELECT segment, floor FROM segment_savings "
+                          "WHERE router = 'all_cheap'").fetchall()
+    finally:
+        con.close()
+    assert (quality, fl_n, rel) == (1.0, n, 1.0) and fl == pytest.approx(8 / 12)
+    assert seg == [("math", pytest.approx(8 / 12))]
     assert vs == [("cheap", 1.0, n, pytest.approx(8 / 12), 1.0)]
 
 
@@ -260,10 +272,21 @@ def test_every_answer_also_scored_by_the_scorers_asked_for(broker: Broker, topic
             "SELECT s.tags->>'feature', sc.scorer, count(*), count(sc.value) "
             "FROM scores sc JOIN samples s USING (sample_id) GROUP BY ALL ORDER BY ALL"
         ).fetchall()
-        # The estimates still use each sample's own scorer.
+        # The estimates still use each sample's own scorer; by_scorer picks another.
         own = con.execute("SELECT count(*) FROM completed_outcomes").fetchone()
+        by = {name: con.execute(
+            "SELECT samples, quality FROM savings_at([0.5], by_scorer := $s) "
+            "WHERE router = 'all_cheap'", {"s": name}).fetchone()
+            for name in (None, "rouge_l", "embedding_cosine")}
+        means = dict(con.execute("SELECT scorer, avg(value) FROM scores GROUP BY 1").fetchall())
     finally:
         con.close()
     assert rows == [(f, s, n_each, n_each) for f in ("number", "prose")
                     for s in ("auto", "embedding_cosine", "rouge_l")]
     assert own == (2 * n_each,)
+    # One sample per request in each of two strata of equal size: the quality is the mean score.
+    for name, scorer in ((None, "auto"), ("rouge_l", "rouge_l"),
+                         ("embedding_cosine", "embedding_cosine")):
+        assert by[name][0] == 2 * n_each
+        assert by[name][1] == pytest.approx(means[scorer]), name
+    assert by["rouge_l"][1] != pytest.approx(by["embedding_cosine"][1])
