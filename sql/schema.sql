@@ -382,6 +382,50 @@ SELECT CASE r.r WHEN -1 THEN 'all_cheap' WHEN -2 THEN 'oracle' ELSE routers.rout
        (r.n - r.k) / r.n AS ms
 FROM r JOIN strata USING (h) JOIN models USING (m) LEFT JOIN routers USING (r);
 
+-- name: schema_12a2_cascade_strata
+-- The rows of `routed_strata` for the cascades (`[[cascades]]`, FrugalGPT): the cheap model
+-- answers every request; its answer is kept when the cascade's router score 1 - accept is
+-- below the threshold (accept > 1 - t), else the request is escalated to the frontier model,
+-- paying both: routed cost c = kept ? c^m : c^m + c^F, quality q when kept, 1 when escalated,
+-- "strong" = escalated. A plain join of every sample with every threshold: cascades are few.
+-- Not per window (`width` gives no rows): cascades are estimated over all time.
+CREATE OR REPLACE MACRO cascade_strata(thresholds, width := NULL, by_scorer := NULL) AS TABLE
+WITH strata AS (
+    SELECT stratum, count(*) AS big_n,
+           CASE WHEN count(cost_usd) = count(*) THEN sum(cost_usd) END AS frontier_usd
+    FROM requests WHERE eligible GROUP BY stratum
+), o AS (
+    SELECT s.stratum, x.model, sc.value AS q, s.frontier_cost_usd AS cf, x.cost_usd AS cm,
+           cs.cascade, cs.accept
+    FROM samples s
+    JOIN shadow_calls x ON x.sample_id = s.sample_id AND x.error IS NULL
+    JOIN scores sc ON sc.sample_id = s.sample_id AND sc.model = x.model
+        AND sc.scorer = coalesce(by_scorer, s.scorer) AND sc.value IS NOT NULL
+    JOIN cascade_scores cs ON cs.sample_id = s.sample_id AND cs.model = x.model
+    WHERE s.status = 'done' AND width IS NULL
+), r AS (
+    SELECT o.cascade AS router, t.threshold, o.model, o.stratum, o.q, o.cf,
+           coalesce(1.0 - o.accept < t.threshold, false) AS kept,
+           CASE WHEN coalesce(1.0 - o.accept < t.threshold, false) THEN o.cm
+                ELSE o.cm + o.cf END AS c
+    FROM o, (SELECT DISTINCT unnest(thresholds)::DOUBLE AS threshold) t
+), a AS (
+    SELECT router, threshold, model, stratum, count(*) AS n,
+           sum(CASE WHEN kept THEN 1.0 - q ELSE 0.0 END) AS sl,
+           sum(CASE WHEN kept THEN (1.0 - q) * (1.0 - q) ELSE 0.0 END) AS sll,
+           count(*) FILTER (WHERE NOT kept)::DOUBLE AS ss,
+           sum(c) AS sc, sum(c * c) AS scc, sum(c * cf) AS scf, sum(cf) AS sf, sum(cf * cf) AS sff
+    FROM r GROUP BY router, threshold, model, stratum
+)
+SELECT a.router, a.threshold, a.model, a.stratum, split_part(a.stratum, '|', 2) AS segment,
+       NULL::TIMESTAMP AS window_start, st.big_n, a.n, a.sl, a.sll, a.ss, a.sc, a.scc, a.scf,
+       a.sf, a.sff, st.frontier_usd,
+       1.0 - a.sl / a.n AS mq,
+       CASE WHEN a.n > 1 THEN greatest(0.0, (a.sll - a.sl * a.sl / a.n) / (a.n - 1))
+            ELSE 0.25 END AS vq,
+       a.sc / a.n AS mc, a.sf / a.n AS mcf, a.ss / a.n AS ms
+FROM a JOIN strata st USING (stratum);
+
 -- name: schema_12b_grouped_savings_at
 -- Stratified estimates for every (router, threshold, model) at the given thresholds, per
 -- segment (the stratifying tag's value, e.g. task type) when by_segment, else over all
@@ -401,7 +445,9 @@ WITH g AS (
     SELECT *, CASE WHEN by_segment THEN segment END AS grp,
            greatest(0.0, 1.0 - n / big_n) AS fpc,
            sum(big_n * sc / n) OVER w / nullif(sum(big_n * sf / n) OVER w, 0) AS ratio
-    FROM routed_strata(thresholds, width := width, by_scorer := by_scorer)
+    FROM (SELECT * FROM routed_strata(thresholds, width := width, by_scorer := by_scorer)
+          UNION ALL BY NAME
+          SELECT * FROM cascade_strata(thresholds, width := width, by_scorer := by_scorer))
     WINDOW w AS (PARTITION BY router, threshold, model, window_start,
                  CASE WHEN by_segment THEN segment END)
 ), h AS (
@@ -925,3 +971,28 @@ CREATE TABLE IF NOT EXISTS cascade_scores (
     accept    DOUBLE NOT NULL,
     PRIMARY KEY (sample_id, cascade)
 );
+
+-- name: schema_97_cascade_latency
+-- Each cascade's mean latency per request at each threshold of the savings grid, weighted
+-- like the estimates (N_h / n_h): the cheap call's when its answer is kept, the cheap call's
+-- plus production's frontier call's when escalated (the calls run one after the other).
+CREATE OR REPLACE VIEW cascade_latency AS
+WITH pop AS (SELECT stratum, count(*) AS big_n FROM requests WHERE eligible GROUP BY stratum),
+o AS (
+    SELECT s.stratum, x.model, cs.cascade, cs.accept, x.latency_ms AS lm, r.latency_ms AS lf,
+           count(*) OVER (PARTITION BY s.stratum, x.model, cs.cascade) AS n_h
+    FROM samples s
+    JOIN requests r ON r.request_id = s.sample_id
+    JOIN shadow_calls x ON x.sample_id = s.sample_id AND x.error IS NULL
+    JOIN cascade_scores cs ON cs.sample_id = s.sample_id AND cs.model = x.model
+    WHERE s.status = 'done'
+)
+SELECT o.cascade, t.threshold, o.model,
+       sum(p.big_n / o.n_h * CASE WHEN 1.0 - o.accept < t.threshold THEN o.lm
+                                  ELSE o.lm + o.lf END) / sum(p.big_n / o.n_h) AS latency_ms,
+       sum(p.big_n / o.n_h * o.lf) / sum(p.big_n / o.n_h) AS frontier_latency_ms,
+       count(*) FILTER (WHERE o.lf IS NULL) AS samples_without_latency
+FROM o JOIN pop p USING (stratum),
+     (SELECT unnest([0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6,
+                     0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 1.0]) AS threshold) t
+GROUP BY ALL;
