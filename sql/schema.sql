@@ -838,17 +838,21 @@ ALTER TABLE router_scores ADD COLUMN IF NOT EXISTS sample_key BIGINT;
 
 -- name: schema_85_shadow_calls_fill_sample_key
 -- Rows without a key (a file of before the key, rows written by hand) get their sample's. Cheap
--- at every open once done: the filter on a column without NULLs skips the join.
+-- at every open once done: the samples are looked up first with IN, which reads nothing when no
+-- row lacks a key (a plain join read every sample_id: 0.5 s at each open of 1M samples).
 UPDATE shadow_calls SET sample_key = s.sample_key FROM samples s
-WHERE shadow_calls.sample_key IS NULL AND s.sample_id = shadow_calls.sample_id;
+WHERE shadow_calls.sample_key IS NULL AND s.sample_id = shadow_calls.sample_id
+  AND s.sample_id IN (SELECT sample_id FROM shadow_calls WHERE sample_key IS NULL);
 
 -- name: schema_86_scores_fill_sample_key
 UPDATE scores SET sample_key = s.sample_key FROM samples s
-WHERE scores.sample_key IS NULL AND s.sample_id = scores.sample_id;
+WHERE scores.sample_key IS NULL AND s.sample_id = scores.sample_id
+  AND s.sample_id IN (SELECT sample_id FROM scores WHERE sample_key IS NULL);
 
 -- name: schema_87_router_scores_fill_sample_key
 UPDATE router_scores SET sample_key = s.sample_key FROM samples s
-WHERE router_scores.sample_key IS NULL AND s.sample_id = router_scores.sample_id;
+WHERE router_scores.sample_key IS NULL AND s.sample_id = router_scores.sample_id
+  AND s.sample_id IN (SELECT sample_id FROM router_scores WHERE sample_key IS NULL);
 
 -- name: schema_90_judge_calls
 -- Every question to the LLM judge (`shadow.judge`): which answer (sample, model) it judged, how
