@@ -313,6 +313,14 @@ class Store:
         what killed runs leased but never wrote (at age 0)."""
         return [(float(a), float(u)) for a, u in self.fetch(sql.query("recent_shadow_spend"))]
 
+    def set_router_costs(self, costs: Sequence[tuple[str, str, float]]) -> None:
+        """(router, kind, USD per call) of the routers configured now, replacing the last."""
+        with self._tx({}) as con:
+            con.execute(sql.query("clear_router_costs")).fetchall()
+            for router, kind, usd in costs:
+                con.execute(sql.query("insert_router_cost"),
+                            {"router": router, "kind": kind, "usd": usd}).fetchall()
+
     def learned_rows(self, model: str) -> list[tuple[Any, ...]]:
         """A learned router's training rows (`learned_router_rows`): the completed samples
         scored for `model`, in the order they arrived."""

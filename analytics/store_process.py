@@ -105,7 +105,7 @@ def _portable(e: BaseException) -> BaseException:
 ASYNC_CALLS: frozenset[Callable[..., Any]] = frozenset({
     Store.write_ingest, Store.record_resets, Store.pending_samples, Store.write_sample_results,
     Store.shed_pending, Store.recent_shadow_spend, Store.lease_budget, Store.counts,
-    Store.learned_rows, Store.write_router_scores})
+    Store.learned_rows, Store.write_router_scores, Store.set_router_costs})
 CONTROL_CALLS: frozenset[Callable[..., Any]] = frozenset({
     Store.stored_offsets, Store.stored_marks, Store.fetch, Store.counts,
     Store.interrupt_user_queries})
@@ -388,6 +388,9 @@ class StoreProcess:
 
     async def lease_budget(self, run_id: str, nano: int) -> None:
         await self._call(Store.lease_budget, run_id, nano)
+
+    async def set_router_costs(self, costs: Sequence[tuple[str, str, float]]) -> None:
+        await self._call(Store.set_router_costs, list(costs))
 
     async def learned_rows(self, model: str) -> list[tuple[Any, ...]]:
         return await self._call(Store.learned_rows, model)

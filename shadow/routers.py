@@ -58,6 +58,9 @@ class RouterConfig:
     """Name used in `router_scores` and the savings view."""
     kind: str = "rules"
     """Registered router kind: `random`, `rules`, `http` or `learned`."""
+    cost_per_call_usd: float = 0.0
+    """What one call of this router costs (an external router's price, a learned router's
+    serving cost): the savings estimates add it to every request the router scores."""
 
     @classmethod
     def kinds(cls) -> Mapping[str, type[RouterConfig]]:
@@ -409,6 +412,9 @@ def check_routers(cfgs: tuple[RouterConfig, ...], key: str = "routers") -> None:
                                                   f"known: {', '.join(sorted(ROUTER_KINDS))}")
         if not isinstance(r, kind.config):
             raise ConfigError(f"{key}[{i}]", f"kind {r.kind!r} needs a {kind.config.__name__}")
+        if not r.cost_per_call_usd >= 0:
+            raise ConfigError(f"{key}[{i}].cost_per_call_usd",
+                              f"must be 0 or more, got {r.cost_per_call_usd}")
         if r.name in names or r.name in RESERVED_NAMES:
             raise ConfigError(f"{key}[{i}].name", f"name {r.name!r} is taken")
         names.add(r.name)

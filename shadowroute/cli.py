@@ -123,10 +123,11 @@ def sql_cmd(query: str, db: str | None, config: str | None, fmt: str) -> None:
     """Run a read-only SQL QUERY on the DuckDB file (or on the running service).
 
     Tables: requests, rejected, skipped, samples, shadow_calls, shadow_attempts, scores,
-    router_scores, router_calls, noise_floor, judge_calls, offsets, offset_resets. Views:
-    savings, segment_savings, window_savings, strata, sample_outcomes, router_pgr,
-    router_metrics, noise_floor_by_segment, quality_vs_floor, judge_summary, judge_pairwise,
-    judge_bias. Example:
+    router_scores, router_calls, router_costs, cascade_scores, noise_floor, judge_calls,
+    offsets, offset_resets. Views: savings, segment_savings, window_savings, strata,
+    sample_outcomes, router_pgr, router_metrics, router_overhead, cascade_latency,
+    noise_floor_by_segment, quality_vs_floor, judge_summary, judge_pairwise, judge_bias.
+    Example:
 
         shadowroute sql "SELECT * FROM savings WHERE router = 'rules' ORDER BY threshold"
     """

@@ -400,6 +400,9 @@ class Service:
             # First at once, then every 5 s: mostly a no-op once fitted (see _refit_scorers).
             scheduler.add_job(self._refit_scorers, "interval", seconds=5, max_instances=1,
                               coalesce=True, next_run_time=datetime.datetime.now())
+        # What each router costs per call, for the estimates (as configured now).
+        await self.store.set_router_costs(
+            [(r.name, r.kind, r.cost_per_call_usd) for r in self.cfg.routers])
         for r in self.runner.routers:
             if isinstance(r, LearnedRouter):
                 self._schedule_training(scheduler, Trainer(r, self.store))

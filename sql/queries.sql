@@ -412,3 +412,9 @@ FROM w JOIN span USING (hours)
 WHERE eligible
 GROUP BY w.hours, stratum
 ORDER BY w.hours, stratum;
+
+-- name: clear_router_costs
+DELETE FROM router_costs;
+
+-- name: insert_router_cost
+INSERT INTO router_costs (router, kind, usd_per_call) VALUES ($router, $kind, $usd);

@@ -367,9 +367,11 @@ SELECT CASE r.r WHEN -1 THEN 'all_cheap' WHEN -2 THEN 'oracle' ELSE routers.rout
        strata.big_n, r.n,
        r.sl, r.sll,
        (r.n - r.k)::DOUBLE AS ss,
-       r.scm + r.sf - r.scf AS sc,
-       r.scmm + r.sff - r.scff AS scc,
-       r.scmf + r.sff - r.scff AS scf,
+       -- plus the router's own cost on every request it scores (`router_costs`: 0 when none)
+       r.scm + r.sf - r.scf + r.n * coalesce(rc.usd_per_call, 0.0) AS sc,
+       r.scmm + r.sff - r.scff + 2 * coalesce(rc.usd_per_call, 0.0) * (r.scm + r.sf - r.scf)
+         + r.n * pow(coalesce(rc.usd_per_call, 0.0), 2) AS scc,
+       r.scmf + r.sff - r.scff + coalesce(rc.usd_per_call, 0.0) * r.sf AS scf,
        r.sf, r.sff,
        strata.frontier_usd,
        -- the stratum means of before (routed quality, its variance, routed and frontier cost,
@@ -377,10 +379,11 @@ SELECT CASE r.r WHEN -1 THEN 'all_cheap' WHEN -2 THEN 'oracle' ELSE routers.rout
        1.0 - r.sl / r.n AS mq,
        CASE WHEN r.n > 1 THEN greatest(0.0, (r.sll - r.sl * r.sl / r.n) / (r.n - 1))
             ELSE 0.25 END AS vq,
-       (r.scm + r.sf - r.scf) / r.n AS mc,
+       (r.scm + r.sf - r.scf) / r.n + coalesce(rc.usd_per_call, 0.0) AS mc,
        r.sf / r.n AS mcf,
        (r.n - r.k) / r.n AS ms
-FROM r JOIN strata USING (h) JOIN models USING (m) LEFT JOIN routers USING (r);
+FROM r JOIN strata USING (h) JOIN models USING (m) LEFT JOIN routers USING (r)
+LEFT JOIN router_costs rc ON rc.router = routers.router;
 
 -- name: schema_12a2_cascade_strata
 -- The rows of `routed_strata` for the cascades (`[[cascades]]`, FrugalGPT): the cheap model
@@ -1000,3 +1003,23 @@ FROM o JOIN pop p USING (stratum),
      (SELECT unnest([0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6,
                      0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 1.0]) AS threshold) t
 GROUP BY ALL;
+
+-- name: schema_98_router_costs
+-- What each configured router costs per call (`cost_per_call_usd`), as the service was last
+-- started with: the savings estimates add it to every request the router scores.
+CREATE TABLE IF NOT EXISTS router_costs (
+    router       VARCHAR PRIMARY KEY,
+    kind         VARCHAR,
+    usd_per_call DOUBLE NOT NULL,
+    updated_at   TIMESTAMP DEFAULT current_timestamp
+);
+
+-- name: schema_99_router_overhead
+-- Each router's own overhead: its calls, failures and latency (`router_calls`), and its cost
+-- per call (`router_costs`), which the savings estimates include.
+CREATE OR REPLACE VIEW router_overhead AS
+SELECT c.router, count(*) AS calls, count(c.error) AS failed,
+       median(c.latency_ms) AS p50_latency_ms, quantile_cont(c.latency_ms, 0.95) AS p95_latency_ms,
+       max(c.latency_ms) AS max_latency_ms, coalesce(any_value(rc.usd_per_call), 0.0) AS usd_per_call
+FROM router_calls c LEFT JOIN router_costs rc USING (router)
+GROUP BY c.router;

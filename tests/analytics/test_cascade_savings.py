@@ -95,3 +95,31 @@ def test_an_all_escalating_cascade_costs_more_than_the_frontier(tmp_path: Path) 
         store.close()
     # Nothing kept: every request paid twice, at the frontier's quality.
     assert quality == 1.0 and savings < 0
+
+
+@pytest.mark.parametrize("usd_per_call", [0.0, 0.0005])
+def test_a_routers_own_cost_enters_the_estimates(tmp_path: Path, usd_per_call: float) -> None:
+    store = Store(tmp_path / "s.duckdb")
+    try:
+        fill(store)
+        # A router routing as the cascade decides (score 1 - accept), at a price per call.
+        store.con.execute("INSERT INTO router_scores (sample_id, router, score) "
+                          "SELECT sample_id, 'priced', 1 - accept FROM cascade_scores")
+        store.set_router_costs([("priced", "http", usd_per_call)])
+        ((savings, saved),) = store.fetch(
+            "SELECT savings, projected_usd_saved FROM savings_at([0.5]) WHERE router = 'priced'")
+        store.con.execute("INSERT INTO router_calls (sample_id, router, latency_ms) "
+                          "VALUES ('x', 'priced', 12.0), ('y', 'priced', 30.0)")
+        overhead = store.fetch("SELECT router, calls, usd_per_call FROM router_overhead")
+    finally:
+        store.close()
+    cost = frontier = exact = 0.0
+    for big_n, cf, samples in DATA.values():
+        w = big_n / len(samples)
+        exact += big_n * cf
+        for _, cm, accept, _, _ in samples:
+            cost += w * ((cm if 1 - accept < 0.5 else cf) + usd_per_call)
+            frontier += w * cf
+    assert savings == pytest.approx(1 - cost / frontier)
+    assert saved == pytest.approx((1 - cost / frontier) * exact)
+    assert overhead == [("priced", 2, usd_per_call)]

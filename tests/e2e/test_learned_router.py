@@ -92,6 +92,8 @@ models_dir = "{models}"
         routers = {r[0] for r in con.execute("SELECT DISTINCT router FROM savings").fetchall()}
         learned_rows = con.execute(
             "SELECT count(*) FROM savings WHERE router = 'learned' AND samples > 0").fetchone()
+        costs = con.execute("SELECT router, kind, usd_per_call FROM router_costs ORDER BY 1"
+                            ).fetchall()
     finally:
         con.close()
     # Out-of-fold scores for the samples before the first version; versions for the rest.
@@ -101,6 +103,9 @@ models_dir = "{models}"
     for tag, first_ts in late:
         assert first_ts.replace(tzinfo=UTC) > cutoffs[tag], (tag, first_ts, cutoffs[tag])
     assert {"learned", "random", "oracle", "all_cheap"} <= routers and learned_rows[0] > 0
+    # The service recorded what each configured router costs per call (none priced here).
+    assert costs == [("learned", "learned", 0.0), ("random", "random", 0.0),
+                     ("rules", "rules", 0.0)]
 
 
 async def wait_for_versions(models: Path, n: int, task: asyncio.Task[None]) -> None:
