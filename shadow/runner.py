@@ -168,7 +168,13 @@ class ShadowRunner:
         # The frontier against itself, by the same scorer: the noise floor.
         if floor_call is not None and floor_call.error is None:
             answered.append(floor_call)
-        scored = await asyncio.gather(*(self._score(sample, c, result) for c in answered))
+        # Deterministic scorers in line; the judge's (paid, slow) scores awaited together.
+        scored: Sequence[tuple[str, float | None, str | None]]
+        if self._judged(sample):
+            scored = await asyncio.gather(*(self._judge(sample, c, result) for c in answered))
+        else:
+            scored = [self.scoring.score(scorer_name, c.answer or "", reference,
+                                         tags.get(self.score_tag)) for c in answered]
         for c, (used, value, failure) in zip(answered, scored, strict=True):
             if c is floor_call:
                 result.floor = [(c, scorer_name, used, value, failure)]
@@ -196,18 +202,20 @@ class ShadowRunner:
             result.skip_reason = "; ".join(f"{c.model}: {c.error}" for c in result.calls)[:500]
         return result
 
-    async def _score(self, sample: PendingSample, call: CallResult, result: SampleResult
+    def _judged(self, sample: PendingSample) -> bool:
+        """Whether the LLM judge scores this sample's answers."""
+        return self.judge is not None and self.scoring.pick(
+            sample.scorer, sample.response_text) == JUDGE
+
+    async def _judge(self, sample: PendingSample, call: CallResult, result: SampleResult
                      ) -> tuple[str, float | None, str | None]:
-        """(scorer used, value, failure) of one answer, by the sample's scorer: the LLM judge's
-        calls (when it is the scorer) join the result."""
-        answer, reference = call.answer or "", sample.response_text
-        if self.judge is not None and self.scoring.pick(sample.scorer, reference) == JUDGE:
-            j = await self.judge.judge(sample.messages, reference, answer, model=call.model,
-                                       sample_id=sample.sample_id)
-            result.judge_calls.extend(j.calls)
-            return j.used, j.value, j.failure
-        return self.scoring.score(sample.scorer, answer, reference,
-                                  sample.tags.get(self.score_tag))
+        """(scorer used, value, failure) of one answer by the LLM judge; its calls join the
+        result."""
+        assert self.judge is not None
+        j = await self.judge.judge(sample.messages, sample.response_text, call.answer or "",
+                                   model=call.model, sample_id=sample.sample_id)
+        result.judge_calls.extend(j.calls)
+        return j.used, j.value, j.failure
 
     def _router_state(self, name: str, sid: str, error: str | None) -> None:
         """One log line when a router starts failing and one when it answers again (every
