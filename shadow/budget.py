@@ -23,11 +23,19 @@ cap) *before* a reservation that needs it is granted, and gives back the unused 
 spent, so the restarted budget, seeded with what killed runs leased beyond what they wrote
 (`Store.recent_shadow_spend`), cannot overshoot either. A lease that cannot be written refuses
 the call.
+
+Room that settlements free (a call reserves its worst case and usually costs far less) is given
+back to the journal as soon as more than two chunks lie unused (a negative row, keeping one
+chunk ahead), so what a killed run is charged beyond what it spent stays small: at most two
+chunks of unused room plus, for the calls in flight at the kill, their worst case minus what
+they were billed (a call cut off by the kill may still be billed in full: its worst case is
+the only honest bound).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
@@ -90,6 +98,7 @@ class Budget:
         self.leased = 0  # nano-dollars this run has journaled ahead of using them
         self._lease_lock = asyncio.Lock()
         self._ahead: asyncio.Future[None] | None = None
+        self._back: asyncio.Future[None] | None = None
 
     @property
     def limited(self) -> bool:
@@ -206,10 +215,25 @@ class Budget:
         except Exception as e:  # a call that needs the room will try again, or be refused
             log.warning("leasing shadow budget ahead failed: %s", e)
 
+    async def _give_back(self) -> None:
+        """Give the journal back the room beyond one chunk that settlements have freed."""
+        try:
+            async with self._lease_lock:
+                back = self.leased - self.used - self.lease_nano
+                if self.journal is None or back <= 0:
+                    return
+                # Down first: a reservation granted while the row is written must lease its
+                # own room (it waits for the lock), never count on room being given back.
+                self.leased -= back
+                await self.journal(-back)
+        except Exception as e:  # the room stays in the journal: counted as spent, never less
+            log.warning("giving unused shadow budget back to the journal failed: %s", e)
+
     async def release(self) -> None:
         """At a clean stop, once every call is settled: give back leased room not used."""
-        if self._ahead is not None:
-            await asyncio.gather(self._ahead, return_exceptions=True)
+        for task in (self._ahead, self._back):
+            if task is not None:
+                await asyncio.gather(task, return_exceptions=True)
         if self.journal is not None and self.leased > self.used:
             async with self._lease_lock:
                 back = self.leased - self.used
@@ -229,6 +253,10 @@ class Budget:
             log.warning("shadow call cost $%.6f, above its reservation of $%.6f: the provider "
                         "did not honour max_tokens or the prompt bound", actual_usd, r.usd)
         self._charge(self.clock(), nano)
+        if (self.journal is not None and self.leased - self.used > 2 * self.lease_nano
+                and (self._back is None or self._back.done())):
+            with contextlib.suppress(RuntimeError):  # no event loop: nothing is leased either
+                self._back = asyncio.get_running_loop().create_task(self._give_back())
         while self._waiters:  # everyone re-checks; a released reservation may fit several
             fut = self._waiters.popleft()
             if not fut.done():
