@@ -64,13 +64,30 @@ class Reservation:
 
 
 class _Window:
-    __slots__ = ("span", "cap", "entries", "total")
+    """Charges of the last `span` seconds, in time order. Charges less than `grain` (1/3600 of
+    the span) after the one that opened the last entry join it, stamped with the newest time: a
+    charge stays in the window up to `grain` longer than its own time would keep it (more
+    conservative, never less), and the window holds at most ~3,600 entries instead of one per
+    call (at 20 calls/s the day window held 1.7M, the service's memory growing ~0.15 MiB/min)."""
+
+    __slots__ = ("span", "cap", "entries", "total", "grain", "_opened")
 
     def __init__(self, span: float, cap: int | None) -> None:
         self.span = span
         self.cap = cap
         self.entries: deque[tuple[float, int]] = deque()
         self.total = 0
+        self.grain = span / 3600
+        self._opened = -math.inf  # when the last entry's first charge was made
+
+    def add(self, t: float, nano: int) -> None:
+        e = self.entries
+        if e and e[-1][0] <= t < self._opened + self.grain:
+            e[-1] = (t, e[-1][1] + nano)
+        else:
+            e.append((t, nano))
+            self._opened = t
+        self.total += nano
 
     def expire(self, now: float) -> None:
         e = self.entries
@@ -114,8 +131,7 @@ class Budget:
         if nano <= 0:
             return
         for w in self.windows.values():
-            w.entries.append((t, nano))
-            w.total += nano
+            w.add(t, nano)
 
     def spent_usd(self, window: str) -> float:
         w = self.windows[window]

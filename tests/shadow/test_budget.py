@@ -473,3 +473,28 @@ def test_a_kill_is_charged_what_it_may_have_paid_and_little_more(
         asyncio.run(go())
     finally:
         store.close()
+
+
+def test_charges_are_kept_in_bounded_entries_never_expiring_early() -> None:
+    """20 charges a second for two hours: each window keeps at most ~3,600 entries (the day
+    window held one per call before), and what a window counts is never less than the exact
+    sum of the charges in it, nor more than that plus the charges of one grain before it."""
+    now = [0.0]
+    b = Budget(usd_per_hour=1e6, usd_per_day=1e6, clock=lambda: now[0])
+    rnd = random.Random(7)
+    charges: list[tuple[float, int]] = []
+    for step in range(2 * 3600 * 20):
+        now[0] = step / 20 + rnd.random() / 40
+        r = b.try_reserve(1e-6)
+        assert r
+        nano = rnd.randint(1, 1000)
+        b.settle(r, nano / NANO)  # type: ignore[arg-type]
+        charges.append((now[0], to_nano(nano / NANO)))  # as the budget rounds it
+        if step % 9973 == 0 or step == 2 * 3600 * 20 - 1:
+            for name, span in (("hour", 3600.0), ("day", 86400.0)):
+                counted = to_nano(b.spent_usd(name))
+                exact = sum(n for t, n in charges if t > now[0] - span)
+                grain = span / 3600
+                late = sum(n for t, n in charges if now[0] - span - grain < t <= now[0] - span)
+                assert exact <= counted <= exact + late
+    assert all(len(w.entries) <= 3601 for w in b.windows.values())
