@@ -8,9 +8,10 @@ reservation is granted only when, in both windows,
 
 so no interleaving of concurrent calls can overshoot: whatever is settled in any window of the
 cap's length was either already settled, or reserved at least as large, when the last of those
-calls reserved (settled costs are stamped at settle time, so they stay in the window at least
-as long as any window that contains the call). The guarantee needs actual <= reserved, i.e. a
-provider that honours `max_tokens`; an overrun is still charged in full and reported.
+calls reserved (settled costs are stamped at settle time or later, never earlier, so they stay
+in the window at least as long as any window that contains the call; see `_Window`). The
+guarantee needs actual <= reserved, i.e. a provider that honours `max_tokens`; an overrun is
+still charged in full and reported.
 
 When the settled spend alone leaves no room the budget is *exhausted* and `reserve` answers
 None at once (the sample ends `skipped_budget`). When only outstanding reservations stand in
