@@ -14,7 +14,10 @@ and checks, in the DuckDB file:
   `shadow_attempts` (a kill -9 loses the attempts whose results were not written yet; the
   budget's journal still counts their spend);
 - the RSS slope of each process after warm-up (MiB/min, a least-squares fit over the samples of
-  each run of the service, skipping its first `--warmup-s`), the worst one reported.
+  each run of the service, skipping its first `--warmup-s`), the worst one reported; and, for
+  the store, the slope of its RSS less DuckDB's own account (`store_outside_duckdb`, from the
+  per-minute samples): DuckDB's buffer manager holds the primary-key indexes, which grow with
+  the rows stored, while what grows outside it is heap nobody accounts for.
 
 The last line is JSON.
 
@@ -213,6 +216,7 @@ def main() -> None:
     stop = threading.Event()
     produced = [0]
     runs: list[dict[str, list[tuple[float, float]]]] = []
+    names = ("service", "store", "store_outside_duckdb")
     kills = 0
     try:
         from tests.support.kafka import create_topic
@@ -222,7 +226,7 @@ def main() -> None:
             cfg = config(tmp, broker.bootstrap, ms.url, args)
             svc = Service(cfg, tmp / "soak.duckdb", tmp / "service.log")
             svc.start()
-            runs.append({"service": [], "store": []})
+            runs.append({name: [] for name in names})
             producer = threading.Thread(target=lambda: asyncio.run(
                 produce(broker.bootstrap, args.rate, stop, produced)), daemon=True)
             producer.start()
@@ -252,6 +256,8 @@ def main() -> None:
                         stored = svc.sql("SELECT coalesce(sum(next_offset), 0) FROM offsets")[0][0]
                     except httpx.HTTPError:
                         duck, stored = None, None
+                    if age >= args.warmup_s and c_rss is not None and duck is not None:
+                        runs[-1]["store_outside_duckdb"].append((now - t0, c_rss - duck))
                     print(f"{(now - t0) / 60:6.1f}  {s_rss or 0:11.1f}  {c_rss or 0:9.1f}  "
                           f"{duck if duck is not None else float('nan'):10.1f}  "
                           f"{produced[0]:8d}  {stored if stored is not None else -1:6}  "
@@ -261,7 +267,7 @@ def main() -> None:
                     svc.kill9()
                     kills += 1
                     svc.start()
-                    runs.append({"service": [], "store": []})
+                    runs.append({name: [] for name in names})
             stop.set()
             producer.join(60)
             total = produced[0]
@@ -289,7 +295,7 @@ def main() -> None:
                               ).fetchone()[0]  # type: ignore[index]
         con.close()
         slopes = {name: [s for r in runs if (s := slope(r[name])) is not None]
-                  for name in ("service", "store")}
+                  for name in names}
         out = {
             "minutes": args.minutes, "rate": args.rate, "kills": kills, "exit_code": code,
             "memory_limit": args.memory_limit,

@@ -53,8 +53,11 @@ SELECT sample_id, stratum, frontier_model, messages, params, tags, response_text
        frontier_cost_usd, input_tokens, scorer, sample_key
 FROM samples
 WHERE status = 'pending'
-  -- the runner's in-flight samples: still pending here until their results are written
-  AND sample_id NOT IN (SELECT unnest($exclude::VARCHAR[]))
+  -- the runner's in-flight samples: still pending here until their results are written. A
+  -- filter, not `NOT IN (SELECT unnest(...))`: that plans a join, and DuckDB (2.0.1, 1.5.6)
+  -- keeps ~2-4 KB of heap for good after every join it runs; the runner asks this many times
+  -- a second (benchmarks/store_memory.py).
+  AND NOT list_contains($exclude::VARCHAR[], sample_id)
 ORDER BY created_at, sample_id
 LIMIT $limit;
 
