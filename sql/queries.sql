@@ -52,12 +52,10 @@ FROM otlp_pending ORDER BY seq;
 SELECT sample_id, stratum, frontier_model, messages, params, tags, response_text,
        frontier_cost_usd, input_tokens, scorer, sample_key
 FROM samples
+-- (the runner's in-flight samples, still pending here until their results are written, are
+-- left out by `Store.pending_samples`, without a join: DuckDB 2.0.1 and 1.5.6 keep ~2-4 KB of
+-- heap for good after every join, and the runner asks this many times a second)
 WHERE status = 'pending'
-  -- the runner's in-flight samples: still pending here until their results are written. A
-  -- filter, not `NOT IN (SELECT unnest(...))`: that plans a join, and DuckDB (2.0.1, 1.5.6)
-  -- keeps ~2-4 KB of heap for good after every join it runs; the runner asks this many times
-  -- a second (benchmarks/store_memory.py).
-  AND NOT list_contains($exclude::VARCHAR[], sample_id)
 ORDER BY created_at, sample_id
 LIMIT $limit;
 

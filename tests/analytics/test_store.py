@@ -31,3 +31,20 @@ def test_a_killed_runs_unwritten_spend_seeds_the_budget(tmp_path: Path) -> None:
         assert [u for a, u in spend if a == 0] == pytest.approx([0.40])  # A's unwritten $0.40
     finally:
         store.close()
+
+
+def test_pending_samples_leave_out_those_in_flight(tmp_path: Path) -> None:
+    from tests.shadow.test_runner import add_samples
+    store = Store(tmp_path / "s.duckdb")
+    try:
+        ids = add_samples(store, 30)
+        got = [p.sample_id for p in store.pending_samples(5)]
+        assert got == ids[:5]  # the oldest first
+        # In flight: the first ten and two further on; the next five that are not.
+        flying = [*ids[:10], ids[11], ids[13]]
+        got = [p.sample_id for p in store.pending_samples(5, flying)]
+        assert got == [ids[10], ids[12], *ids[14:17]]
+        assert len(store.pending_samples(100, flying)) == 30 - len(flying)
+        assert store.pending_samples(5, ids) == []
+    finally:
+        store.close()
