@@ -241,7 +241,7 @@ def test_os_environ_is_the_default(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
     # A router table is built as its kind's type: another kind's keys are unknown there.
     ("[[routers]]\nname = \"r\"\nkind = \"random\"\nstrong_keywords = [\"prove\"]\n",
-     "routers[0].strong_keywords", "unknown key; known keys: name, kind, seed"),
+     "routers[0].strong_keywords", "unknown key; known keys: name, kind, cost_per_call_usd, seed"),
     ("[[routers]]\nname = \"r\"\nkind = 3\n", "routers[0].kind",
      "unknown router kind 3; known: http, learned, random, rules"),
     ("[prices]\n\"gpt-4o\" = { input = -2.5, output = 10 }\n", "prices.gpt-4o.input",
