@@ -118,10 +118,36 @@ def _curve_figures(curves: list[dict[str, Any]], calibrated: dict[str, Any],
     return figs
 
 
+def _frontier_figure(points: list[dict[str, Any]], min_quality: float) -> go.Figure:
+    """Every policy's point (routers on each cheap model, cascades, each setting of the
+    multi-tier policies) and the line through the efficient ones."""
+    fig = go.Figure()
+    for kind, symbol in (("router", "circle"), ("cascade", "triangle-up"),
+                         ("single_model", "square"), ("multi_tier", "diamond"),
+                         ("reference", "star")):
+        pts = [p for p in points if p["kind"] == kind and p["quality"] is not None]
+        if pts:
+            fig.add_trace(go.Scatter(
+                x=[p["savings"] for p in pts], y=[p["quality"] for p in pts], mode="markers",
+                name=kind, marker={"symbol": symbol, "size": 8, "opacity": 0.6},
+                text=[f"{p['policy']} {p['model']} {p['label'] or ''}" for p in pts]))
+    best = sorted((p for p in points if p["on_frontier"]), key=lambda p: p["savings"])
+    fig.add_trace(go.Scatter(x=[p["savings"] for p in best], y=[p["quality"] for p in best],
+                             mode="lines", name="frontier",
+                             text=[f"{p['policy']} {p['model']} {p['label'] or ''}"
+                                   for p in best]))
+    fig.add_hline(y=min_quality, line_dash="dash", annotation_text=f"bar {min_quality}")
+    fig.update_layout(title="Cost vs quality across every policy, multi-tier included",
+                      xaxis_title="savings (share of frontier cost)",
+                      yaxis_title="quality relative to the frontier", height=480)
+    return fig
+
+
 def build(query: QueryFn, db: Path | None = None, *, min_quality: float = 0.95,
           title: str = "shadowroute report") -> str:
     """The report as one HTML document."""
     curves = _rows(query, "report_curves")
+    frontier = _rows(query, "report_frontier")
     segments = _rows(query, "report_segments")
     daily = _rows(query, "report_daily")
     traffic = _rows(query, "report_traffic")
@@ -132,6 +158,8 @@ def build(query: QueryFn, db: Path | None = None, *, min_quality: float = 0.95,
         calibrated = json.loads(calibration_file(db).read_text())
 
     figs = _curve_figures(curves, calibrated, min_quality)
+    if frontier:
+        figs.append(_frontier_figure(frontier, min_quality))
     daily_fig = traffic_fig = None
     if daily:
         daily_fig = go.Figure()

@@ -26,6 +26,7 @@ from typing import Any, ParamSpec, Protocol, TypeVar
 
 from analytics.store import Store, UserResult
 from analytics.store_process import StoreProcess
+from analytics.tiers import TierRow
 from consumers.ingest import IngestBatch
 from consumers.records import OffsetReset
 from shadow.results import PendingSample, SampleResult
@@ -63,6 +64,7 @@ class ServiceStore(Protocol):
     async def recent_shadow_spend(self) -> list[tuple[float, float]]: ...
     async def lease_budget(self, run_id: str, nano: int) -> None: ...
     async def set_router_costs(self, costs: Sequence[tuple[str, str, float]]) -> None: ...
+    async def set_tier_policies(self, rows: Sequence[TierRow]) -> None: ...
     async def learned_rows(self, model: str) -> list[tuple[Any, ...]]: ...
     async def write_router_scores(self, rows: Sequence[tuple[str, str, float, str]]) -> None: ...
     async def counts(self) -> dict[str, Any]: ...
@@ -112,6 +114,9 @@ class StoreThread:
 
     async def set_router_costs(self, costs: Sequence[tuple[str, str, float]]) -> None:
         await self._run(self.store.set_router_costs, list(costs))
+
+    async def set_tier_policies(self, rows: Sequence[TierRow]) -> None:
+        await self._run(self.store.set_tier_policies, list(rows))
 
     async def learned_rows(self, model: str) -> list[tuple[Any, ...]]:
         return await self._run(self.store.learned_rows, model)

@@ -28,6 +28,7 @@ import pyarrow as pa
 import sql
 from analytics.errors import StoreError, StoreLockedError, StoreWriteError
 from analytics.frames import ROUTER_SCORES_SCHEMA, results_to_frames
+from analytics.tiers import TIER_SCHEMA, TierRow
 from consumers.ingest import IngestBatch, frame
 from consumers.records import OffsetReset
 from shadow.results import PendingSample, SampleResult
@@ -325,6 +326,14 @@ class Store:
             for router, kind, usd in costs:
                 con.execute(sql.query("insert_router_cost"),
                             {"router": router, "kind": kind, "usd": usd}).fetchall()
+
+    def set_tier_policies(self, rows: Sequence[TierRow]) -> None:
+        """The multi-tier policies configured now (`analytics.tiers.settings`), replacing the
+        last."""
+        with self._tx({"tier_rows": pl.DataFrame(
+                [tuple(r) for r in rows], schema=list(TIER_SCHEMA.items()), orient="row")}) as con:
+            con.execute(sql.query("clear_tier_policies")).fetchall()
+            con.execute(sql.query("insert_tier_policies")).fetchall()
 
     def learned_rows(self, model: str) -> list[tuple[Any, ...]]:
         """A learned router's training rows (`learned_router_rows`): the completed samples

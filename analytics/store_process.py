@@ -51,6 +51,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 
 from analytics.errors import StoreError
 from analytics.store import Store, UserResult
+from analytics.tiers import TierRow
 from consumers.ingest import IngestBatch
 from consumers.records import OffsetReset
 from shadow.results import PendingSample, SampleResult
@@ -105,7 +106,8 @@ def _portable(e: BaseException) -> BaseException:
 ASYNC_CALLS: frozenset[Callable[..., Any]] = frozenset({
     Store.write_ingest, Store.record_resets, Store.pending_samples, Store.write_sample_results,
     Store.shed_pending, Store.recent_shadow_spend, Store.lease_budget, Store.counts,
-    Store.learned_rows, Store.write_router_scores, Store.set_router_costs})
+    Store.learned_rows, Store.write_router_scores, Store.set_router_costs,
+    Store.set_tier_policies})
 CONTROL_CALLS: frozenset[Callable[..., Any]] = frozenset({
     Store.stored_offsets, Store.stored_marks, Store.fetch, Store.counts,
     Store.interrupt_user_queries})
@@ -391,6 +393,9 @@ class StoreProcess:
 
     async def set_router_costs(self, costs: Sequence[tuple[str, str, float]]) -> None:
         await self._call(Store.set_router_costs, list(costs))
+
+    async def set_tier_policies(self, rows: Sequence[TierRow]) -> None:
+        await self._call(Store.set_tier_policies, list(rows))
 
     async def learned_rows(self, model: str) -> list[tuple[Any, ...]]:
         return await self._call(Store.learned_rows, model)

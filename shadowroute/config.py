@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from analytics.config import GateConfig, StorageConfig, check_gate, check_storage
+from analytics.tiers import TierPolicyConfig, check_policies
 from consumers.config import (
     FormatsConfig,
     KafkaConfig,
@@ -59,6 +60,7 @@ from shadow.config import (
 )
 from shadow.judge import check_judge
 from shadow.routers import (
+    RESERVED_NAMES,
     HttpRouterConfig,
     LearnedRouterConfig,
     RandomRouterConfig,
@@ -75,7 +77,7 @@ __all__ = ["BudgetConfig", "CascadeConfig", "Config", "ConfigError", "Deployment
            "MappingConfig",
            "ModelConfig", "Price",
            "RandomRouterConfig", "RouterConfig", "RulesRouterConfig", "SamplingConfig",
-           "ScoringConfig", "ServerConfig", "ShadowConfig", "StorageConfig", "api_token",
+           "ScoringConfig", "ServerConfig", "ShadowConfig", "StorageConfig", "TierPolicyConfig", "api_token",
            "is_loopback", "load_config", "secret_from_env"]
 
 ENV_PREFIX = "SHADOWROUTE_"
@@ -148,6 +150,8 @@ class Config:
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
     cascades: tuple[CascadeConfig, ...] = ()
     """Cascade policies (FrugalGPT): a cheap model first, escalated when not trusted."""
+    policies: tuple[TierPolicyConfig, ...] = ()
+    """Multi-tier policies: several cheap models, a request to the first tier that takes it."""
     prices: Mapping[str, Price] = field(default_factory=dict)
     """Frontier model -> price, used when a log record carries no cost. A dated snapshot or a
     provider-prefixed name takes its model's price (`Ingestor.price_for`)."""
@@ -315,6 +319,19 @@ def _validate(cfg: Config) -> None:
         if isinstance(r, LearnedRouterConfig) and cheap and r.model not in cheap:
             raise ConfigError(f"routers[{i}].model", f"{r.model!r} is not one of the cheap "
                               f"models ({', '.join(sorted(cheap))}): its scores are the labels")
+    check_policies(cfg.policies, [m.name for m in cfg.shadow.models],
+                   [r.name for r in cfg.routers],
+                   [*RESERVED_NAMES, *(r.name for r in cfg.routers),
+                    *(c.name for c in cfg.cascades)])
+    by_name = {r.name: r for r in cfg.routers}
+    for i, p in enumerate(cfg.policies):
+        if p.kind != "cheapest":
+            continue
+        for j, (m, name) in enumerate(zip(p.models, p.routers, strict=True)):
+            r = by_name[name]
+            if isinstance(r, LearnedRouterConfig) and r.model != m:
+                raise ConfigError(f"policies[{i}].routers[{j}]", f"{name!r} predicts for "
+                                  f"{r.model!r}, not for the tier's model {m!r}")
     check_prices(cfg.prices)
     check_server(cfg.server)
     check_gate(cfg.gate)

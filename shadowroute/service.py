@@ -31,6 +31,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
 
 import sql
+from analytics import tiers
 from analytics.service_store import open_store
 from consumers.ingest import IngestBatch, Ingestor
 from consumers.pipeline import DeadLetters, IngestPipeline
@@ -403,6 +404,9 @@ class Service:
         # What each router costs per call, for the estimates (as configured now).
         await self.store.set_router_costs(
             [(r.name, r.kind, r.cost_per_call_usd) for r in self.cfg.routers])
+        # The multi-tier policies and their frontier sweeps, for the savings views.
+        await self.store.set_tier_policies(
+            [row for p in self.cfg.policies for row in tiers.settings(p)])
         for r in self.runner.routers:
             if isinstance(r, LearnedRouter):
                 self._schedule_training(scheduler, Trainer(r, self.store))

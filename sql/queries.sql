@@ -338,10 +338,20 @@ WHERE ps.router = $router AND o.model = $model
 ORDER BY 1, 2;
 
 -- name: report_curves
--- shadowroute report: every router on the savings grid and the reference policies, with bounds.
+-- shadowroute report: every router on the savings grid and the reference policies, with bounds
+-- (the multi-tier policies are in `report_frontier`).
 SELECT router, threshold, model, samples, quality, quality_lower, quality_upper, savings,
        savings_lower, savings_upper, strong_share, projected_usd_saved
-FROM savings ORDER BY model, router, threshold;
+FROM savings WHERE router NOT IN (SELECT policy FROM tier_policies)
+ORDER BY model, router, threshold;
+
+-- name: report_frontier
+-- shadowroute report: the cost-quality frontier across every policy, when multi-tier policies
+-- are configured (without them, the curves per cheap model show it all).
+SELECT kind, policy, model, label, samples, quality, quality_lower, quality_upper, savings,
+       on_frontier
+FROM policy_frontier WHERE EXISTS (SELECT 1 FROM tier_policies)
+ORDER BY savings;
 
 -- name: report_segments
 -- shadowroute report: per segment, all traffic on the cheap model (all_cheap), with bounds.
@@ -419,3 +429,9 @@ DELETE FROM router_costs;
 
 -- name: insert_router_cost
 INSERT INTO router_costs (router, kind, usd_per_call) VALUES ($router, $kind, $usd);
+
+-- name: clear_tier_policies
+DELETE FROM tier_policies;
+
+-- name: insert_tier_policies
+INSERT INTO tier_policies BY NAME SELECT * FROM tier_rows;

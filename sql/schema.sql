@@ -429,6 +429,94 @@ SELECT a.router, a.threshold, a.model, a.stratum, split_part(a.stratum, '|', 2) 
        a.sc / a.n AS mc, a.sf / a.n AS mcf, a.ss / a.n AS ms
 FROM a JOIN strata st USING (stratum);
 
+-- name: schema_12a3_tier_choices
+-- Multi-tier policies (`[[policies]]`, `tier_policies`, see analytics/tiers.py), per (policy,
+-- setting, sample): the first tier whose rule takes the request (`tier` NULL: the frontier
+-- model), its loss l = 1 - q (0 on the frontier), strong = sent to the frontier, the routed cost
+-- c = c^m of that tier's model (c^F on the frontier) plus every consulted router's own cost
+-- (`router_costs`), and the frontier cost cf. A policy is estimated on the samples every one of
+-- its models answered and was scored on: the same samples at every setting. `sweep` false: the
+-- configured setting (number 0) only.
+CREATE OR REPLACE MACRO tier_choices(sweep, width := NULL, by_scorer := NULL) AS TABLE
+WITH tp AS (
+    SELECT * FROM tier_policies WHERE setting = 0 OR sweep
+), pm AS (
+    SELECT policy, tier, model, router FROM tier_policies WHERE setting = 0
+), pk AS (
+    SELECT policy, count(*) AS k FROM pm GROUP BY policy
+), rc AS (
+    -- the routers a policy consults, each paid on every request
+    SELECT p.policy, sum(coalesce(c.usd_per_call, 0.0)) AS usd
+    FROM (SELECT DISTINCT policy, router FROM pm) p LEFT JOIN router_costs c USING (router)
+    GROUP BY p.policy
+), done AS (
+    -- with a `width`, the window of production time (date_trunc(NULL, ts) is NULL: one window)
+    SELECT s.sample_id, s.stratum, date_trunc(width, r.ts) AS win,
+           coalesce(by_scorer, s.scorer) AS scorer, s.frontier_cost_usd AS cf
+    FROM samples s LEFT JOIN requests r ON r.request_id = s.sample_id
+    WHERE s.status = 'done' AND (width IS NULL OR r.ts IS NOT NULL)
+      AND EXISTS (SELECT 1 FROM tier_policies)
+), o AS (
+    -- each tier model's answered and scored call per sample
+    SELECT d.sample_id, x.model, sc.value AS q, x.cost_usd AS cm
+    FROM done d
+    JOIN shadow_calls x ON x.sample_id = d.sample_id AND x.error IS NULL
+    JOIN scores sc ON sc.sample_id = d.sample_id AND sc.model = x.model
+        AND sc.scorer = d.scorer AND sc.value IS NOT NULL
+    WHERE x.model IN (SELECT model FROM pm)
+), covered AS (
+    SELECT pm.policy, o.sample_id
+    FROM pm JOIN o ON o.model = pm.model JOIN pk ON pk.policy = pm.policy
+    GROUP BY pm.policy, o.sample_id
+    HAVING count(*) = any_value(pk.k)
+), ch AS (
+    -- a sample without a score from a tier's router does not pass that tier
+    SELECT tp.policy, tp.setting, c.sample_id,
+           min(tp.tier) FILTER (WHERE CASE WHEN tp.on_success THEN 1.0 - rs.score >= tp.threshold
+                                          ELSE rs.score < tp.threshold END) AS tier
+    FROM covered c JOIN tp ON tp.policy = c.policy
+    LEFT JOIN router_scores rs ON rs.sample_id = c.sample_id AND rs.router = tp.router
+    GROUP BY tp.policy, tp.setting, c.sample_id
+)
+SELECT ch.policy, ch.setting, ch.sample_id, d.stratum, d.win, ch.tier, pm.model,
+       ch.tier IS NULL AS strong,
+       CASE WHEN ch.tier IS NULL THEN 0.0 ELSE 1.0 - o.q END AS l,
+       CASE WHEN ch.tier IS NULL THEN d.cf ELSE o.cm END + rc.usd AS c, d.cf
+FROM ch JOIN done d ON d.sample_id = ch.sample_id JOIN rc ON rc.policy = ch.policy
+LEFT JOIN pm ON pm.policy = ch.policy AND pm.tier = ch.tier
+LEFT JOIN o ON o.sample_id = ch.sample_id AND o.model = pm.model;
+
+-- name: schema_12a4_tier_strata
+-- The rows of `routed_strata` for the multi-tier policies (`tier_choices`): `sweep` false, the
+-- configured setting under the policy's name; true, every setting as `policy#setting`.
+-- `model` lists the tiers, cheapest first: `a>b`.
+CREATE OR REPLACE MACRO tier_strata(sweep, width := NULL, by_scorer := NULL) AS TABLE
+WITH strata AS (
+    SELECT stratum, date_trunc(width, ts) AS win, count(*) AS big_n,
+           CASE WHEN count(cost_usd) = count(*) THEN sum(cost_usd) END AS frontier_usd
+    FROM requests WHERE eligible AND (width IS NULL OR ts IS NOT NULL)
+      AND EXISTS (SELECT 1 FROM tier_policies)
+    GROUP BY ALL
+), pk AS (
+    SELECT policy, string_agg(model, '>' ORDER BY tier) AS models
+    FROM tier_policies WHERE setting = 0 GROUP BY policy
+), a AS (
+    SELECT policy, setting, stratum, win, count(*) AS n, sum(l) AS sl, sum(l * l) AS sll,
+           count(*) FILTER (WHERE strong)::DOUBLE AS ss, sum(c) AS sc, sum(c * c) AS scc,
+           sum(c * cf) AS scf, sum(cf) AS sf, sum(cf * cf) AS sff
+    FROM tier_choices(sweep, width := width, by_scorer := by_scorer) GROUP BY ALL
+)
+SELECT CASE WHEN sweep THEN a.policy || '#' || a.setting ELSE a.policy END AS router,
+       NULL::DOUBLE AS threshold, pk.models AS model, a.stratum,
+       split_part(a.stratum, '|', 2) AS segment, a.win AS window_start, st.big_n, a.n,
+       a.sl, a.sll, a.ss, a.sc, a.scc, a.scf, a.sf, a.sff, st.frontier_usd,
+       1.0 - a.sl / a.n AS mq,
+       CASE WHEN a.n > 1 THEN greatest(0.0, (a.sll - a.sl * a.sl / a.n) / (a.n - 1))
+            ELSE 0.25 END AS vq,
+       a.sc / a.n AS mc, a.sf / a.n AS mcf, a.ss / a.n AS ms
+FROM a JOIN pk USING (policy)
+JOIN strata st ON st.stratum = a.stratum AND st.win IS NOT DISTINCT FROM a.win;
+
 -- name: schema_12b_grouped_savings_at
 -- Stratified estimates for every (router, threshold, model) at the given thresholds, per
 -- segment (the stratifying tag's value, e.g. task type) when by_segment, else over all
@@ -442,15 +530,20 @@ FROM a JOIN strata st USING (stratum);
 -- 'embedding_cosine') instead of each sample's own; samples without that score are left out.
 -- `floor`, `floor_samples`, `quality_vs_floor`: the noise floor of the group (see
 -- `quality_vs_floor`), by the same scorer; NULL where none was scored.
+-- Multi-tier policies (`tier_strata`) come as their configured setting, threshold NULL;
+-- `tier_sweep` gives every setting of their sweep instead, named `policy#setting`.
 CREATE OR REPLACE MACRO grouped_savings_at(thresholds, by_segment, z := 1.959963984540054,
-                                           width := NULL, by_scorer := NULL) AS TABLE
+                                           width := NULL, by_scorer := NULL,
+                                           tier_sweep := false) AS TABLE
 WITH g AS (
     SELECT *, CASE WHEN by_segment THEN segment END AS grp,
            greatest(0.0, 1.0 - n / big_n) AS fpc,
            sum(big_n * sc / n) OVER w / nullif(sum(big_n * sf / n) OVER w, 0) AS ratio
     FROM (SELECT * FROM routed_strata(thresholds, width := width, by_scorer := by_scorer)
           UNION ALL BY NAME
-          SELECT * FROM cascade_strata(thresholds, width := width, by_scorer := by_scorer))
+          SELECT * FROM cascade_strata(thresholds, width := width, by_scorer := by_scorer)
+          UNION ALL BY NAME
+          SELECT * FROM tier_strata(tier_sweep, width := width, by_scorer := by_scorer))
     WINDOW w AS (PARTITION BY router, threshold, model, window_start,
                  CASE WHEN by_segment THEN segment END)
 ), h AS (
@@ -1023,3 +1116,107 @@ SELECT c.router, count(*) AS calls, count(c.error) AS failed,
        max(c.latency_ms) AS max_latency_ms, coalesce(any_value(rc.usd_per_call), 0.0) AS usd_per_call
 FROM router_calls c LEFT JOIN router_costs rc USING (router)
 GROUP BY c.router;
+
+-- name: schema_A0_tier_policies
+-- The multi-tier policies (`[[policies]]`) as the service was last started with, one row per
+-- tier of each setting: setting 0 as configured, 1.. the sweep of `policy_frontier`. A tier
+-- takes a request when its router's score < threshold, or, with on_success, when
+-- 1 - score >= threshold (a bar on the predicted success).
+CREATE TABLE IF NOT EXISTS tier_policies (
+    policy     VARCHAR NOT NULL,
+    kind       VARCHAR NOT NULL,
+    setting    INTEGER NOT NULL,
+    label      VARCHAR NOT NULL,
+    tier       INTEGER NOT NULL,                -- 1: the cheapest
+    model      VARCHAR NOT NULL,
+    router     VARCHAR NOT NULL,
+    threshold  DOUBLE NOT NULL,
+    on_success BOOLEAN NOT NULL,
+    PRIMARY KEY (policy, setting, tier)
+);
+
+-- name: schema_A1_tier_shares
+-- Each multi-tier policy as configured, per tier (the cheap models cheapest first, then
+-- `frontier`): the share of traffic it takes, with a 95% Wilson interval (Kish's effective n,
+-- Jeffreys' half observations per stratum, as `savings`), the quality of the requests it takes
+-- and its share of the routed spend; stratified like every estimate (N_h / n_h per sample).
+CREATE OR REPLACE VIEW tier_shares AS
+WITH c AS (
+    -- the frontier is the tier after the last cheap one
+    SELECT c.*, coalesce(c.tier, f.k + 1) AS t
+    FROM tier_choices(false) c
+    JOIN (SELECT policy, max(tier) AS k FROM tier_policies WHERE setting = 0 GROUP BY policy) f
+        USING (policy)
+), strata AS (
+    SELECT stratum, count(*) AS big_n FROM requests WHERE eligible GROUP BY stratum
+), nh AS (
+    SELECT policy, stratum, count(*) AS n, sum(c) AS sc FROM c GROUP BY ALL
+), tiers AS (
+    SELECT DISTINCT policy, tier, model FROM tier_policies WHERE setting = 0
+    UNION ALL
+    SELECT policy, max(tier) + 1, 'frontier' FROM tier_policies WHERE setting = 0 GROUP BY policy
+), x AS (
+    -- every (policy, tier, stratum), with the samples the tier took there
+    SELECT t.policy, t.tier, t.model, nh.stratum, st.big_n, nh.n, nh.sc,
+           count(c.sample_id) AS k, coalesce(sum(1.0 - c.l), 0.0) AS sq,
+           coalesce(sum(c.c), 0.0) AS tc
+    FROM tiers t JOIN nh ON nh.policy = t.policy JOIN strata st ON st.stratum = nh.stratum
+    LEFT JOIN c ON c.policy = t.policy AND c.stratum = nh.stratum AND c.t = t.tier
+    GROUP BY ALL
+), a AS (
+    SELECT policy, tier, model, sum(k)::BIGINT AS samples,
+           sum(big_n * k / n) / sum(big_n) AS share,
+           sum(big_n * sq / n) / nullif(sum(big_n * k / n), 0) AS quality,
+           sum(big_n * tc / n) / nullif(sum(big_n * sc / n), 0) AS spend_share,
+           -- z^2 / Kish's effective n, Jeffreys-regularised per stratum (as in `savings`)
+           3.841458820694124 * sum(big_n * big_n * greatest(0.0, 1.0 - n / big_n)
+               * ((k + 0.5) / (n + 1)) * (1 - (k + 0.5) / (n + 1)) / n) / pow(sum(big_n), 2)
+             / ((sum(big_n * (k + 0.5) / (n + 1)) / sum(big_n))
+                * (1 - sum(big_n * (k + 0.5) / (n + 1)) / sum(big_n))) AS kw
+    FROM x GROUP BY ALL
+)
+SELECT policy, tier, model, samples, share,
+       greatest(0.0, (share + kw / 2) / (1 + kw)
+                     - sqrt(kw * share * (1 - share) + kw * kw / 4) / (1 + kw)) AS share_lower,
+       least(1.0, (share + kw / 2) / (1 + kw)
+                  + sqrt(kw * share * (1 - share) + kw * kw / 4) / (1 + kw)) AS share_upper,
+       quality, spend_share
+FROM a ORDER BY policy, tier;
+
+-- name: schema_A2_policy_frontier
+-- The cost-quality frontier across every policy one could deploy: each router at every
+-- threshold of the savings grid, with each cheap model (`router`), a single cheap model for
+-- everything (`single_model`, all_cheap), the cascades, and every setting of each multi-tier
+-- policy's sweep (`multi_tier`, `label` its thresholds or bar; setting 0 as configured); the
+-- oracle is shown as the `reference`. `on_frontier`: no other deployable point has at least its
+-- quality and its savings, one of them higher (on the point estimates; the intervals are beside).
+CREATE OR REPLACE VIEW policy_frontier AS
+WITH g AS (
+    SELECT * FROM grouped_savings_at([0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45,
+                                      0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95,
+                                      1.0], false, tier_sweep := true)
+), lab AS (
+    SELECT DISTINCT policy, setting, label FROM tier_policies
+), p AS (
+    SELECT CASE WHEN l.policy IS NOT NULL THEN 'multi_tier'
+                WHEN g.router = 'oracle' THEN 'reference'
+                WHEN g.router = 'all_cheap' THEN 'single_model'
+                WHEN g.router IN (SELECT cascade FROM cascade_scores) THEN 'cascade'
+                ELSE 'router' END AS kind,
+           coalesce(l.policy, g.router) AS policy, g.model,
+           CASE WHEN g.router NOT IN ('all_cheap', 'oracle') THEN g.threshold END AS threshold,
+           l.setting,
+           coalesce(l.label, CASE WHEN g.router NOT IN ('all_cheap', 'oracle')
+                                  THEN 't=' || g.threshold END) AS label,
+           g.samples, g.quality, g.quality_lower, g.quality_upper, g.savings, g.savings_lower,
+           g.savings_upper, g.strong_share, g.frontier_usd, g.routed_usd, g.projected_usd_saved
+    FROM g LEFT JOIN lab l ON g.router = l.policy || '#' || l.setting
+    WHERE g.router NOT IN ('all_cheap', 'oracle') OR g.threshold = 0.5
+)
+SELECT *,
+       CASE WHEN kind <> 'reference' THEN
+            coalesce(max(quality) FILTER (WHERE kind <> 'reference') OVER (
+                ORDER BY savings DESC, quality DESC
+                ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) < quality, true) END
+         AS on_frontier
+FROM p;

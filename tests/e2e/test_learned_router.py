@@ -11,6 +11,7 @@ from pathlib import Path
 
 import duckdb
 import orjson
+import pytest
 
 from shadow import learned
 from shadowroute.config import load_config
@@ -38,6 +39,10 @@ def records(start: int, n: int, seed: int) -> list[bytes]:
     return out
 
 
+def right(prompt: str) -> str:
+    return str(int(prompt.split(" and ")[0].split()[-1]) + 1)
+
+
 def cheap(prompt: str) -> str:
     n = int(prompt.split(" and ")[0].split()[-1])
     return str(n + 9) if "prove" in prompt else str(n + 1)  # wrong on the hard ones
@@ -49,7 +54,9 @@ def test_a_learned_router_through_the_service(broker: Broker, topic: str, db_pat
 
     async def main() -> None:
         await produce(broker.bootstrap, topic, records(0, 150, seed=1))
-        with ModelServer(ModelBehaviour(answer=cheap)) as ms:
+        # a second, dearer cheap model that is always right: a third tier for a policy
+        with ModelServer(ModelBehaviour(answer=cheap)) as ms, \
+                ModelServer(ModelBehaviour(answer=right)) as mid:
             path = write_config(tmp_path / "c.toml", bootstrap=broker.bootstrap, topic=topic,
                                 group="g-learned", db=db_path, model_url=ms.url,
                                 default_rate=1.0, math_rate=1.0, extra=f"""
@@ -64,6 +71,19 @@ retrain_after_labels = 100
 check_every_s = 0.3
 folds = 4
 models_dir = "{models}"
+
+[[shadow.models]]
+name = "mid"
+base_url = "{mid.url}"
+model = "mid"
+input_per_mtok = 1.0
+output_per_mtok = 4.0
+
+[[policies]]
+name = "three_tiers"
+models = ["cheap", "mid"]
+router = "learned"
+thresholds = [0.3, 0.8]
 """)
             svc = Service(load_config(path, env={}))
             task = asyncio.create_task(svc.run(install_signals=False))
@@ -94,6 +114,11 @@ models_dir = "{models}"
             "SELECT count(*) FROM savings WHERE router = 'learned' AND samples > 0").fetchone()
         costs = con.execute("SELECT router, kind, usd_per_call FROM router_costs ORDER BY 1"
                             ).fetchall()
+        policy = con.execute("SELECT model, samples, quality FROM savings "
+                             "WHERE router = 'three_tiers'").fetchall()
+        shares = con.execute("SELECT model, share FROM tier_shares ORDER BY tier").fetchall()
+        efficient = con.execute("SELECT count(*) FROM policy_frontier WHERE on_frontier"
+                                ).fetchone()
     finally:
         con.close()
     # Out-of-fold scores for the samples before the first version; versions for the rest.
@@ -106,6 +131,12 @@ models_dir = "{models}"
     # The service recorded what each configured router costs per call (none priced here).
     assert costs == [("learned", "learned", 0.0), ("random", "random", 0.0),
                      ("rules", "rules", 0.0)]
+    # The multi-tier policy the service wrote at start, estimated beside the routers.
+    ((model, samples, quality),) = policy
+    assert model == "cheap>mid" and samples > 100 and 0.0 <= quality <= 1.0
+    assert [m for m, _ in shares] == ["cheap", "mid", "frontier"]
+    assert sum(s for _, s in shares) == pytest.approx(1.0) and efficient is not None
+    assert efficient[0] > 0
 
 
 async def wait_for_versions(models: Path, n: int, task: asyncio.Task[None]) -> None:

@@ -248,6 +248,15 @@ def test_os_environ_is_the_default(tmp_path: Path, monkeypatch: pytest.MonkeyPat
      "must be at least 0, got -2.5"),
     ("[gate]\nsegment_min_quality = { legal = 1.5 }\n", "gate.segment_min_quality.legal",
      "must be between 0 and 1, got 1.5"),
+    # Multi-tier policies name cheap models and routers that exist.
+    ("[[shadow.models]]\nname = \"a\"\nbase_url = \"http://a\"\n[[policies]]\nname = \"p\"\n"
+     "models = [\"a\"]\nrouter = \"nope\"\nthresholds = [0.5]\n", "policies[0].router",
+     "'nope' is not one of the routers (random)"),
+    ("[[shadow.models]]\nname = \"a\"\nbase_url = \"http://a\"\n[[shadow.models]]\nname = \"b\"\n"
+     "base_url = \"http://b\"\n[[routers]]\nname = \"la\"\nkind = \"learned\"\nmodel = \"a\"\n"
+     "[[policies]]\nname = \"p\"\nkind = \"cheapest\"\nmodels = [\"b\", \"a\"]\n"
+     "routers = [\"la\", \"la\"]\n", "policies[0].routers[0]",
+     "'la' predicts for 'a', not for the tier's model 'b'"),
 ])
 def test_mistakes_name_the_key(tmp_path: Path, text: str, key: str, problem: str) -> None:
     e = error(tmp_path, text)
