@@ -29,18 +29,24 @@ class TrainingStore(Protocol):
         ...
 
 
-def _prepare(rows: Sequence[tuple[Any, ...]], bar: float
-             ) -> tuple[list[str], list[tuple[str, dict[str, float]]], list[int], datetime]:
+def _as_utc(ts: object) -> datetime:
+    """A stored time (DuckDB gives naive UTC) as an aware one; now when there is none."""
+    if not isinstance(ts, datetime):
+        return datetime.now(UTC)
+    return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
+
+
+def prepare(rows: Sequence[tuple[Any, ...]], bar: float
+            ) -> tuple[list[str], list[tuple[str, dict[str, float]]], list[int], datetime]:
+    """`learned_rows` as (sample ids, features, labels at `bar`, training cutoff: the last
+    sample's time)."""
     ids, feats, labels = [], [], []
     for sid, _, model, messages, tags, value in rows:
         ids.append(sid)
         feats.append(learned.features(orjson.loads(messages or "[]"), model or "",
                                       orjson.loads(tags or "{}")))
         labels.append(learned.label(float(value), bar))
-    last = rows[-1][1] if rows else None
-    cutoff = last.replace(tzinfo=UTC) if isinstance(last, datetime) and last.tzinfo is None \
-        else (last if isinstance(last, datetime) else datetime.now(UTC))
-    return ids, feats, labels, cutoff
+    return ids, feats, labels, _as_utc(rows[-1][1] if rows else None)
 
 
 class Trainer:
@@ -73,7 +79,7 @@ class Trainer:
                     not cfg.retrain_after_labels
                     or len(rows) - self._rows_at_last < cfg.retrain_after_labels):
                 return None
-            ids, feats, labels, cutoff = await asyncio.to_thread(_prepare, rows, cfg.bar)
+            ids, feats, labels, cutoff = await asyncio.to_thread(prepare, rows, cfg.bar)
             if len(set(labels)) < 2:
                 log.info("learned router %s: %d labelled samples, all %s: nothing to learn yet",
                          self.router.name, len(labels),
