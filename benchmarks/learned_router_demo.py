@@ -26,16 +26,20 @@ import argparse
 import asyncio
 import json
 import shutil
+import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from analytics.calibrate import calibrate
-from analytics.store import Store
-from shadow import learned
-from shadow.routers import LearnedRouter, LearnedRouterConfig
-from shadow.training import Trainer, prepare
+# The repository first: this directory's analytics.py would hide the analytics package.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from analytics.calibrate import calibrate  # noqa: E402
+from analytics.store import Store  # noqa: E402
+from shadow import learned  # noqa: E402
+from shadow.routers import LearnedRouter, LearnedRouterConfig  # noqa: E402
+from shadow.training import Trainer, prepare  # noqa: E402
 
 
 class _AsyncStore:
@@ -86,9 +90,10 @@ def main() -> None:
     finally:
         store.close()
 
+    # (v1's cross-validated AUC is the AUC of these same forward out-of-fold scores)
     print(f"{len(labels)} labelled samples on {model}, {sum(labels)} needing the strong model "
-          f"({100 * sum(labels) / len(labels):.0f}%); v1 cross-validated AUC "
-          f"{info.cv_auc:.3f}; out-of-fold AUC {oof_auc:.3f} on {len(scored)} samples")
+          f"({100 * sum(labels) / len(labels):.0f}%); {args.algorithm}, out-of-fold AUC "
+          f"{oof_auc:.3f} on the {len(scored)} samples after the first fold")
     print(f"quality bar {args.bar}: threshold calibrated on the samples up to "
           f"{results['learned']['until']}, verified after\n")
     head = ("router", "threshold", "calib. savings", "verified savings [95%]",
