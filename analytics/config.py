@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from consumers.config import check_choice, check_positive, check_rate
 from consumers.errors import ConfigError
 
+# An instance's name in the lake (a directory name): as analytics.lake.INSTANCE.
+INSTANCE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 # DuckDB size literals; checked, since `SET memory_limit` takes no bound parameter.
 MEMORY_LIMIT = re.compile(r"\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)", re.IGNORECASE)
 
@@ -32,6 +34,16 @@ class StorageConfig:
     threads: int = 0
     """DuckDB's worker threads in the service. 0: one fewer than the machine's cores (at least
     one), so a write or a long `/v1/sql` query never takes every core from the event loop."""
+    lake_dir: str = ""
+    """A directory shared by every instance (e.g. a network volume): the service exports its
+    tables there as Parquet every `lake_every_s` and at a clean stop, under
+    `instance=<instance_id>/`, and `shadowroute sql|gate|report --lake DIR` read the union.
+    Empty: no export."""
+    lake_every_s: float = 3600.0
+    """How often the service exports to `lake_dir`."""
+    instance_id: str = ""
+    """This instance's name in the lake (letters, digits, '.', '_', '-'); empty: the host's
+    name."""
     memory_limit: str = "512MB"
     """DuckDB's memory limit in the service's store (e.g. `256MB`, `2GB`; empty: DuckDB's
     default, 80% of RAM). DuckDB keeps the blocks it read or wrote cached up to this limit, so
@@ -61,6 +73,10 @@ def check_storage(st: StorageConfig, key: str = "storage") -> None:
                           f"for DuckDB's default), got {st.memory_limit!r}")
     check_positive(f"{key}.max_record_bytes", st.max_record_bytes)
     check_choice(f"{key}.writer", st.writer, ("process", "thread"))
+    check_positive(f"{key}.lake_every_s", st.lake_every_s)
+    if st.instance_id and not INSTANCE_ID.fullmatch(st.instance_id):
+        raise ConfigError(f"{key}.instance_id", "letters, digits, '.', '_' and '-' only (it "
+                          f"names a directory of the lake), got {st.instance_id!r}")
     if st.threads < 0:
         raise ConfigError(f"{key}.threads",
                           f"must be 0 (one fewer than the cores) or more, got {st.threads}")

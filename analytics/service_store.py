@@ -24,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, ParamSpec, Protocol, TypeVar
 
+from analytics import lake
 from analytics.store import Store, UserResult
 from analytics.store_process import StoreProcess
 from analytics.tiers import TierRow
@@ -65,6 +66,7 @@ class ServiceStore(Protocol):
     async def lease_budget(self, run_id: str, nano: int) -> None: ...
     async def set_router_costs(self, costs: Sequence[tuple[str, str, float]]) -> None: ...
     async def set_tier_policies(self, rows: Sequence[TierRow]) -> None: ...
+    async def export_lake(self, lake_dir: Path, instance: str) -> dict[str, int]: ...
     async def learned_rows(self, model: str) -> list[tuple[Any, ...]]: ...
     async def write_router_scores(self, rows: Sequence[tuple[str, str, float, str]]) -> None: ...
     async def counts(self) -> dict[str, Any]: ...
@@ -117,6 +119,9 @@ class StoreThread:
 
     async def set_tier_policies(self, rows: Sequence[TierRow]) -> None:
         await self._run(self.store.set_tier_policies, list(rows))
+
+    async def export_lake(self, lake_dir: Path, instance: str) -> dict[str, int]:
+        return await self._run(lake.export, self.store, lake_dir, instance)
 
     async def learned_rows(self, model: str) -> list[tuple[Any, ...]]:
         return await self._run(self.store.learned_rows, model)

@@ -64,6 +64,10 @@ def lock_down(con: duckdb.DuckDBPyConnection) -> None:
         con.execute("SET lock_configuration = true")
 
 
+# The orders `Store.insert_arrow` takes: which copy of a key is kept (the first).
+ARROW_ORDERS = ("", "ORDER BY status = 'done' DESC")
+
+
 @dataclass(frozen=True)
 class UserResult:
     """What a person's query returned: at most `max_rows` rows, `truncated` if there were more."""
@@ -334,6 +338,32 @@ class Store:
                 [tuple(r) for r in rows], schema=list(TIER_SCHEMA.items()), orient="row")}) as con:
             con.execute(sql.query("clear_tier_policies")).fetchall()
             con.execute(sql.query("insert_tier_policies")).fetchall()
+
+    def fetch_arrow(self, query: str) -> pa.Table:
+        """A query's result as one Arrow table (for the lake's Parquet)."""
+        with self._lock:
+            return self.con.sql(query).to_arrow_table()
+
+    def insert_arrow(self, table: str, data: pa.Table, order: str = "") -> None:
+        """`data` into `table` by column name; with a primary key, rows whose key is stored
+        already are left out. `table` and `order` come from code (analytics.lake), never from
+        input: DuckDB binds no identifiers."""
+        if order not in ARROW_ORDERS:
+            raise ValueError(f"order {order!r} is not one of {ARROW_ORDERS}")
+        with self._lock:
+            if not self.con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = $t",
+                                    {"t": table}).fetchall()[0][0]:
+                raise ValueError(f"no table {table!r}")
+            keyed = self.con.execute(
+                "SELECT count(*) FROM duckdb_constraints() WHERE table_name = $t "
+                "AND constraint_type = 'PRIMARY KEY'", {"t": table}).fetchall()[0][0]
+            self.con.register("_arrow_rows", data)
+            try:
+                self.con.execute(  # a table that exists, an order of ARROW_ORDERS: both checked
+                    f"INSERT {'OR IGNORE ' if keyed else ''}INTO {table} BY NAME "  # noqa: S608
+                    f"SELECT * FROM _arrow_rows {order}").fetchall()
+            finally:
+                self.con.unregister("_arrow_rows")
 
     def learned_rows(self, model: str) -> list[tuple[Any, ...]]:
         """A learned router's training rows (`learned_router_rows`): the completed samples

@@ -49,6 +49,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 
+from analytics import lake
 from analytics.errors import StoreError
 from analytics.store import Store, UserResult
 from analytics.tiers import TierRow
@@ -107,7 +108,7 @@ ASYNC_CALLS: frozenset[Callable[..., Any]] = frozenset({
     Store.write_ingest, Store.record_resets, Store.pending_samples, Store.write_sample_results,
     Store.shed_pending, Store.recent_shadow_spend, Store.lease_budget, Store.counts,
     Store.learned_rows, Store.write_router_scores, Store.set_router_costs,
-    Store.set_tier_policies})
+    Store.set_tier_policies, lake.export})
 CONTROL_CALLS: frozenset[Callable[..., Any]] = frozenset({
     Store.stored_offsets, Store.stored_marks, Store.fetch, Store.counts,
     Store.interrupt_user_queries})
@@ -396,6 +397,9 @@ class StoreProcess:
 
     async def set_tier_policies(self, rows: Sequence[TierRow]) -> None:
         await self._call(Store.set_tier_policies, list(rows))
+
+    async def export_lake(self, lake_dir: Path, instance: str) -> dict[str, int]:
+        return await self._call(lake.export, lake_dir, instance)
 
     async def learned_rows(self, model: str) -> list[tuple[Any, ...]]:
         return await self._call(Store.learned_rows, model)

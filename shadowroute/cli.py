@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import datetime
@@ -9,7 +10,8 @@ import io
 import logging
 import os
 import sys
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
@@ -45,6 +47,32 @@ def config_option(f: F) -> F:
 def db_option(f: F) -> F:
     return click.option("--db", "db", type=click.Path(dir_okay=False), default=None,
                         help="DuckDB file to read (default: storage.db_path of the config).")(f)
+
+
+def lake_option(f: F) -> F:
+    return click.option("--lake", "lake", type=click.Path(file_okay=False), default=None,
+                        help="Read the union of every instance's export in this directory "
+                             "(storage.lake_dir, `shadowroute export-lake`) instead of one "
+                             "DuckDB file.")(f)
+
+
+@contextlib.contextmanager
+def _source(cfg: Config, db: str | None, lake: str | None) -> Iterator[Path]:
+    """The DuckDB file to read: --db, the config's, or the lake merged into a temporary one."""
+    if lake is None:
+        yield Path(db) if db else Path(cfg.storage.db_path)
+        return
+    if db is not None:
+        fail("read --lake or --db, not both")
+    from analytics.lake import merge
+
+    with tempfile.TemporaryDirectory(prefix="shadowroute-lake-") as tmp:
+        merged = Path(tmp) / "lake.duckdb"
+        try:
+            merge(Path(lake), merged)
+        except ShadowrouteError as e:
+            fail(str(e), 1)
+        yield merged
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -119,7 +147,8 @@ def _cell(v: Any) -> str:
 @config_option
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table",
               show_default=True, help="table for people, csv or json (one object per row) for machines.")
-def sql_cmd(query: str, db: str | None, config: str | None, fmt: str) -> None:
+@lake_option
+def sql_cmd(query: str, db: str | None, config: str | None, fmt: str, lake: str | None) -> None:
     """Run a read-only SQL QUERY on the DuckDB file (or on the running service).
 
     Tables: requests, rejected, skipped, samples, shadow_calls, shadow_attempts, scores,
@@ -134,11 +163,11 @@ def sql_cmd(query: str, db: str | None, config: str | None, fmt: str) -> None:
     from shadowroute.access import run_sql
 
     cfg = _load(config)
-    path = Path(db) if db else Path(cfg.storage.db_path)
-    try:
-        ans = run_sql(path, query, cfg.server)
-    except ShadowrouteError as e:
-        fail(str(e), 1)
+    with _source(cfg, db, lake) as path:
+        try:
+            ans = run_sql(path, query, cfg.server)
+        except ShadowrouteError as e:
+            fail(str(e), 1)
     cols, rows, source = ans.columns, ans.rows, ans.source
     if ans.truncated:
         click.echo(f"shadowroute: only the first {len(rows)} rows (server.sql_max_rows, "
@@ -207,12 +236,13 @@ def sql_cmd(query: str, db: str | None, config: str | None, fmt: str) -> None:
                    "a quality drop from the window before.")
 @db_option
 @config_option
+@lake_option
 def gate(router: str | None, threshold: float | None, model: str | None,
          calibration: str | None, min_quality: float | None,
          min_samples: int | None, confidence: float | None, min_savings: float | None,
          interval: str, replicates: int, seed: int, min_segment_samples: int | None,
          segment_bars: tuple[str, ...], segment_by_model: bool, window: str | None,
-         db: str | None, config: str | None) -> None:
+         db: str | None, config: str | None, lake: str | None) -> None:
     """Print a JSON rollout verdict; exit 0 pass, 1 fail, 2 inconclusive (not enough data).
 
     Example: shadowroute gate --router rules --threshold 0.4 --model gpt-4o-mini --min-quality 0.95
@@ -224,6 +254,10 @@ def gate(router: str | None, threshold: float | None, model: str | None,
     path = Path(db) if db else Path(cfg.storage.db_path)
     if calibration is not None:
         from analytics.calibrate import load
+
+        if lake is not None:
+            fail("--calibration reads the calibrations saved beside a DuckDB file: give the "
+                 "threshold, not --calibration, with --lake")
 
         try:
             cal = load(path, calibration)
@@ -250,7 +284,8 @@ def gate(router: str | None, threshold: float | None, model: str | None,
                              else min_segment_samples),
         segment_min_quality=bars, segment_by_model=segment_by_model, window=window)
     try:
-        out = verdict(path, req, cfg.server)
+        with _source(cfg, db, lake) as source:
+            out = verdict(source, req, cfg.server)
     except ShadowrouteError as e:
         # Exit 2 would read as "inconclusive"; a broken gate call is a failure of the check.
         fail(str(e), 1)
@@ -323,7 +358,9 @@ def calibrate(router: str, model: str, target: float, until: datetime.datetime |
               help="The quality bar drawn and used to mark segments. Default: gate.min_quality.")
 @db_option
 @config_option
-def report(out_path: str, min_quality: float | None, db: str | None, config: str | None) -> None:
+@lake_option
+def report(out_path: str, min_quality: float | None, db: str | None, config: str | None,
+           lake: str | None) -> None:
     """Write one self-contained HTML report (plots work offline): cost vs quality per router,
     per-segment table, savings over time, 100% of the traffic, what is not covered.
 
@@ -333,27 +370,68 @@ def report(out_path: str, min_quality: float | None, db: str | None, config: str
     from shadowroute.access import run_sql
 
     cfg = _load(config)
-    path = Path(db) if db else Path(cfg.storage.db_path)
-    if not path.exists():
-        fail(f"no DuckDB file at {path} (--db)", 1)
+    with _source(cfg, db, lake) as path:
+        if not path.exists():
+            fail(f"no DuckDB file at {path} (--db)", 1)
 
-    def query(q: str, params: dict[str, Any]) -> tuple[list[str], list[tuple[Any, ...]]]:
-        # The report's queries take no parameters; every row of them is needed.
-        answer = run_sql(path, q, dataclasses.replace(cfg.server, sql_max_rows=2**62))
-        if answer.truncated:
-            raise StoreError("a report query returned more than the running service's "
-                             "server.sql_max_rows / sql_max_bytes: raise them, or run the "
-                             "report while the service is stopped")
-        return answer.columns, [tuple(r) for r in answer.rows]
+        def query(q: str, params: dict[str, Any]) -> tuple[list[str], list[tuple[Any, ...]]]:
+            # The report's queries take no parameters; every row of them is needed.
+            answer = run_sql(path, q, dataclasses.replace(cfg.server, sql_max_rows=2**62))
+            if answer.truncated:
+                raise StoreError("a report query returned more than the running service's "
+                                 "server.sql_max_rows / sql_max_bytes: raise them, or run the "
+                                 "report while the service is stopped")
+            return answer.columns, [tuple(r) for r in answer.rows]
 
-    try:
-        page = build(query, path,
-                     min_quality=cfg.gate.min_quality if min_quality is None else min_quality,
-                     title=f"shadowroute report: {path.name}")
-    except ShadowrouteError as e:
-        fail(str(e), 1)
+        try:
+            page = build(query, None if lake else path,
+                         min_quality=cfg.gate.min_quality if min_quality is None
+                         else min_quality,
+                         title=f"shadowroute report: {Path(lake).name if lake else path.name}")
+        except ShadowrouteError as e:
+            fail(str(e), 1)
     Path(out_path).write_text(page, encoding="utf-8")
     click.echo(f"wrote {out_path} ({len(page.encode()) / 1e6:.1f} MB, opens offline)")
+
+
+@main.command("export-lake")
+@click.option("--lake", "lake_dir", type=click.Path(file_okay=False), default=None,
+              help="The lake directory. Default: storage.lake_dir.")
+@click.option("--instance", default=None,
+              help="This file's name in the lake. Default: storage.instance_id, else the host's.")
+@db_option
+@config_option
+def export_lake(lake_dir: str | None, instance: str | None, db: str | None,
+                config: str | None) -> None:
+    """Export a stopped service's DuckDB file to the lake as Parquet (a running service with
+    storage.lake_dir exports by itself), for `sql|gate|report --lake`.
+
+    Example: shadowroute export-lake --lake /shared/shadowroute-lake --instance eu-1
+    """
+    from analytics import lake
+    from analytics.errors import StoreLockedError
+    from analytics.store import Store
+
+    cfg = _load(config)
+    target = lake_dir or cfg.storage.lake_dir
+    if not target:
+        fail("export-lake needs --lake DIR (or storage.lake_dir)")
+    path = Path(db) if db else Path(cfg.storage.db_path)
+    name = instance or lake.instance_name(cfg.storage.instance_id)
+    try:
+        lake.check_instance(name)
+        store = Store(path, read_only=True)
+    except StoreLockedError:
+        fail(f"{path} is in use by a running service: set storage.lake_dir and it exports "
+             "every storage.lake_every_s and when it stops", 1)
+    except ShadowrouteError as e:
+        fail(str(e), 1)
+    try:
+        counts = lake.export(store, Path(target), name)
+    finally:
+        store.close()
+    click.echo(f"exported {path} to {Path(target) / f'instance={name}'}: "
+               + ", ".join(f"{n} {t}" for t, n in counts.items() if n))
 
 
 @main.command("router-metrics")

@@ -31,7 +31,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
 
 import sql
-from analytics import tiers
+from analytics import lake, tiers
 from analytics.service_store import open_store
 from consumers.ingest import IngestBatch, Ingestor
 from consumers.pipeline import DeadLetters, IngestPipeline
@@ -242,6 +242,16 @@ class Service:
                 "models": models,
                 "db_path": str(self.cfg.storage.db_path)}
 
+    async def _export_lake(self) -> None:
+        """This instance's tables to `storage.lake_dir` (see analytics.lake)."""
+        st = self.cfg.storage
+        instance = lake.instance_name(st.instance_id)
+        t0 = time.monotonic()
+        counts = await self.store.export_lake(Path(st.lake_dir), instance)
+        log.info("exported %d requests and %d samples to the lake %s as instance %s in %.1f s",
+                 counts.get("requests", 0), counts.get("samples", 0), st.lake_dir, instance,
+                 time.monotonic() - t0)
+
     async def _refresh_gauges(self) -> None:
         self._shadow_gauges()
         counts = await self.store.counts()
@@ -410,6 +420,10 @@ class Service:
         for r in self.runner.routers:
             if isinstance(r, LearnedRouter):
                 self._schedule_training(scheduler, Trainer(r, self.store))
+        if self.cfg.storage.lake_dir:
+            scheduler.add_job(self._export_lake, "interval",
+                              seconds=self.cfg.storage.lake_every_s, max_instances=1,
+                              coalesce=True)
         scheduler.start()
         runner_task = asyncio.create_task(self.runner.run())
         ingest_task = asyncio.create_task(self._ingest_loop())
@@ -461,6 +475,8 @@ class Service:
             # restart counts it as spent: safe, only stricter).
             await step("give back the shadow budget's unused lease", self.budget.release)
             await step("stop the scheduler", lambda: scheduler.shutdown(wait=False))
+            if self.cfg.storage.lake_dir:
+                await step("export to the lake", self._export_lake)
             await step("close the Kafka consumer", self.source.stop)
             # A person's query ends now, answered (before the HTTP server's graceful shutdown).
             await step("interrupt people's queries",

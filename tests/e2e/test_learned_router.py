@@ -13,6 +13,7 @@ import duckdb
 import orjson
 import pytest
 
+from analytics import lake
 from shadow import learned
 from shadowroute.config import load_config
 from shadowroute.demo.broker import Broker
@@ -85,7 +86,10 @@ models = ["cheap", "mid"]
 router = "learned"
 thresholds = [0.3, 0.8]
 """)
-            svc = Service(load_config(path, env={}))
+            # ... exporting to a lake at its stop
+            svc = Service(load_config(path, env={
+                "SHADOWROUTE_STORAGE__LAKE_DIR": str(tmp_path / "lake"),
+                "SHADOWROUTE_STORAGE__INSTANCE_ID": "e2e-1"}))
             task = asyncio.create_task(svc.run(install_signals=False))
             try:
                 await wait_for_versions(models, 1, task)
@@ -131,6 +135,10 @@ thresholds = [0.3, 0.8]
     # The service recorded what each configured router costs per call (none priced here).
     assert costs == [("learned", "learned", 0.0), ("random", "random", 0.0),
                      ("rules", "rules", 0.0)]
+    # The lake the service wrote when it stopped holds what its file holds.
+    merged = lake.merge(tmp_path / "lake", tmp_path / "merged.duckdb")
+    assert merged["requests"] == 300 and merged["samples"] > 100
+    assert (tmp_path / "lake" / "instance=e2e-1" / "samples.parquet").exists()
     # The multi-tier policy the service wrote at start, estimated beside the routers.
     ((model, samples, quality),) = policy
     assert model == "cheap>mid" and samples > 100 and 0.0 <= quality <= 1.0

@@ -248,6 +248,9 @@ def test_os_environ_is_the_default(tmp_path: Path, monkeypatch: pytest.MonkeyPat
      "must be at least 0, got -2.5"),
     ("[gate]\nsegment_min_quality = { legal = 1.5 }\n", "gate.segment_min_quality.legal",
      "must be between 0 and 1, got 1.5"),
+    ("[storage]\ninstance_id = \"../eu\"\n", "storage.instance_id",
+     "letters, digits, '.', '_' and '-' only (it names a directory of the lake), got '../eu'"),
+    ("[storage]\nlake_every_s = 0\n", "storage.lake_every_s", "must be greater than 0, got 0.0"),
     # Multi-tier policies name cheap models and routers that exist.
     ("[[shadow.models]]\nname = \"a\"\nbase_url = \"http://a\"\n[[policies]]\nname = \"p\"\n"
      "models = [\"a\"]\nrouter = \"nope\"\nthresholds = [0.5]\n", "policies[0].router",
