@@ -3,7 +3,9 @@
 On every assignment each partition is sought to the next offset stored in DuckDB (written in
 the same transaction as the rows), so a crash between the DuckDB commit and the Kafka commit
 re-reads nothing twice. Kafka offsets are still committed after each persisted batch so lag
-shows in ordinary Kafka tooling; they are used only for partitions DuckDB has never seen.
+shows in ordinary Kafka tooling; they are used for partitions DuckDB has never seen, and where
+another instance of the group committed past this file's position (the partition moved to it
+and back: each instance keeps its own file).
 
 Resets. A stored position can fall outside the partition's log: the broker restarted empty, the
 topic was deleted and re-created (past the end), or retention removed records never read
@@ -55,18 +57,30 @@ class _SeekToStored(ConsumerRebalanceListener):  # type: ignore[misc]
         stored = self.source.stored_offsets()
         marks = self.source.stored_marks() if self.source.stored_marks is not None else {}
         self.source._verify = {}
+        consumer = self.source.consumer
+        assert consumer is not None
         for tp in assigned:
             nxt = stored.get((tp.topic, tp.partition))
-            if nxt is not None:
-                assert self.source.consumer is not None
+            # Another instance of the group may have owned the partition since this file's
+            # rows: it committed after persisting past our position, so the further of the two
+            # is where the records not yet stored by anyone start.
+            committed = await self.source.committed(tp) if nxt is not None else None
+            if nxt is not None and committed is not None and committed > nxt:
+                log.info("%s[%d]: resuming at %d, committed by another instance of the group "
+                         "(this file stored up to %d)", tp.topic, tp.partition, committed, nxt)
+                consumer.seek(tp, committed)
+            elif nxt is not None:
                 mark = marks.get((tp.topic, tp.partition))
                 if mark is not None and mark[0] == nxt and nxt > 0:
                     # Read the last record again: is it the one stored? (`_verified`)
                     self.source._verify[tp] = mark
-                    self.source.consumer.seek(tp, nxt - 1)
+                    consumer.seek(tp, nxt - 1)
                 else:
-                    self.source.consumer.seek(tp, nxt)
+                    consumer.seek(tp, nxt)
         log.info("assigned %s", ", ".join(f"{tp.topic}[{tp.partition}]" for tp in assigned))
+        if self.source.on_assigned is not None:
+            total = sum(len(consumer.partitions_for_topic(t) or ()) for t in self.source.cfg.topics)
+            self.source.on_assigned(len(assigned), total)
 
 
 class KafkaSource:
@@ -74,8 +88,12 @@ class KafkaSource:
                  stored_offsets: Callable[[], dict[tuple[str, int], int]],
                  on_reset: Callable[[OffsetReset], None] | None = None,
                  stored_marks: Callable[[], dict[tuple[str, int], tuple[int, int | None, int]]]
-                 | None = None) -> None:
+                 | None = None,
+                 on_assigned: Callable[[int, int], None] | None = None) -> None:
         self.cfg = cfg
+        # (partitions this instance owns now, partitions of the topics): at every assignment,
+        # so that a share of something global (the shadow budget) follows the group.
+        self.on_assigned = on_assigned
         self.stored_offsets = stored_offsets
         self.stored_marks = stored_marks
         # Partitions sought to their last stored record, to compare it with what was stored:
@@ -124,6 +142,16 @@ class KafkaSource:
                 f"cannot reach Kafka at {self.cfg.bootstrap_servers} ({type(e).__name__}); "
                 "check kafka.bootstrap_servers and that the broker is up") from None
         self.consumer.subscribe(list(self.cfg.topics), listener=_SeekToStored(self))
+
+    async def committed(self, tp: TopicPartition) -> int | None:
+        """The group's committed offset of `tp` (None: none, or the broker cannot say now)."""
+        assert self.consumer is not None
+        try:
+            return await self.consumer.committed(tp)  # type: ignore[no-any-return]
+        except KafkaError as e:
+            log.warning("%s[%d]: the group's committed offset is unavailable (%s): resuming "
+                        "at this file's", tp.topic, tp.partition, type(e).__name__)
+            return None
 
     async def dead_letter(self, rejected: Sequence[tuple[RawMessage, str]]) -> int:
         """Produce rejected records to `kafka.dead_letter_topic`, whole, with their reason and

@@ -101,6 +101,8 @@ class Budget:
                  clock: Callable[[], float] = time.monotonic,
                  journal: Callable[[int], Awaitable[None]] | None = None) -> None:
         caps = {"hour": usd_per_hour, "day": usd_per_day}
+        self._caps = caps
+        self.share = 1.0
         # A cap is rounded down to whole nano-dollars: never above what was configured.
         self.windows = {name: _Window(span, None if math.isinf(caps[name])
                                       else math.floor(caps[name] * NANO))
@@ -117,6 +119,17 @@ class Budget:
         self._lease_lock = asyncio.Lock()
         self._ahead: asyncio.Future[None] | None = None
         self._back: asyncio.Future[None] | None = None
+
+    def set_share(self, share: float) -> None:
+        """This instance's share of the caps (several instances in one consumer group: the
+        partitions it owns over all of them, set at every assignment), so that the instances'
+        caps add up to the configured ones. Spend already in a window stays: an instance whose
+        share shrank below its recent spend pays nothing more until the window rolls on."""
+        self.share = min(1.0, max(0.0, share))
+        for name, w in self.windows.items():
+            if w.cap is not None:
+                w.cap = math.floor(self._caps[name] * self.share * NANO)
+        self._wake()
 
     @property
     def limited(self) -> bool:
@@ -274,6 +287,9 @@ class Budget:
                 and (self._back is None or self._back.done())):
             with contextlib.suppress(RuntimeError):  # no event loop: nothing is leased either
                 self._back = asyncio.get_running_loop().create_task(self._give_back())
+        self._wake()
+
+    def _wake(self) -> None:
         while self._waiters:  # everyone re-checks; a released reservation may fit several
             fut = self._waiters.popleft()
             if not fut.done():

@@ -15,6 +15,7 @@ import functools
 import gc
 import inspect
 import logging
+import math
 import os
 import signal
 import socket
@@ -142,8 +143,10 @@ class Service:
 
             source = KafkaSource(cfg.kafka, self.store.reads.stored_offsets,
                                  on_reset=self._on_reset,
-                                 stored_marks=self.store.reads.stored_marks)
+                                 stored_marks=self.store.reads.stored_marks,
+                                 on_assigned=self._on_assigned)
         self.source = source
+        self._budget_share = 1.0  # of the budget's caps: this instance's partitions of all
         self.stop_event = asyncio.Event()
         self.http: HttpClient | None = None
         self.runner: ShadowRunner | None = None
@@ -241,6 +244,19 @@ class Service:
                 "shadow": "degraded" if any(not m["up"] for m in models.values()) else "ok",
                 "models": models,
                 "db_path": str(self.cfg.storage.db_path)}
+
+    def _on_assigned(self, owned: int, total: int) -> None:
+        """The hard budget stays global across the instances of one consumer group: each
+        takes the share of the caps that its partitions are of all."""
+        budget = getattr(self, "budget", None)
+        share = owned / total if total else 1.0
+        self._budget_share = share
+        if budget is not None and budget.limited:
+            budget.set_share(share)
+            log.info("shadow budget: this instance owns %d of %d partitions, so %.0f%% of the "
+                     "caps ($%.4g/hour, $%.4g/day)", owned, total, 100 * share,
+                     budget.windows["hour"].cap / 1e9 if budget.windows["hour"].cap else math.inf,
+                     budget.windows["day"].cap / 1e9 if budget.windows["day"].cap else math.inf)
 
     async def _export_lake(self) -> None:
         """This instance's tables to `storage.lake_dir` (see analytics.lake)."""
@@ -372,6 +388,8 @@ class Service:
         if self.budget.limited:
             # Spend of the last day survives a restart: the budget is not reset by one.
             self.budget.seed(await self.store.recent_shadow_spend())
+            # An assignment may have come before the budget (the source starts first).
+            self.budget.set_share(self._budget_share)
         elif any(m.input_per_mtok or m.output_per_mtok for m in sh.models):
             log.warning("shadow.budget sets no cap: shadow spend on paid models is unlimited")
         models = [ModelClient.from_config(m, sh, self.http, self.budget) for m in sh.models]

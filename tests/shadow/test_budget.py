@@ -498,3 +498,34 @@ def test_charges_are_kept_in_bounded_entries_never_expiring_early() -> None:
                 late = sum(n for t, n in charges if now[0] - span - grain < t <= now[0] - span)
                 assert exact <= counted <= exact + late
     assert all(len(w.entries) <= 3601 for w in b.windows.values())
+
+
+def test_an_instances_share_of_the_caps() -> None:
+    """Instances of one consumer group split the caps by the partitions each owns."""
+    b = Budget(usd_per_hour=1.0, usd_per_day=10.0)
+    b.set_share(1 / 4)  # one partition of four
+    assert b.left_usd("hour") == pytest.approx(0.25) and b.left_usd("day") == pytest.approx(2.5)
+    r = b.try_reserve(0.2)
+    assert r
+    b.settle(r, 0.2)  # type: ignore[arg-type]
+    assert b.try_reserve(0.1) is None  # past this instance's quarter, not the whole cap
+    b.set_share(3 / 4)  # a rebalance gave it three
+    assert b.left_usd("hour") == pytest.approx(0.55)
+    b.set_share(0.0)  # none: it pays for nothing more, spend already made stays counted
+    assert b.try_reserve(0.01) is None and b.spent_usd("hour") == pytest.approx(0.2)
+
+
+def test_a_larger_share_wakes_a_waiting_call() -> None:
+    async def main() -> None:
+        b = Budget(usd_per_hour=1.0)
+        b.set_share(0.5)
+        held = b.try_reserve(0.4)
+        assert held
+        waiting = asyncio.ensure_future(b.reserve(0.3))  # room only once the share grows
+        await asyncio.sleep(0.01)
+        assert not waiting.done()
+        b.set_share(1.0)
+        got = await asyncio.wait_for(waiting, 1.0)
+        assert got is not None and got.nano == to_nano(0.3)
+
+    asyncio.run(main())
