@@ -52,6 +52,22 @@ class StorageConfig:
 
 
 @dataclass(frozen=True)
+class RetentionConfig:
+    """How long detail is kept. The estimates over any past window stay what they were: what
+    they need of purged requests is kept per hour in `request_rollups`."""
+
+    requests_days: float = 0.0
+    """Requests older than this (production time) that were never sampled are rolled up per
+    hour and deleted (0: kept for ever). Keep it longer than the topics' own retention, so that
+    Kafka can no longer deliver a purged record again."""
+    texts_days: float = 0.0
+    """Prompts and answers of samples older than this (and judge outputs, rejected records'
+    raw bytes) are cleared; their scores and costs stay (0: kept for ever)."""
+    every_s: float = 3600.0
+    """How often the service applies it."""
+
+
+@dataclass(frozen=True)
 class GateConfig:
     min_quality: float = 0.95
     """Default lower bound on quality relative to the frontier model."""
@@ -80,6 +96,13 @@ def check_storage(st: StorageConfig, key: str = "storage") -> None:
     if st.threads < 0:
         raise ConfigError(f"{key}.threads",
                           f"must be 0 (one fewer than the cores) or more, got {st.threads}")
+
+
+def check_retention(r: RetentionConfig, key: str = "retention") -> None:
+    for name in ("requests_days", "texts_days"):
+        if getattr(r, name) < 0:
+            raise ConfigError(f"{key}.{name}", f"must be 0 (keep) or more, got {getattr(r, name)}")
+    check_positive(f"{key}.every_s", r.every_s)
 
 
 def check_gate(g: GateConfig, key: str = "gate") -> None:

@@ -21,6 +21,7 @@ import functools
 import os
 from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from pathlib import Path
 from typing import Any, ParamSpec, Protocol, TypeVar
 
@@ -67,6 +68,8 @@ class ServiceStore(Protocol):
     async def set_router_costs(self, costs: Sequence[tuple[str, str, float]]) -> None: ...
     async def set_tier_policies(self, rows: Sequence[TierRow]) -> None: ...
     async def export_lake(self, lake_dir: Path, instance: str) -> dict[str, int]: ...
+    async def apply_retention(self, requests_before: datetime | None,
+                              texts_before: datetime | None) -> tuple[int, int, bool]: ...
     async def learned_rows(self, model: str) -> list[tuple[Any, ...]]: ...
     async def write_router_scores(self, rows: Sequence[tuple[str, str, float, str]]) -> None: ...
     async def counts(self) -> dict[str, Any]: ...
@@ -122,6 +125,10 @@ class StoreThread:
 
     async def export_lake(self, lake_dir: Path, instance: str) -> dict[str, int]:
         return await self._run(lake.export, self.store, lake_dir, instance)
+
+    async def apply_retention(self, requests_before: datetime | None,
+                              texts_before: datetime | None) -> tuple[int, int, bool]:
+        return await self._run(self.store.apply_retention, requests_before, texts_before)
 
     async def learned_rows(self, model: str) -> list[tuple[Any, ...]]:
         return await self._run(self.store.learned_rows, model)

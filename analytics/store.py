@@ -17,6 +17,7 @@ import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -338,6 +339,38 @@ class Store:
                 [tuple(r) for r in rows], schema=list(TIER_SCHEMA.items()), orient="row")}) as con:
             con.execute(sql.query("clear_tier_policies")).fetchall()
             con.execute(sql.query("insert_tier_policies")).fetchall()
+
+    def apply_retention(self, requests_before: datetime | None, texts_before: datetime | None,
+                        max_hours: int = 6) -> tuple[int, int, bool]:
+        """Retention (`[retention]`). Requests older than `requests_before` (production time,
+        UTC) that were never sampled are rolled up per hour into `request_rollups` and deleted,
+        the oldest hour first, at most `max_hours` hours a call, each hour in a transaction of
+        its own so that ingest's writes go between; prompts and answers of samples older than
+        `texts_before` are cleared (their figures stay), and rejected records' raw bytes.
+        Returns (requests rolled up, rows whose text was cleared, whether older hours remain)."""
+        rolled = cleared = 0
+        more = False
+        if requests_before is not None:
+            for i in range(max_hours + 1):
+                with self._lock:
+                    lo = self.con.execute(sql.query("retention_next_hour"),
+                                          {"before": requests_before}).fetchall()[0][0]
+                if lo is None:
+                    break
+                if i == max_hours:
+                    more = True
+                    break
+                span = {"lo": lo, "hi": min(lo + timedelta(hours=1), requests_before)}
+                with self._tx({}) as con:
+                    con.execute(sql.query("rollup_requests"), span).fetchall()
+                    rolled += int(con.execute(sql.query("purge_requests"), span).fetchall()[0][0])
+        if texts_before is not None:
+            with self._tx({}) as con:
+                for q in ("purge_sample_texts", "purge_call_texts", "purge_floor_texts",
+                          "purge_judge_texts", "purge_rejected_raw"):
+                    cleared += int(con.execute(sql.query(q), {"before": texts_before}
+                                               ).fetchall()[0][0])
+        return rolled, cleared, more
 
     def fetch_arrow(self, query: str) -> pa.Table:
         """A query's result as one Arrow table (for the lake's Parquet)."""

@@ -46,6 +46,7 @@ import sys
 import threading
 from collections import deque
 from collections.abc import Callable, Collection, Mapping, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 
@@ -108,7 +109,7 @@ ASYNC_CALLS: frozenset[Callable[..., Any]] = frozenset({
     Store.write_ingest, Store.record_resets, Store.pending_samples, Store.write_sample_results,
     Store.shed_pending, Store.recent_shadow_spend, Store.lease_budget, Store.counts,
     Store.learned_rows, Store.write_router_scores, Store.set_router_costs,
-    Store.set_tier_policies, lake.export})
+    Store.set_tier_policies, lake.export, Store.apply_retention})
 CONTROL_CALLS: frozenset[Callable[..., Any]] = frozenset({
     Store.stored_offsets, Store.stored_marks, Store.fetch, Store.counts,
     Store.interrupt_user_queries})
@@ -400,6 +401,10 @@ class StoreProcess:
 
     async def export_lake(self, lake_dir: Path, instance: str) -> dict[str, int]:
         return await self._call(lake.export, lake_dir, instance)
+
+    async def apply_retention(self, requests_before: datetime | None,
+                              texts_before: datetime | None) -> tuple[int, int, bool]:
+        return await self._call(Store.apply_retention, requests_before, texts_before)
 
     async def learned_rows(self, model: str) -> list[tuple[Any, ...]]:
         return await self._call(Store.learned_rows, model)

@@ -32,7 +32,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from analytics.config import GateConfig, StorageConfig, check_gate, check_storage
+from analytics.config import (
+    GateConfig,
+    RetentionConfig,
+    StorageConfig,
+    check_gate,
+    check_retention,
+    check_storage,
+)
 from analytics.tiers import TierPolicyConfig, check_policies
 from consumers.config import (
     FormatsConfig,
@@ -76,8 +83,9 @@ __all__ = ["BudgetConfig", "CascadeConfig", "Config", "ConfigError", "Deployment
            "GateConfig", "HttpRouterConfig", "JudgeConfig", "KafkaConfig", "LearnedRouterConfig",
            "MappingConfig",
            "ModelConfig", "Price",
-           "RandomRouterConfig", "RouterConfig", "RulesRouterConfig", "SamplingConfig",
-           "ScoringConfig", "ServerConfig", "ShadowConfig", "StorageConfig", "TierPolicyConfig", "api_token",
+           "RandomRouterConfig", "RetentionConfig", "RouterConfig", "RulesRouterConfig",
+           "SamplingConfig", "ScoringConfig", "ServerConfig", "ShadowConfig", "StorageConfig",
+           "TierPolicyConfig", "api_token",
            "is_loopback", "load_config", "secret_from_env"]
 
 ENV_PREFIX = "SHADOWROUTE_"
@@ -157,6 +165,7 @@ class Config:
     provider-prefixed name takes its model's price (`Ingestor.price_for`)."""
     server: ServerConfig = field(default_factory=ServerConfig)
     gate: GateConfig = field(default_factory=GateConfig)
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
     formats: FormatsConfig = field(default_factory=FormatsConfig)
     """Log format per topic, and in-house formats described by field paths."""
 
@@ -335,6 +344,7 @@ def _validate(cfg: Config) -> None:
     check_prices(cfg.prices)
     check_server(cfg.server)
     check_gate(cfg.gate)
+    check_retention(cfg.retention)
     check_formats(cfg.formats)
 
 

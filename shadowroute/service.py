@@ -258,6 +258,23 @@ class Service:
                      budget.windows["hour"].cap / 1e9 if budget.windows["hour"].cap else math.inf,
                      budget.windows["day"].cap / 1e9 if budget.windows["day"].cap else math.inf)
 
+    async def _apply_retention(self) -> None:
+        """`[retention]`: an hour of requests at a time, each its own transaction, with the
+        event loop (and ingest's writes) free between them."""
+        rt = self.cfg.retention
+        now = datetime.datetime.now(datetime.UTC).replace(tzinfo=None)  # stored times: naive UTC
+        requests_before = now - datetime.timedelta(days=rt.requests_days) \
+            if rt.requests_days else None
+        texts_before = now - datetime.timedelta(days=rt.texts_days) if rt.texts_days else None
+        rolled = cleared = 0
+        more = True
+        while more and not self.stop_event.is_set():
+            r, c, more = await self.store.apply_retention(requests_before, texts_before)
+            rolled, cleared, texts_before = rolled + r, cleared + c, None
+        if rolled or cleared:
+            log.info("retention: %d requests rolled up per hour and deleted, %d texts cleared",
+                     rolled, cleared)
+
     async def _export_lake(self) -> None:
         """This instance's tables to `storage.lake_dir` (see analytics.lake)."""
         st = self.cfg.storage
@@ -438,6 +455,11 @@ class Service:
         for r in self.runner.routers:
             if isinstance(r, LearnedRouter):
                 self._schedule_training(scheduler, Trainer(r, self.store))
+        rt = self.cfg.retention
+        if rt.requests_days or rt.texts_days:
+            scheduler.add_job(self._apply_retention, "interval", seconds=rt.every_s,
+                              max_instances=1, coalesce=True,
+                              next_run_time=datetime.datetime.now())
         if self.cfg.storage.lake_dir:
             scheduler.add_job(self._export_lake, "interval",
                               seconds=self.cfg.storage.lake_every_s, max_instances=1,

@@ -104,7 +104,7 @@ FROM samples s
 JOIN requests r ON r.request_id = s.sample_id
 JOIN scores sc ON sc.sample_id = s.sample_id AND sc.model = $model AND sc.scorer = s.scorer
 CROSS JOIN open
-WHERE s.status = 'done' AND sc.value IS NOT NULL
+WHERE s.status = 'done' AND sc.value IS NOT NULL AND s.messages IS NOT NULL  -- (retention)
   AND (open.first_open IS NULL OR r.ts < open.first_open)
 ORDER BY r.ts, s.sample_id;
 
@@ -167,7 +167,8 @@ WHERE ps.router = $router AND o.model = $model
 ORDER BY o.stratum;
 
 -- name: counts
-SELECT (SELECT count(*) FROM requests) AS requests,
+SELECT (SELECT count(*) FROM requests)
+         + (SELECT coalesce(sum(requests), 0) FROM request_rollups)::BIGINT AS requests,
        (SELECT count(*) FROM rejected) AS rejected,
        (SELECT count(*) FROM samples) AS samples,
        (SELECT count(*) FROM samples WHERE status = 'pending') AS pending,
@@ -299,11 +300,19 @@ ORDER BY rs.router, o.model, o.stratum;
 -- name: calibration_samples
 -- The completed samples of one (router, model) with their side of the cutoff $until (by the
 -- production time; requests without one count as before) and their stratum's N_h and exact
--- frontier spend on that side, so each period is estimated for its own traffic.
+-- frontier spend on that side, so each period is estimated for its own traffic. Requests that
+-- retention rolled up count by their hour: before when the hour ends by $until.
 WITH pop AS (
-    SELECT stratum, coalesce(ts <= $until, true) AS before, count(*) AS big_n,
-           CASE WHEN count(cost_usd) = count(*) THEN sum(cost_usd) END AS frontier_usd
-    FROM requests WHERE eligible GROUP BY ALL
+    SELECT stratum, before, sum(n)::BIGINT AS big_n,
+           CASE WHEN sum(priced) = sum(n) THEN sum(cost_usd) END AS frontier_usd
+    FROM (SELECT stratum, coalesce(ts <= $until, true) AS before, count(*) AS n,
+                 count(cost_usd) AS priced, sum(cost_usd) AS cost_usd
+          FROM requests WHERE eligible GROUP BY ALL
+          UNION ALL
+          SELECT stratum, hour + INTERVAL 1 HOUR <= $until, sum(requests), sum(priced),
+                 sum(cost_usd)
+          FROM request_rollups WHERE eligible GROUP BY ALL)
+    GROUP BY ALL
 )
 SELECT o.stratum, coalesce(r.ts <= $until, true) AS before, p.big_n, p.frontier_usd,
        o.q, o.cf, o.cm, ps.score
@@ -323,11 +332,7 @@ WHERE s.status = 'done' AND r.ts IS NOT NULL;
 -- The completed samples of one (router, model) routed at $threshold, per window of production
 -- time (date_trunc($width, ts); requests without a time are left out), with the stratum's N_h
 -- and exact frontier spend within the window, so each window is estimated for its own traffic.
-WITH pop AS (
-    SELECT stratum, date_trunc($width, ts) AS win, count(*) AS big_n,
-           CASE WHEN count(cost_usd) = count(*) THEN sum(cost_usd) END AS frontier_usd
-    FROM requests WHERE eligible AND ts IS NOT NULL GROUP BY ALL
-)
+WITH pop AS (SELECT stratum, win, big_n, frontier_usd FROM population(width := $width))
 SELECT p.win AS "window", o.stratum, p.big_n, o.q, o.cf, o.cm,
        ps.score < $threshold AS cheap, p.frontier_usd
 FROM completed_outcomes o
@@ -360,13 +365,26 @@ SELECT model, segment, samples, requests, quality, quality_lower, quality_upper,
 FROM segment_savings WHERE router = 'all_cheap' ORDER BY model, quality;
 
 -- name: report_traffic
--- shadowroute report: 100% of the requests by frontier model and tag value (the stratum).
-SELECT model, split_part(stratum, '|', 2) AS segment, count(*) AS requests,
-       sum(cost_usd) AS cost_usd, sum(input_tokens) AS input_tokens,
-       sum(output_tokens) AS output_tokens, median(latency_ms) AS latency_p50_ms,
-       quantile_cont(latency_ms, 0.95) AS latency_p95_ms,
-       count(*) FILTER (WHERE eligible) AS eligible, count(*) FILTER (WHERE sampled) AS sampled
-FROM requests GROUP BY ALL ORDER BY cost_usd DESC NULLS LAST;
+-- shadowroute report: 100% of the requests by frontier model and tag value (the stratum), with
+-- those retention rolled up (their latency quantiles are gone: the quantiles are of the rows
+-- still in `requests`).
+SELECT model, segment, sum(requests)::BIGINT AS requests, sum(cost_usd) AS cost_usd,
+       sum(input_tokens)::BIGINT AS input_tokens, sum(output_tokens)::BIGINT AS output_tokens,
+       any_value(latency_p50_ms) FILTER (WHERE latency_p50_ms IS NOT NULL) AS latency_p50_ms,
+       any_value(latency_p95_ms) FILTER (WHERE latency_p95_ms IS NOT NULL) AS latency_p95_ms,
+       sum(eligible)::BIGINT AS eligible, sum(sampled)::BIGINT AS sampled
+FROM (SELECT model, split_part(stratum, '|', 2) AS segment, count(*) AS requests,
+             sum(cost_usd) AS cost_usd, sum(input_tokens) AS input_tokens,
+             sum(output_tokens) AS output_tokens, median(latency_ms) AS latency_p50_ms,
+             quantile_cont(latency_ms, 0.95) AS latency_p95_ms,
+             count(*) FILTER (WHERE eligible) AS eligible,
+             count(*) FILTER (WHERE sampled) AS sampled
+      FROM requests GROUP BY ALL
+      UNION ALL
+      SELECT model, split_part(stratum, '|', 2), sum(requests), sum(cost_usd), sum(input_tokens),
+             sum(output_tokens), NULL, NULL, sum(requests) FILTER (WHERE eligible), 0
+      FROM request_rollups GROUP BY ALL)
+GROUP BY ALL ORDER BY cost_usd DESC NULLS LAST;
 
 -- name: report_cost_concentration
 -- shadowroute report: how lopsided the spend is: the smallest share of requests (the most
@@ -385,8 +403,7 @@ FROM c;
 -- shadowroute report: per day of production time, the frontier spend of 100% of the requests
 -- and the sampled estimate of what all_cheap would save (the stratified ratio per day).
 WITH pop AS (
-    SELECT stratum, date_trunc('day', ts) AS day, count(*) AS big_n, sum(cost_usd) AS spend
-    FROM requests WHERE eligible AND ts IS NOT NULL GROUP BY ALL
+    SELECT stratum, win AS day, big_n, cost_usd AS spend FROM population(width := 'day')
 ), s AS (
     SELECT date_trunc('day', r.ts) AS day, o.model, o.stratum, avg(o.cf) AS mcf,
            avg(o.cm) AS mcm, avg(o.q) AS mq
@@ -401,9 +418,14 @@ GROUP BY ALL ORDER BY s.day, s.model;
 
 -- name: report_ineligible
 -- shadowroute report: what the estimate does not cover, by reason.
-SELECT coalesce(ineligible_reason, 'unknown') AS reason, count(*) AS requests,
-       sum(cost_usd) AS cost_usd
-FROM requests WHERE NOT eligible GROUP BY ALL ORDER BY requests DESC;
+SELECT reason, sum(requests)::BIGINT AS requests, sum(cost_usd) AS cost_usd
+FROM (SELECT coalesce(ineligible_reason, 'unknown') AS reason, count(*) AS requests,
+             sum(cost_usd) AS cost_usd
+      FROM requests WHERE NOT eligible GROUP BY ALL
+      UNION ALL
+      SELECT coalesce(ineligible_reason, 'unknown'), sum(requests), sum(cost_usd)
+      FROM request_rollups WHERE NOT eligible GROUP BY ALL)
+GROUP BY ALL ORDER BY requests DESC;
 
 -- name: plan_traffic
 -- Eligible production traffic per stratum over the last 1, 6, 24 and 168 hours of the log (by
@@ -435,3 +457,44 @@ DELETE FROM tier_policies;
 
 -- name: insert_tier_policies
 INSERT INTO tier_policies BY NAME SELECT * FROM tier_rows;
+
+-- name: retention_next_hour
+-- The oldest hour of production time holding requests retention may roll up: older than
+-- $before and never sampled (a sample keeps its request).
+SELECT date_trunc('hour', min(ts)) FROM requests WHERE ts < $before AND NOT coalesce(sampled, false);
+
+-- name: rollup_requests
+INSERT INTO request_rollups (hour, stratum, model, eligible, ineligible_reason, requests, priced,
+                             cost_usd, input_tokens, output_tokens, latency_ms_sum, latency_n)
+SELECT date_trunc('hour', ts), stratum, model, eligible, ineligible_reason, count(*),
+       count(cost_usd), sum(cost_usd), sum(input_tokens), sum(output_tokens), sum(latency_ms),
+       count(latency_ms)
+FROM requests WHERE ts >= $lo AND ts < $hi AND NOT coalesce(sampled, false)
+GROUP BY ALL;
+
+-- name: purge_requests
+DELETE FROM requests WHERE ts >= $lo AND ts < $hi AND NOT coalesce(sampled, false);
+
+-- name: purge_sample_texts
+-- Prompts and answers of the samples whose request is older than $before (their figures stay).
+UPDATE samples SET messages = NULL, params = NULL, response_text = NULL
+WHERE messages IS NOT NULL AND status <> 'pending'
+  AND sample_id IN (SELECT request_id FROM requests WHERE ts < $before AND sampled);
+
+-- name: purge_call_texts
+UPDATE shadow_calls SET answer = NULL
+WHERE answer IS NOT NULL
+  AND sample_id IN (SELECT request_id FROM requests WHERE ts < $before AND sampled);
+
+-- name: purge_floor_texts
+UPDATE noise_floor SET answer = NULL
+WHERE answer IS NOT NULL
+  AND sample_id IN (SELECT request_id FROM requests WHERE ts < $before AND sampled);
+
+-- name: purge_judge_texts
+UPDATE judge_calls SET output = NULL
+WHERE output IS NOT NULL
+  AND sample_id IN (SELECT request_id FROM requests WHERE ts < $before AND sampled);
+
+-- name: purge_rejected_raw
+UPDATE rejected SET raw = NULL WHERE raw IS NOT NULL AND rejected_at < $before;

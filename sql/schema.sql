@@ -117,12 +117,31 @@ CREATE TABLE IF NOT EXISTS skipped (
     skipped_at  TIMESTAMP DEFAULT current_timestamp
 );
 
+-- name: schema_08c_population
+-- The eligible requests per stratum (and window of production time with a `width`, any
+-- date_trunc part: date_trunc(NULL, ts) is NULL, one window): N_h, the frontier spend when every
+-- request's cost is known (`frontier_usd`, else NULL) and the known spend (`cost_usd`), from the
+-- rows in `requests` plus those retention rolled up into `request_rollups` (per hour: a window
+-- finer than an hour is exact only over the rows still in `requests`). Every estimate takes
+-- N_h from here, so a window's figures stay what they were when its rows are purged.
+CREATE OR REPLACE MACRO population(width := NULL) AS TABLE
+SELECT stratum, win, sum(n)::BIGINT AS big_n,
+       CASE WHEN sum(priced) = sum(n) THEN sum(cost_usd) END AS frontier_usd,
+       sum(cost_usd) AS cost_usd
+FROM (SELECT stratum, date_trunc(width, ts) AS win, count(*) AS n, count(cost_usd) AS priced,
+             sum(cost_usd) AS cost_usd
+      FROM requests WHERE eligible AND (width IS NULL OR ts IS NOT NULL)
+      GROUP BY ALL
+      UNION ALL
+      SELECT stratum, date_trunc(width, hour), sum(requests), sum(priced), sum(cost_usd)
+      FROM request_rollups WHERE eligible
+      GROUP BY ALL)
+GROUP BY stratum, win;
+
 -- name: schema_09_completed_outcomes
 -- One row per completed (sample, cheap model) with N_h, the stratum's eligible requests.
 CREATE OR REPLACE VIEW completed_outcomes AS
-WITH pop AS (
-    SELECT stratum, count(*) AS n_stratum FROM requests WHERE eligible GROUP BY stratum
-)
+WITH pop AS (SELECT stratum, big_n AS n_stratum FROM population())
 SELECT s.sample_id, s.stratum, c.model,
        s.frontier_cost_usd AS cf, c.cost_usd AS cm, sc.value AS q, pop.n_stratum
 FROM samples s
@@ -155,8 +174,7 @@ SELECT sample_id, model, 'oracle', CASE WHEN q >= 1.0 THEN 0.0 ELSE 1.0 END FROM
 -- The frontier spend of each stratum's eligible requests, known exactly from `requests` (NULL
 -- when a request in it has no cost), so estimates report it rather than estimate it.
 CREATE OR REPLACE VIEW stratum_frontier AS
-SELECT stratum, CASE WHEN count(cost_usd) = count(*) THEN sum(cost_usd) END AS frontier_usd
-FROM requests WHERE eligible GROUP BY stratum;
+SELECT stratum, frontier_usd FROM population();
 
 -- name: schema_12a_routed_strata
 -- Per (router, threshold, model, stratum): N_h, n_h and the sums over its samples of the routed
@@ -187,19 +205,12 @@ WITH g AS (
     SELECT t AS threshold, row_number() OVER (ORDER BY t) AS j
     FROM (SELECT DISTINCT unnest(thresholds)::DOUBLE AS t) WHERE t IS NOT NULL
 ), strata AS MATERIALIZED (
-    -- the strata of eligible requests, numbered: N_h and their exact frontier spend
-    -- (completed_outcomes and stratum_frontier, computed once here). With a `width` ('hour',
-    -- 'day', any date_trunc part) a stratum is a (stratum, window of production time) pair:
-    -- each window is estimated for its own traffic, requests without a time left out. The
-    -- branch of the other case is a constant-false filter, which DuckDB plans as empty.
-    SELECT stratum, win, row_number() OVER (ORDER BY stratum, win) AS h, count(*) AS big_n,
-           CASE WHEN count(cost_usd) = count(*) THEN sum(cost_usd) END AS frontier_usd
-    FROM (SELECT stratum, NULL::TIMESTAMP AS win, cost_usd FROM requests
-          WHERE eligible AND width IS NULL
-          UNION ALL
-          SELECT stratum, date_trunc(width, ts), cost_usd FROM requests
-          WHERE eligible AND ts IS NOT NULL AND width IS NOT NULL)
-    GROUP BY stratum, win
+    -- the strata of eligible requests (`population`, rolled-up ones included), numbered: N_h
+    -- and their exact frontier spend. With a `width` ('hour', 'day', any date_trunc part) a
+    -- stratum is a (stratum, window of production time) pair: each window is estimated for
+    -- its own traffic, requests without a time left out.
+    SELECT stratum, win, row_number() OVER (ORDER BY stratum, win) AS h, big_n, frontier_usd
+    FROM population(width := width)
 ), done AS (
     -- the completed samples, with their stratum's number
     -- (by_scorer: the scorer whose values are the quality, instead of each sample's own)
@@ -394,9 +405,7 @@ LEFT JOIN router_costs rc ON rc.router = routers.router;
 -- Not per window (`width` gives no rows): cascades are estimated over all time.
 CREATE OR REPLACE MACRO cascade_strata(thresholds, width := NULL, by_scorer := NULL) AS TABLE
 WITH strata AS (
-    SELECT stratum, count(*) AS big_n,
-           CASE WHEN count(cost_usd) = count(*) THEN sum(cost_usd) END AS frontier_usd
-    FROM requests WHERE eligible GROUP BY stratum
+    SELECT stratum, big_n, frontier_usd FROM population()
 ), o AS (
     SELECT s.stratum, x.model, sc.value AS q, s.frontier_cost_usd AS cf, x.cost_usd AS cm,
            cs.cascade, cs.accept
@@ -492,11 +501,8 @@ LEFT JOIN o ON o.sample_id = ch.sample_id AND o.model = pm.model;
 -- `model` lists the tiers, cheapest first: `a>b`.
 CREATE OR REPLACE MACRO tier_strata(sweep, width := NULL, by_scorer := NULL) AS TABLE
 WITH strata AS (
-    SELECT stratum, date_trunc(width, ts) AS win, count(*) AS big_n,
-           CASE WHEN count(cost_usd) = count(*) THEN sum(cost_usd) END AS frontier_usd
-    FROM requests WHERE eligible AND (width IS NULL OR ts IS NOT NULL)
-      AND EXISTS (SELECT 1 FROM tier_policies)
-    GROUP BY ALL
+    SELECT stratum, win, big_n, frontier_usd FROM population(width := width)
+    WHERE EXISTS (SELECT 1 FROM tier_policies)
 ), pk AS (
     SELECT policy, string_agg(model, '>' ORDER BY tier) AS models
     FROM tier_policies WHERE setting = 0 GROUP BY policy
@@ -685,10 +691,18 @@ WHERE router NOT IN ('all_cheap', 'oracle') OR threshold = 0.5;
 -- Traffic, samples and weights per stratum and cheap model.
 CREATE OR REPLACE VIEW strata AS
 WITH r AS (
-    SELECT stratum, count(*) AS requests, count(*) FILTER (WHERE eligible) AS eligible,
-           count(*) FILTER (WHERE sampled) AS sampled, any_value(sample_rate) AS sample_rate,
-           sum(cost_usd) AS frontier_usd
-    FROM requests GROUP BY stratum
+    SELECT stratum, sum(requests)::BIGINT AS requests, sum(eligible)::BIGINT AS eligible,
+           sum(sampled)::BIGINT AS sampled, any_value(sample_rate) AS sample_rate,
+           sum(frontier_usd) AS frontier_usd
+    FROM (SELECT stratum, count(*) AS requests, count(*) FILTER (WHERE eligible) AS eligible,
+                 count(*) FILTER (WHERE sampled) AS sampled, any_value(sample_rate) AS sample_rate,
+                 sum(cost_usd) AS frontier_usd
+          FROM requests GROUP BY stratum
+          UNION ALL  -- rows retention rolled up (never sampled ones: those stay in `requests`)
+          SELECT stratum, sum(requests), sum(requests) FILTER (WHERE eligible), 0, NULL,
+                 sum(cost_usd)
+          FROM request_rollups GROUP BY stratum)
+    GROUP BY stratum
 ), s AS (
     SELECT stratum, model, any_value(n_samples) AS completed, any_value(weight) AS weight,
            avg(q) AS mean_quality
@@ -1077,7 +1091,7 @@ CREATE TABLE IF NOT EXISTS cascade_scores (
 -- like the estimates (N_h / n_h): the cheap call's when its answer is kept, the cheap call's
 -- plus production's frontier call's when escalated (the calls run one after the other).
 CREATE OR REPLACE VIEW cascade_latency AS
-WITH pop AS (SELECT stratum, count(*) AS big_n FROM requests WHERE eligible GROUP BY stratum),
+WITH pop AS (SELECT stratum, big_n FROM population()),
 o AS (
     SELECT s.stratum, x.model, cs.cascade, cs.accept, x.latency_ms AS lm, r.latency_ms AS lf,
            count(*) OVER (PARTITION BY s.stratum, x.model, cs.cascade) AS n_h
@@ -1148,7 +1162,7 @@ WITH c AS (
     JOIN (SELECT policy, max(tier) AS k FROM tier_policies WHERE setting = 0 GROUP BY policy) f
         USING (policy)
 ), strata AS (
-    SELECT stratum, count(*) AS big_n FROM requests WHERE eligible GROUP BY stratum
+    SELECT stratum, big_n FROM population()
 ), nh AS (
     SELECT policy, stratum, count(*) AS n, sum(c) AS sc FROM c GROUP BY ALL
 ), tiers AS (
@@ -1220,3 +1234,25 @@ SELECT *,
                 ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) < quality, true) END
          AS on_frontier
 FROM p;
+
+-- name: schema_A4_request_rollups
+-- What retention (`[retention] requests_days`) keeps of the requests it purges: counts and sums
+-- per (hour of production time, stratum, model, eligibility), so that every estimate over a
+-- past window stays what it was (`population`). Sampled requests are never purged (the samples
+-- need their time and cost). Several rows may share a key (a late record rolled up later): read
+-- it with sums.
+CREATE TABLE IF NOT EXISTS request_rollups (
+    hour              TIMESTAMP NOT NULL,
+    stratum           VARCHAR,
+    model             VARCHAR,
+    eligible          BOOLEAN,
+    ineligible_reason VARCHAR,
+    requests          BIGINT NOT NULL,
+    priced            BIGINT NOT NULL,               -- requests with a known cost
+    cost_usd          DOUBLE,
+    input_tokens      BIGINT,
+    output_tokens     BIGINT,
+    latency_ms_sum    DOUBLE,
+    latency_n         BIGINT,
+    rolled_at         TIMESTAMP DEFAULT current_timestamp
+);

@@ -15,6 +15,7 @@ import pytest
 from analytics import lake
 from analytics.errors import StoreError
 from analytics.store import Store
+from tests.support.compare import assert_same_rows
 from tests.support.process import cli
 
 T0 = datetime(2026, 5, 1)
@@ -74,14 +75,9 @@ def figures(db: Path) -> list[list[tuple[object, ...]]]:
 
 
 def same(a: list[list[tuple[object, ...]]], b: list[list[tuple[object, ...]]]) -> None:
-    assert [len(x) for x in a] == [len(x) for x in b]
+    assert len(a) == len(b)
     for xs, ys in zip(a, b, strict=True):
-        for x, y in zip(xs, ys, strict=True):
-            for u, v in zip(x, y, strict=True):
-                if isinstance(v, float):
-                    assert u == pytest.approx(v, rel=1e-12, abs=1e-12, nan_ok=True), (x, y)
-                else:
-                    assert u == v, (x, y)
+        assert_same_rows(xs, ys)
 
 
 @pytest.fixture

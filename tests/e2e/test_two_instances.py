@@ -10,13 +10,13 @@ import random
 from pathlib import Path
 
 import orjson
-import pytest
 
 from analytics import lake
 from analytics.store import Store
 from shadowroute.config import load_config
 from shadowroute.demo.broker import Broker
 from shadowroute.service import Service
+from tests.support.compare import assert_same_rows
 from tests.support.configs import write_config
 from tests.support.kafka import produce
 from tests.support.model_server import ModelBehaviour, ModelServer
@@ -134,14 +134,9 @@ def test_two_instances_in_one_group_give_one_answer(broker: Broker, topic: str,
     for q in ("SELECT * EXCLUDE (quality_se) FROM savings ORDER BY router, threshold, model",
               "SELECT * FROM segment_savings ORDER BY router, threshold, model, segment",
               "SELECT status, count(*) FROM samples GROUP BY 1 ORDER BY 1"):
-        got, want = _fetch(merged, q), _fetch(one, q)
-        assert len(got) == len(want) > 0
-        for x, y in zip(got, want, strict=True):
-            for u, v in zip(x, y, strict=True):
-                if isinstance(v, float):
-                    assert u == pytest.approx(v, rel=1e-9, abs=1e-12, nan_ok=True), (q, x, y)
-                else:
-                    assert u == v, (q, x, y)
+        want = _fetch(one, q)
+        assert len(want) > 0
+        assert_same_rows(_fetch(merged, q), want, q)
 
 
 def _fetch(db: Path, q: str) -> list[tuple[object, ...]]:

@@ -251,6 +251,8 @@ def test_os_environ_is_the_default(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     ("[storage]\ninstance_id = \"../eu\"\n", "storage.instance_id",
      "letters, digits, '.', '_' and '-' only (it names a directory of the lake), got '../eu'"),
     ("[storage]\nlake_every_s = 0\n", "storage.lake_every_s", "must be greater than 0, got 0.0"),
+    ("[retention]\nrequests_days = -1\n", "retention.requests_days",
+     "must be 0 (keep) or more, got -1.0"),
     # Multi-tier policies name cheap models and routers that exist.
     ("[[shadow.models]]\nname = \"a\"\nbase_url = \"http://a\"\n[[policies]]\nname = \"p\"\n"
      "models = [\"a\"]\nrouter = \"nope\"\nthresholds = [0.5]\n", "policies[0].router",
