@@ -108,8 +108,9 @@ class _ProtoWalk:
         else:
             return None
         raw = {kv.key: kv.value for kv in attrs}
-        return {k: v.string_value if v.WhichOneof("value") == "string_value" else _pv(v, k)
-                for k, v in raw.items()}
+        # A non-empty `string_value` is the value set (a oneof): most values are strings, and
+        # this skips a `WhichOneof` call for each (~5 µs a span of 20 attributes).
+        return {k: v.string_value or _pv(v, k) for k, v in raw.items()}
 
     def resource_tags(self, resource: Any) -> dict[str, str]:
         return _proto_resource_tags(resource.resource)
@@ -118,8 +119,8 @@ class _ProtoWalk:
         return span.trace_id, span.span_id
 
     def timing(self, span: Any) -> tuple[int, int, int, str]:
-        return (span.start_time_unix_nano, span.end_time_unix_nano, span.status.code,
-                span.status.message)
+        status = span.status
+        return span.start_time_unix_nano, span.end_time_unix_nano, status.code, status.message
 
     def events(self, span: Any) -> Events:
         done: list[list[tuple[str, Attrs]]] = []

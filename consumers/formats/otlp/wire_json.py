@@ -9,7 +9,7 @@ import base64
 import binascii
 import math
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 
@@ -168,8 +168,72 @@ def _json_reason(e: Exception) -> str:
     return f"invalid JSON: {text}"[:300]
 
 
+class _JResourceSpansRaw(_JResourceSpans, gc=False):
+    """`_JResourceSpans` with its resource left as JSON text: a producer sends the same resource
+    (~15 attributes) in every export, so it is parsed and its tags read once per distinct text
+    (`_RESOURCES`) rather than once per export."""
+
+    resource: msgspec.Raw = msgspec.Raw()  # type: ignore[assignment]
+
+
+class _JTracesRaw(msgspec.Struct, gc=False):
+    resourceSpans: list[_JResourceSpansRaw] | None = None
+
+
+_raw_decoder = msgspec.json.Decoder(_JTracesRaw)
+_resource_decoder = msgspec.json.Decoder(_JResource | None)
+_RESOURCE_KEY = b'"resource"'
+# Resource JSON text -> its tags, or None while they have not been needed. A key is there only
+# once its text has type-checked as a `_JResource` (what the whole-export decoder checks).
+_RESOURCES: dict[bytes, dict[str, str] | None] = {}
+_MAX_RESOURCE_BYTES = 16_384
+
+
+def _remember(raw: bytes, tags: dict[str, str] | None) -> None:
+    if len(raw) <= _MAX_RESOURCE_BYTES:
+        if len(_RESOURCES) >= 256 and raw not in _RESOURCES:
+            _RESOURCES.clear()
+        _RESOURCES[raw] = tags
+
+
+def _resources_checked(export: _JTracesRaw, value: bytes) -> bool:
+    """Whether every resource of `export` type-checks, as the whole-export decoder checks it.
+    False also when `"resource"` occurs in the bytes other than once per resource kept (a key
+    given twice, or the word in a string): such exports take the whole-export decoder."""
+    resources = export.resourceSpans or ()
+    kept = 0
+    for rs in resources:
+        raw = bytes(rs.resource)
+        if not raw:
+            continue
+        kept += 1
+        if raw in _RESOURCES:
+            continue
+        try:
+            _resource_decoder.decode(raw)
+        except (msgspec.DecodeError, RecursionError):  # incl. ValidationError
+            return False
+        _remember(raw, None)
+    return value.count(_RESOURCE_KEY) == kept
+
+
 def decode_json(value: bytes, msg: RawMessage) -> Decoded:
-    """OTLP/JSON: `{"resourceSpans": [...]}`."""
+    """OTLP/JSON: `{"resourceSpans": [...]}`. Read with the resources as text (see
+    `_JResourceSpansRaw`); an export that does not decode so, or whose resource does not
+    type-check, is decoded whole, for the same result and the same reason."""
+    try:
+        export = _raw_decoder.decode(value)
+        checked = _resources_checked(export, value)
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+        checked = False
+    if checked:
+        return _guarded(decode_spans, _JSON_RAW, export, msg)
+    return decode_json_whole(value, msg)
+
+
+def decode_json_whole(value: bytes, msg: RawMessage) -> Decoded:
+    """OTLP/JSON decoded whole into typed structs, resources too: what `decode_json` falls back
+    to, and must always agree with."""
     return _guarded(decode_spans, _JSON, decode_json_as(_json_decoder, value, _json_reason), msg)
 
 
@@ -222,3 +286,22 @@ class _JsonWalk:
 
 
 _JSON = _JsonWalk()
+
+
+class _JsonRawWalk(_JsonWalk):
+    """`_JsonWalk` over an export read as `_JTracesRaw`: resources as checked JSON text."""
+
+    def resource_tags(self, resource: _JResourceSpans) -> dict[str, str]:
+        """The tags of a resource's text, read once per text; the dict is shared, never to be
+        changed (as `proto._proto_resource_tags`)."""
+        raw = bytes(cast(_JResourceSpansRaw, resource).resource)
+        tags = _RESOURCES.get(raw)
+        if tags is None:
+            res = _resource_decoder.decode(raw) if raw else None
+            # A tag's bad value raises here, every time, as the whole-export path does.
+            tags = _resource_tags((res.attributes if res is not None else None) or (), _jv)
+            _remember(raw, tags)
+        return tags
+
+
+_JSON_RAW = _JsonRawWalk()
