@@ -42,6 +42,7 @@ USER_CLOSE_WAIT_S = 10.0  # longest a close waits for interrupted user queries t
 REOPEN_EVERY_S = 300.0
 REOPEN_READER_WAIT_S = 2.0  # longest a due reopen waits for open cursors before it tries later
 REOPEN_RETRY_S = 15.0  # after a reopen that could not run (a cursor stayed open, or it failed)
+REOPEN_OPEN_RETRY_S = 1.0  # after a reopen that closed the file but could not open it again
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +115,7 @@ class Store:
         self._writer_settings: tuple[int, str] | None = None  # threads, memory_limit
         self.reopen_every_s = 0.0  # 0: never (see `prepare_writer`)
         self._next_reopen = float("inf")
+        self._con_closed = False  # by a reopen that could not open the file again
         self.reopens = 0
         if not read_only:
             self.migrate()
@@ -169,12 +171,16 @@ class Store:
         point, no transaction of ours is open. True if it reopened."""
         if not self.reopen_due():
             return False
+        retry = REOPEN_RETRY_S
         try:
             done = self.reopen()
         except StoreError as e:
-            log.warning("%s; trying again in %g s", e, REOPEN_RETRY_S)
+            # Closed but not open again (the file taken meanwhile by a reader in another
+            # process): every call fails, and the callers pause and retry, until it opens.
+            retry = REOPEN_OPEN_RETRY_S if self._con_closed else REOPEN_RETRY_S
+            log.warning("%s; trying again in %g s", e, retry)
             done = False
-        self._next_reopen = time.monotonic() + (self.reopen_every_s if done else REOPEN_RETRY_S)
+        self._next_reopen = time.monotonic() + (self.reopen_every_s if done else retry)
         return done
 
     def reopen(self, wait_s: float = REOPEN_READER_WAIT_S) -> bool:
@@ -193,13 +199,17 @@ class Store:
             try:
                 if not self._cursors.wait_for(lambda: self._open_cursors == 0, wait_s):
                     return False
+                if self._closing:
+                    return False
                 t0 = time.monotonic()
                 try:
                     self.con.close()  # checkpoints the WAL into the file
                 except duckdb.Error as e:
                     raise StoreError(f"reopening {self.path}: closing failed: "
                                      f"{str(e).splitlines()[0]}") from None
+                self._con_closed = True
                 self.con = open_connection(self.path, read_only=False)
+                self._con_closed = False
                 try:
                     locked = self.con.execute(
                         "SELECT current_setting('lock_configuration')").fetchall()[0][0]

@@ -5,6 +5,9 @@ and never cuts a query that is running."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 from pathlib import Path
@@ -173,3 +176,48 @@ def test_the_services_store_reopens_itself_while_writing_and_querying(
     con = duckdb.connect(str(db), read_only=True)
     assert con.execute("SELECT count(*) FROM shadow_calls").fetchall() == [(60,)]
     con.close()
+
+
+def test_a_reopen_that_finds_the_file_taken_fails_writes_until_it_opens_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Between the close and the open, another process takes the file (a reader opening it
+    # read-only): the open fails, writes fail (their callers pause and retry), and the next
+    # try, a second later, opens it again; nothing written before is lost.
+    import analytics.store as store_mod
+
+    db = filled(tmp_path, 4)
+    holder: list[subprocess.Popen[str]] = []
+    real_open = store_mod.open_connection
+
+    def open_after_a_reader_took_the_file(path: str | Path, *, read_only: bool
+                                          ) -> duckdb.DuckDBPyConnection:
+        if not holder:
+            holder.append(subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+                import time, duckdb
+                con = duckdb.connect({str(db)!r}, read_only=True)
+                print("held", flush=True)
+                time.sleep(1.5)
+                """)], stdout=subprocess.PIPE, text=True))
+            assert holder[0].stdout is not None
+            assert holder[0].stdout.readline() == "held\n"
+        return real_open(path, read_only=read_only)
+
+    store = Store(db)
+    try:
+        store.prepare_writer(1, reopen_every_s=0.01)
+        store.write_sample_results([done("s0000")])
+        monkeypatch.setattr(store_mod, "open_connection", open_after_a_reader_took_the_file)
+        time.sleep(0.02)
+        assert not store.maybe_reopen()  # the file is held: closed, not open again
+        with pytest.raises(Exception):  # noqa: B017 - whatever DuckDB says of a closed connection
+            store.write_sample_results([done("s0001")])
+        holder[0].wait(30)
+        deadline = time.monotonic() + 30
+        while not store.maybe_reopen():
+            assert time.monotonic() < deadline, "the store never opened its file again"
+            time.sleep(0.1)
+        store.write_sample_results([done("s0001")])
+        assert store.fetch("SELECT sample_id FROM shadow_calls ORDER BY 1") == [
+            ("s0000",), ("s0001",)]
+    finally:
+        store.close()
