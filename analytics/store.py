@@ -10,6 +10,8 @@ is (see `shadowroute.client`). Batches are handed to DuckDB as Arrow tables, nev
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import logging
 import os
 import re
@@ -181,6 +183,8 @@ class Store:
             log.warning("%s; trying again in %g s", e, retry)
             done = False
         self._next_reopen = time.monotonic() + (self.reopen_every_s if done else retry)
+        if done:
+            trim_heap()
         return done
 
     def reopen(self, wait_s: float = REOPEN_READER_WAIT_S) -> bool:
@@ -563,6 +567,22 @@ def _approx_bytes(v: Any) -> int:
     if isinstance(v, dict):
         return sum(_approx_bytes(k) + _approx_bytes(x) for k, x in v.items()) + 2
     return 8
+
+
+def trim_heap() -> None:
+    """Hand the C heap's free pages back to the system (glibc's `malloc_trim`; elsewhere
+    nothing): after a reopen, what DuckDB freed is mostly scattered free chunks that glibc
+    would otherwise keep in RSS (measured: ~2 MiB after 2,000 writes)."""
+    global _malloc_trim
+    if _malloc_trim is None:
+        name = ctypes.util.find_library("c")
+        fn = getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
+        _malloc_trim = fn if fn is not None else False
+    if _malloc_trim:
+        _malloc_trim(0)
+
+
+_malloc_trim: Any = None  # glibc's malloc_trim, False where there is none; found at first use
 
 
 def _interrupt(cur: duckdb.DuckDBPyConnection) -> None:

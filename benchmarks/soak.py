@@ -21,8 +21,12 @@ and checks, in the DuckDB file:
   (heap DuckDB keeps per statement until its database is closed; the store process reopens its
   instance every few minutes, `analytics.store.REOPEN_EVERY_S`, to give it back);
 - the largest RSS of each process in the first and in the second half of the run after warm-up
-  (`rss_max_halves`): a sawtooth (such as the store's reopens) is flat if the second half's
-  peak is no higher than the first's.
+  (`rss_max_halves`), and its mean over each window of `REOPEN_EVERY_S` (`rss_period_means`,
+  with the slope through them, `rss_period_slope_mib_per_min`): the store's reopens make its RSS
+  a sawtooth of that period, whose least-squares slope over a few periods depends on where the
+  run starts and ends in a tooth; the means of whole periods do not.
+
+Every sample (seconds, MiB) is written to `rss.json` in the run's directory.
 
 Each minute's line also shows DuckDB's account by tag (cache of table blocks, ART indexes) and
 the machine's load average (the run shares its cores).
@@ -54,6 +58,7 @@ import orjson
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from analytics.store import REOPEN_EVERY_S  # noqa: E402
 from shadowroute.demo.broker import Broker  # noqa: E402
 from shadowroute.demo.traffic import TrafficGenerator  # noqa: E402
 from shadowroute.service import service_file  # noqa: E402
@@ -311,12 +316,24 @@ def main() -> None:
         slopes = {name: [s for r in runs if (s := slope(r[name])) is not None]
                   for name in names}
         halves: dict[str, list[float]] = {}
+        means: dict[str, list[float]] = {}
+        mean_slopes: dict[str, float | None] = {}
         for name in ("service", "store"):
             pts = [p for r in runs for p in r[name]]
             if len(pts) >= 4:
                 mid = (pts[0][0] + pts[-1][0]) / 2
                 halves[name] = [round(max(m for t, m in pts if t <= mid), 1),
                                 round(max(m for t, m in pts if t > mid), 1)]
+                # Whole periods only, from the first sample after warm-up.
+                windows: dict[int, list[float]] = {}
+                for t, m in pts:
+                    windows.setdefault(int((t - pts[0][0]) // REOPEN_EVERY_S), []).append(m)
+                full = int((pts[-1][0] - pts[0][0]) // REOPEN_EVERY_S)
+                means[name] = [round(statistics.fmean(windows[k]), 1)
+                               for k in range(full) if k in windows]
+                sl = slope([((k + 0.5) * REOPEN_EVERY_S, m) for k, m in enumerate(means[name])])
+                mean_slopes[name] = round(sl, 3) if sl is not None else None
+        (tmp / "rss.json").write_text(json.dumps(runs))
         out = {
             "minutes": args.minutes, "rate": args.rate, "kills": kills, "exit_code": code,
             "memory_limit": args.memory_limit,
@@ -329,6 +346,8 @@ def main() -> None:
                                       for k, v in slopes.items()},
             "rss_slope_per_run": {k: [round(x, 3) for x in v] for k, v in slopes.items()},
             "rss_max_halves": halves,
+            "rss_period_s": REOPEN_EVERY_S, "rss_period_means": means,
+            "rss_period_slope_mib_per_min": mean_slopes,
             "duckdb_tags_last_mib": {k: round(v, 1) for k, v in tags.items() if v},
             "load1_min_max": [min(loads), max(loads)] if loads else None,
             "dir": str(tmp),
