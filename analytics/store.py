@@ -369,16 +369,22 @@ class Store:
         with self._lock:
             cur = self.con.execute(sql.query("pending_samples"), {"limit": limit + len(skip)})
             out: list[PendingSample] = []
-            # In chunks: DuckDB builds the Python rows holding the GIL, and the event loop beside
-            # this thread waits for it (1,024 rows at once held it ~5 ms).
-            while len(out) < limit and (rows := cur.fetchmany(FETCH_CHUNK)):
-                out.extend(PendingSample(
-                    sample_id=sid, stratum=stratum, frontier_model=model,
-                    messages=orjson.loads(messages), params=orjson.loads(params),
-                    tags=orjson.loads(tags or "{}"), response_text=answer or "",
-                    frontier_cost_usd=cost, input_tokens=inp, scorer=scorer, sample_key=key)
-                    for sid, stratum, model, messages, params, tags, answer, cost, inp, scorer, key
-                    in rows if sid not in skip)
+            try:
+                # In chunks: DuckDB builds the Python rows holding the GIL, and the event loop
+                # beside this thread waits for it (1,024 rows at once held it ~5 ms).
+                while len(out) < limit and (rows := cur.fetchmany(FETCH_CHUNK)):
+                    out.extend(PendingSample(
+                        sample_id=sid, stratum=stratum, frontier_model=model,
+                        messages=orjson.loads(messages), params=orjson.loads(params),
+                        tags=orjson.loads(tags or "{}"), response_text=answer or "",
+                        frontier_cost_usd=cost, input_tokens=inp, scorer=scorer, sample_key=key)
+                        for sid, stratum, model, messages, params, tags, answer, cost, inp,
+                        scorer, key in rows if sid not in skip)
+            finally:
+                # The rows not read (those past `limit` when fewer were in flight among the
+                # oldest): DuckDB 2 refuses any other work on a connection whose result is
+                # unfinished, and every later write would fail.
+                cur.abort()
             return out[:limit]
 
     def write_sample_results(self, results: Sequence[SampleResult]) -> None:
