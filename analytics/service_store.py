@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, ParamSpec, Protocol, TypeVar
 
 from analytics import lake
-from analytics.store import Store, UserResult
+from analytics.store import REOPEN_EVERY_S, Store, UserResult
 from analytics.store_process import StoreProcess
 from analytics.tiers import TierRow
 from consumers.ingest import IngestBatch
@@ -91,8 +91,13 @@ class StoreThread:
         return self.store
 
     async def _run(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
-        return await asyncio.get_running_loop().run_in_executor(
+        fut = asyncio.get_running_loop().run_in_executor(
             self.pool, functools.partial(fn, *args, **kwargs))
+        if self.store.reopen_due():
+            # Queued behind this call on the writer's thread: it answers first, and the reopen
+            # runs between two calls (`Store.reopen`).
+            self.pool.submit(self.store.maybe_reopen)
+        return await fut
 
     async def write_ingest(self, batch: IngestBatch) -> int:
         return await self._run(self.store.write_ingest, batch)
@@ -148,12 +153,13 @@ class StoreThread:
 
 
 def open_store(path: str | os.PathLike[str], writer: str = "process", threads: int = 0,
-               memory_limit: str = "") -> ServiceStore:
+               memory_limit: str = "", reopen_every_s: float = REOPEN_EVERY_S) -> ServiceStore:
     """The service's store: DuckDB in a child process (`storage.writer = "process"`) or on a
     thread of this one (`"thread"`); the same interface either way. `threads`: DuckDB's
-    (`storage.threads`)."""
+    (`storage.threads`); `reopen_every_s`: how often its DuckDB instance is closed and opened
+    again to give back the heap DuckDB keeps (`Store.reopen`; 0: never)."""
     if writer == "process":
-        return StoreProcess(path, threads, memory_limit)
+        return StoreProcess(path, threads, memory_limit, reopen_every_s)
     store = Store(Path(path))
-    store.prepare_writer(threads, memory_limit)
+    store.prepare_writer(threads, memory_limit, reopen_every_s)
     return StoreThread(store)

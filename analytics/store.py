@@ -10,10 +10,14 @@ is (see `shadowroute.client`). Batches are handed to DuckDB as Arrow tables, nev
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
+import logging
 import os
 import re
 import shutil
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -36,6 +40,15 @@ from shadow.results import PendingSample, SampleResult
 
 FETCH_CHUNK = 128  # rows per fetch of pending samples; see `pending_samples`
 USER_CLOSE_WAIT_S = 10.0  # longest a close waits for interrupted user queries to end
+# The writer's DuckDB instance is closed and opened again this often (see `Store.reopen`):
+# DuckDB keeps a few KB of heap after every UPDATE and join until its database is closed, and
+# holds read blocks in its cache up to `memory_limit`; a reopen gives both back.
+REOPEN_EVERY_S = 300.0
+REOPEN_READER_WAIT_S = 2.0  # longest a due reopen waits for open cursors before it tries later
+REOPEN_RETRY_S = 15.0  # after a reopen that could not run (a cursor stayed open, or it failed)
+REOPEN_OPEN_RETRY_S = 1.0  # after a reopen that closed the file but could not open it again
+
+log = logging.getLogger(__name__)
 
 
 def open_connection(path: str | Path, *, read_only: bool) -> duckdb.DuckDBPyConnection:
@@ -103,6 +116,15 @@ class Store:
         self._user_cursors: set[duckdb.DuckDBPyConnection] = set()
         self._user_done = threading.Condition()
         self._closing = False
+        # Cursors open on the connection (our queries, people's): a reopen waits for none.
+        self._cursors = threading.Condition()
+        self._open_cursors = 0
+        self._reopening = False
+        self._writer_settings: tuple[int, str] | None = None  # threads, memory_limit
+        self.reopen_every_s = 0.0  # 0: never (see `prepare_writer`)
+        self._next_reopen = float("inf")
+        self._con_closed = False  # by a reopen that could not open the file again
+        self.reopens = 0
         if not read_only:
             self.migrate()
 
@@ -122,20 +144,112 @@ class Store:
             for cur in self._user_cursors:
                 _interrupt(cur)
 
-    def prepare_writer(self, threads: int = 0, memory_limit: str = "") -> None:
+    def prepare_writer(self, threads: int = 0, memory_limit: str = "",
+                       reopen_every_s: float = 0.0) -> None:
         """Ready the service's writer connection before it serves: cap DuckDB's threads (0: one
         fewer than the cores, at least one; see `StorageConfig.threads`) and its memory
         (`StorageConfig.memory_limit`, checked by the config: SET takes no bound parameter), and
         pay now the ~0.2 s of imports inside DuckDB that its first Arrow registration costs,
-        rather than in the middle of the first batch of results."""
+        rather than in the middle of the first batch of results. `reopen_every_s` (0: never):
+        how often `maybe_reopen` closes the DuckDB instance and opens it again."""
         n = threads or max(1, (os.cpu_count() or 2) - 1)
         with self._lock:
-            self.con.execute(f"SET threads = {int(n)}")  # SET takes no bound parameter
-            if memory_limit:
-                self.con.execute(f"SET memory_limit = '{memory_limit}'")
-            self.con.register("_shadowroute_warm_up", pa.table({"x": pa.array([], pa.int64())}))
-            self.con.unregister("_shadowroute_warm_up")
-            lock_down(self.con)
+            self._writer_settings = (n, memory_limit)
+            self._set_up_writer(self.con)
+            self.reopen_every_s = reopen_every_s
+            self._next_reopen = (time.monotonic() + reopen_every_s if reopen_every_s > 0
+                                 else float("inf"))
+
+    def _set_up_writer(self, con: duckdb.DuckDBPyConnection) -> None:
+        assert self._writer_settings is not None
+        n, memory_limit = self._writer_settings
+        con.execute(f"SET threads = {int(n)}")  # SET takes no bound parameter
+        if memory_limit:
+            con.execute(f"SET memory_limit = '{memory_limit}'")
+        con.register("_shadowroute_warm_up", pa.table({"x": pa.array([], pa.int64())}))
+        con.unregister("_shadowroute_warm_up")
+        lock_down(con)
+
+    # -- reopening ------------------------------------------------------------------------
+    def reopen_due(self) -> bool:
+        return time.monotonic() >= self._next_reopen
+
+    def maybe_reopen(self) -> bool:
+        """Reopen (`reopen`) if it is due, from the writer's thread between two calls: a safe
+        point, no transaction of ours is open. True if it reopened."""
+        if not self.reopen_due():
+            return False
+        retry = REOPEN_RETRY_S
+        try:
+            done = self.reopen()
+        except StoreError as e:
+            # Closed but not open again (the file taken meanwhile by a reader in another
+            # process): every call fails, and the callers pause and retry, until it opens.
+            retry = REOPEN_OPEN_RETRY_S if self._con_closed else REOPEN_RETRY_S
+            log.warning("%s; trying again in %g s", e, retry)
+            done = False
+        self._next_reopen = time.monotonic() + (self.reopen_every_s if done else retry)
+        if done:
+            trim_heap()
+        return done
+
+    def reopen(self, wait_s: float = REOPEN_READER_WAIT_S) -> bool:
+        """Close the DuckDB instance and open the file again, with the writer's settings. DuckDB
+        keeps a few KB of heap after every UPDATE and join until the database is closed
+        (`benchmarks/store_memory.py`) and caches read blocks up to `memory_limit`; closing
+        gives all of it back. It runs between transactions (it holds the writer's lock), so no
+        write is cut: every committed one is in the file or its WAL and is there after the
+        reopen, nothing is written twice. Cursors (our queries, people's `/v1/sql`) are never
+        cut either: new ones wait for the reopen, and the reopen waits up to `wait_s` for the
+        open ones to finish, else it gives up (False) and the caller tries later."""
+        with self._lock, self._cursors:
+            if self._closing or self.read_only:
+                return False
+            self._reopening = True
+            try:
+                if not self._cursors.wait_for(lambda: self._open_cursors == 0, wait_s):
+                    return False
+                if self._closing:
+                    return False
+                t0 = time.monotonic()
+                try:
+                    self.con.close()  # checkpoints the WAL into the file
+                except duckdb.Error as e:
+                    raise StoreError(f"reopening {self.path}: closing failed: "
+                                     f"{str(e).splitlines()[0]}") from None
+                self._con_closed = True
+                self.con = open_connection(self.path, read_only=False)
+                self._con_closed = False
+                try:
+                    locked = self.con.execute(
+                        "SELECT current_setting('lock_configuration')").fetchall()[0][0]
+                    if not locked and self._writer_settings is not None:
+                        self._set_up_writer(self.con)
+                    # else: the old instance outlived the close (another connection to it in
+                    # this process) and is locked with the settings already in place.
+                except duckdb.Error as e:
+                    raise StoreError(f"reopening {self.path}: {str(e).splitlines()[0]}"
+                                     ) from None
+                self.reopens += 1
+                log.debug("reopened %s in %.3f s", self.path, time.monotonic() - t0)
+                return True
+            finally:
+                self._reopening = False
+                self._cursors.notify_all()
+
+    def _cursor(self) -> duckdb.DuckDBPyConnection:
+        """A cursor on the current connection, counted until `_release` (see `reopen`)."""
+        with self._cursors:
+            self._cursors.wait_for(lambda: not self._reopening)
+            cur = self.con.cursor()
+            self._open_cursors += 1
+            return cur
+
+    def _release(self, cur: duckdb.DuckDBPyConnection) -> None:
+        cur.close()  # closing twice is harmless
+        with self._cursors:
+            self._open_cursors -= 1
+            self._cursors.notify_all()
 
     def migrate(self) -> None:
         """The schema statements in name order, tables and their columns before views and
@@ -261,16 +375,22 @@ class Store:
         with self._lock:
             cur = self.con.execute(sql.query("pending_samples"), {"limit": limit + len(skip)})
             out: list[PendingSample] = []
-            # In chunks: DuckDB builds the Python rows holding the GIL, and the event loop beside
-            # this thread waits for it (1,024 rows at once held it ~5 ms).
-            while len(out) < limit and (rows := cur.fetchmany(FETCH_CHUNK)):
-                out.extend(PendingSample(
-                    sample_id=sid, stratum=stratum, frontier_model=model,
-                    messages=orjson.loads(messages), params=orjson.loads(params),
-                    tags=orjson.loads(tags or "{}"), response_text=answer or "",
-                    frontier_cost_usd=cost, input_tokens=inp, scorer=scorer, sample_key=key)
-                    for sid, stratum, model, messages, params, tags, answer, cost, inp, scorer, key
-                    in rows if sid not in skip)
+            try:
+                # In chunks: DuckDB builds the Python rows holding the GIL, and the event loop
+                # beside this thread waits for it (1,024 rows at once held it ~5 ms).
+                while len(out) < limit and (rows := cur.fetchmany(FETCH_CHUNK)):
+                    out.extend(PendingSample(
+                        sample_id=sid, stratum=stratum, frontier_model=model,
+                        messages=orjson.loads(messages), params=orjson.loads(params),
+                        tags=orjson.loads(tags or "{}"), response_text=answer or "",
+                        frontier_cost_usd=cost, input_tokens=inp, scorer=scorer, sample_key=key)
+                        for sid, stratum, model, messages, params, tags, answer, cost, inp,
+                        scorer, key in rows if sid not in skip)
+            finally:
+                # The rows not read (those past `limit` when fewer were in flight among the
+                # oldest): DuckDB 2 refuses any other work on a connection whose result is
+                # unfinished, and every later write would fail.
+                cur.abort()
             return out[:limit]
 
     def write_sample_results(self, results: Sequence[SampleResult]) -> None:
@@ -428,7 +548,7 @@ class Store:
         """Run one of our own queries and return (column names, rows). Never for a person's
         SQL: that is `user_query`."""
         # A cursor is its own connection to the same database: reads do not wait for writes.
-        cur = self.con.cursor()
+        cur = self._cursor()
         try:
             try:
                 res = cur.execute(query, params)
@@ -438,7 +558,7 @@ class Store:
                 return [], []
             return [d[0] for d in res.description], res.fetchall()
         finally:
-            cur.close()
+            self._release(cur)
 
     def user_query(self, query: str, *, max_rows: int, timeout_s: float,
                    max_bytes: int = 16 << 20) -> UserResult:
@@ -450,19 +570,19 @@ class Store:
         instead). It is interrupted after `timeout_s`; at most `max_rows` rows and about
         `max_bytes` of values are returned (`truncated` says there was more)."""
         # A cursor of its own from the start: the writer's connection refuses a second caller.
-        cur = self.con.cursor()
+        cur = self._cursor()
         try:
             lock_down(cur)  # the instance's settings: the cursor's are the writer's
             check_single_select(cur, query)
         except duckdb.Error as e:
-            cur.close()
+            self._release(cur)
             raise StoreError(str(e).splitlines()[0]) from None
         except BaseException:
-            cur.close()
+            self._release(cur)
             raise
         with self._user_done:
             if self._closing:
-                cur.close()
+                self._release(cur)
                 raise StoreError("the store is closing")
             self._user_cursors.add(cur)
         timer = threading.Timer(timeout_s, _interrupt, (cur,))
@@ -497,7 +617,7 @@ class Store:
             raise StoreError(str(e).splitlines()[0]) from None
         finally:
             timer.cancel()
-            cur.close()
+            self._release(cur)
             with self._user_done:
                 self._user_cursors.discard(cur)
                 self._user_done.notify_all()
@@ -525,6 +645,22 @@ def _approx_bytes(v: Any) -> int:
     if isinstance(v, dict):
         return sum(_approx_bytes(k) + _approx_bytes(x) for k, x in v.items()) + 2
     return 8
+
+
+def trim_heap() -> None:
+    """Hand the C heap's free pages back to the system (glibc's `malloc_trim`; elsewhere
+    nothing): after a reopen, what DuckDB freed is mostly scattered free chunks that glibc
+    would otherwise keep in RSS (measured: ~2 MiB after 2,000 writes)."""
+    global _malloc_trim
+    if _malloc_trim is None:
+        name = ctypes.util.find_library("c")
+        fn = getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
+        _malloc_trim = fn if fn is not None else False
+    if _malloc_trim:
+        _malloc_trim(0)
+
+
+_malloc_trim: Any = None  # glibc's malloc_trim, False where there is none; found at first use
 
 
 def _interrupt(cur: duckdb.DuckDBPyConnection) -> None:

@@ -52,7 +52,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 
 from analytics import lake
 from analytics.errors import StoreError
-from analytics.store import Store, UserResult
+from analytics.store import REOPEN_EVERY_S, Store, UserResult
 from analytics.tiers import TierRow
 from consumers.ingest import IngestBatch
 from consumers.records import OffsetReset
@@ -131,8 +131,8 @@ def _answer(store: Store, allowed: frozenset[Callable[..., Any]], request: Any) 
 
 
 def serve(path: str, threads: int, async_fd: int, control_fd: int, queries_fd: int,
-          user_fd: int, memory_limit: str = "") -> int:
-    """The child's main: open the store, answer both channels until closed or orphaned."""
+          user_fd: int, memory_limit: str = "", reopen_every_s: float = 0.0) -> int:
+    """The child's main: open the store, answer the channels until closed or orphaned."""
     # Ctrl-C reaches the whole process group and systemd signals every process of the unit:
     # the child outlives such signals so the service can write its last results and close it.
     # It ends when told to, or when the service is gone.
@@ -145,7 +145,7 @@ def serve(path: str, threads: int, async_fd: int, control_fd: int, queries_fd: i
     d = socket.socket(fileno=user_fd)
     try:
         store = Store(path)
-        store.prepare_writer(threads, memory_limit)
+        store.prepare_writer(threads, memory_limit, reopen_every_s)
     except Exception as e:
         _send(b, ("err", _portable(e)))
         return 1
@@ -192,6 +192,9 @@ def serve(path: str, threads: int, async_fd: int, control_fd: int, queries_fd: i
                 _send(a, reply)
             except OSError:
                 break  # the parent went away
+            # Between two calls of the writer, after the answer went out: the safe point for
+            # giving DuckDB's kept heap back (`Store.reopen`).
+            store.maybe_reopen()
     finally:
         store.close()
     if closer is not None:
@@ -207,9 +210,11 @@ class StoreProcess:
     runs outside the event loop."""
 
     def __init__(self, path: str | os.PathLike[str], threads: int = 0,
-                 memory_limit: str = "") -> None:
+                 memory_limit: str = "", reopen_every_s: float = REOPEN_EVERY_S) -> None:
         """`threads`: DuckDB's worker threads in the child (0: one fewer than the cores);
-        `memory_limit`: DuckDB's (`storage.memory_limit`; empty: DuckDB's default)."""
+        `memory_limit`: DuckDB's (`storage.memory_limit`; empty: DuckDB's default);
+        `reopen_every_s`: how often the child reopens its DuckDB instance (`Store.reopen`;
+        0: never)."""
         self.path = Path(path)
         a_parent, a_child = socket.socketpair()
         b_parent, b_child = socket.socketpair()
@@ -225,7 +230,7 @@ class StoreProcess:
                 # `-c`, not `-m analytics.store_process`: the package imports this module, and
                 # runpy warns on stderr when it runs a module that is already imported.
                 [sys.executable, "-c", _CHILD_MAIN, str(self.path), str(threads),
-                 *(str(x.fileno()) for x in children), memory_limit],
+                 *(str(x.fileno()) for x in children), memory_limit, repr(reopen_every_s)],
                 pass_fds=tuple(x.fileno() for x in children), env=env,
                 stdin=subprocess.DEVNULL)
         finally:
@@ -506,10 +511,11 @@ class StoreProcessReads:
 
 
 def child_main(argv: Sequence[str]) -> int:
-    """The child's entry: PATH THREADS ASYNC_FD CONTROL_FD QUERIES_FD USER_FD [MEMORY_LIMIT]."""
+    """The child's entry: PATH THREADS ASYNC_FD CONTROL_FD QUERIES_FD USER_FD [MEMORY_LIMIT
+    [REOPEN_EVERY_S]]."""
     threads, async_fd, control_fd, queries_fd, user_fd = (int(x) for x in argv[1:6])
     return serve(argv[0], threads, async_fd, control_fd, queries_fd, user_fd,
-                 (argv[6:7] or [""])[0])
+                 (argv[6:7] or [""])[0], float((argv[7:8] or ["0"])[0]))
 
 
 _CHILD_MAIN = "import sys; from analytics.store_process import child_main; sys.exit(child_main(sys.argv[1:]))"

@@ -16,8 +16,20 @@ and checks, in the DuckDB file:
 - the RSS slope of each process after warm-up (MiB/min, a least-squares fit over the samples of
   each run of the service, skipping its first `--warmup-s`), the worst one reported; and, for
   the store, the slope of its RSS less DuckDB's own account (`store_outside_duckdb`, from the
-  per-minute samples): DuckDB's buffer manager holds the primary-key indexes, which grow with
-  the rows stored, while what grows outside it is heap nobody accounts for.
+  per-minute samples): what DuckDB's buffer manager holds (its cache of table blocks, the
+  primary-key indexes a write has loaded, rows not checkpointed yet), and what grows outside it
+  (heap DuckDB keeps per statement until its database is closed; the store process reopens its
+  instance every few minutes, `analytics.store.REOPEN_EVERY_S`, to give it back);
+- the largest RSS of each process in the first and in the second half of the run after warm-up
+  (`rss_max_halves`), and its mean over each window of `REOPEN_EVERY_S` (`rss_period_means`,
+  with the slope through them, `rss_period_slope_mib_per_min`): the store's reopens make its RSS
+  a sawtooth of that period, whose least-squares slope over a few periods depends on where the
+  run starts and ends in a tooth; the means of whole periods do not.
+
+Every sample (seconds, MiB) is written to `rss.json` in the run's directory.
+
+Each minute's line also shows DuckDB's account by tag (cache of table blocks, ART indexes) and
+the machine's load average (the run shares its cores).
 
 The last line is JSON.
 
@@ -46,6 +58,7 @@ import orjson
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from analytics.store import REOPEN_EVERY_S  # noqa: E402
 from shadowroute.demo.broker import Broker  # noqa: E402
 from shadowroute.demo.traffic import TrafficGenerator  # noqa: E402
 from shadowroute.service import service_file  # noqa: E402
@@ -234,8 +247,10 @@ def main() -> None:
             end = t0 + args.minutes * 60
             next_kill = t0 + args.kill_every_s if args.kill_every_s > 0 else float("inf")
             next_print = t0 + 60
-            print("minute  service_MiB  store_MiB  duckdb_MiB  produced  stored  shadow_calls",
-                  flush=True)
+            print("minute  service_MiB  store_MiB  duckdb_MiB  (blocks  art)  produced  stored  "
+                  "shadow_calls  load1", flush=True)
+            tags: dict[str, float] = {}
+            loads: list[float] = []
             while time.monotonic() < end:
                 time.sleep(args.sample_s)
                 now = time.monotonic()
@@ -251,17 +266,21 @@ def main() -> None:
                 if now >= next_print:
                     next_print += 60
                     try:
-                        duck = svc.sql("SELECT sum(memory_usage_bytes) / 2^20 FROM duckdb_memory()"
-                                       )[0][0]
+                        tags = {t: m for t, m in svc.sql(
+                            "SELECT tag, memory_usage_bytes / 2^20 FROM duckdb_memory()")}
+                        duck = sum(tags.values())
                         stored = svc.sql("SELECT coalesce(sum(next_offset), 0) FROM offsets")[0][0]
                     except httpx.HTTPError:
                         duck, stored = None, None
+                    load1 = float(Path("/proc/loadavg").read_text().split()[0])
+                    loads.append(load1)
                     if age >= args.warmup_s and c_rss is not None and duck is not None:
                         runs[-1]["store_outside_duckdb"].append((now - t0, c_rss - duck))
                     print(f"{(now - t0) / 60:6.1f}  {s_rss or 0:11.1f}  {c_rss or 0:9.1f}  "
                           f"{duck if duck is not None else float('nan'):10.1f}  "
+                          f"({tags.get('BASE_TABLE', 0):6.1f} {tags.get('ART_INDEX', 0):4.1f})  "
                           f"{produced[0]:8d}  {stored if stored is not None else -1:6}  "
-                          f"{len(behaviour.requests):12d}", flush=True)
+                          f"{len(behaviour.requests):12d}  {load1:5.2f}", flush=True)
                 if now >= next_kill and now < end - 30:
                     next_kill += args.kill_every_s
                     svc.kill9()
@@ -296,6 +315,25 @@ def main() -> None:
         con.close()
         slopes = {name: [s for r in runs if (s := slope(r[name])) is not None]
                   for name in names}
+        halves: dict[str, list[float]] = {}
+        means: dict[str, list[float]] = {}
+        mean_slopes: dict[str, float | None] = {}
+        for name in ("service", "store"):
+            pts = [p for r in runs for p in r[name]]
+            if len(pts) >= 4:
+                mid = (pts[0][0] + pts[-1][0]) / 2
+                halves[name] = [round(max(m for t, m in pts if t <= mid), 1),
+                                round(max(m for t, m in pts if t > mid), 1)]
+                # Whole periods only, from the first sample after warm-up.
+                windows: dict[int, list[float]] = {}
+                for t, m in pts:
+                    windows.setdefault(int((t - pts[0][0]) // REOPEN_EVERY_S), []).append(m)
+                full = int((pts[-1][0] - pts[0][0]) // REOPEN_EVERY_S)
+                means[name] = [round(statistics.fmean(windows[k]), 1)
+                               for k in range(full) if k in windows]
+                sl = slope([((k + 0.5) * REOPEN_EVERY_S, m) for k, m in enumerate(means[name])])
+                mean_slopes[name] = round(sl, 3) if sl is not None else None
+        (tmp / "rss.json").write_text(json.dumps(runs))
         out = {
             "minutes": args.minutes, "rate": args.rate, "kills": kills, "exit_code": code,
             "memory_limit": args.memory_limit,
@@ -307,6 +345,11 @@ def main() -> None:
             "rss_slope_mib_per_min": {k: round(max(v), 3) if v else None
                                       for k, v in slopes.items()},
             "rss_slope_per_run": {k: [round(x, 3) for x in v] for k, v in slopes.items()},
+            "rss_max_halves": halves,
+            "rss_period_s": REOPEN_EVERY_S, "rss_period_means": means,
+            "rss_period_slope_mib_per_min": mean_slopes,
+            "duckdb_tags_last_mib": {k: round(v, 1) for k, v in tags.items() if v},
+            "load1_min_max": [min(loads), max(loads)] if loads else None,
             "dir": str(tmp),
         }
         print(json.dumps(out))

@@ -48,3 +48,21 @@ def test_pending_samples_leave_out_those_in_flight(tmp_path: Path) -> None:
         assert store.pending_samples(5, ids) == []
     finally:
         store.close()
+
+
+def test_a_read_of_pending_samples_that_stops_early_leaves_the_writer_usable(
+        tmp_path: Path) -> None:
+    # 128 wanted with 10 in flight further on: the first chunk of 128 rows is enough and the
+    # last 10 rows are never read. After a kill -9 the restarted service met exactly this (a
+    # backlog of pending samples) and its next write failed ("unfinished result").
+    from tests.analytics.test_store_process import done
+    from tests.shadow.test_runner import add_samples
+    store = Store(tmp_path / "s.duckdb")
+    try:
+        ids = add_samples(store, 300)
+        store.prepare_writer(1)
+        assert [p.sample_id for p in store.pending_samples(128, ids[200:210])] == ids[:128]
+        store.write_sample_results([done(ids[0])])
+        assert store.counts()["done"] == 1
+    finally:
+        store.close()
