@@ -51,6 +51,11 @@ class StorageConfig:
     to a temporary directory beside the file."""
 
 
+# What each of `[retention]`'s text horizons clears (`Store.apply_retention`).
+TEXT_RETENTION = {"texts": ("purge_sample_texts", "purge_call_texts", "purge_floor_texts"),
+                  "judge": ("purge_judge_texts",), "rejected": ("purge_rejected_raw",)}
+
+
 @dataclass(frozen=True)
 class RetentionConfig:
     """How long detail is kept. The estimates over any past window stay what they were: what
@@ -61,8 +66,13 @@ class RetentionConfig:
     hour and deleted (0: kept for ever). Keep it longer than the topics' own retention, so that
     Kafka can no longer deliver a purged record again."""
     texts_days: float = 0.0
-    """Prompts and answers of samples older than this (and judge outputs, rejected records'
-    raw bytes) are cleared; their scores and costs stay (0: kept for ever)."""
+    """Prompts and answers of samples older than this (production time; the cheap models' and
+    the noise floor's answers too) are cleared; their scores and costs stay (0: kept for ever)."""
+    judge_days: float = 0.0
+    """The LLM judge's raw outputs older than this are cleared; its grades stay (0: kept)."""
+    rejected_days: float = 0.0
+    """Rejected records' raw bytes older than this (when rejected) are cleared; the reason and
+    position stay (0: kept)."""
     every_s: float = 3600.0
     """How often the service applies it."""
 
@@ -99,7 +109,7 @@ def check_storage(st: StorageConfig, key: str = "storage") -> None:
 
 
 def check_retention(r: RetentionConfig, key: str = "retention") -> None:
-    for name in ("requests_days", "texts_days"):
+    for name in ("requests_days", "texts_days", "judge_days", "rejected_days"):
         if getattr(r, name) < 0:
             raise ConfigError(f"{key}.{name}", f"must be 0 (keep) or more, got {getattr(r, name)}")
     check_positive(f"{key}.every_s", r.every_s)

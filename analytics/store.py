@@ -31,6 +31,7 @@ import polars as pl
 import pyarrow as pa
 
 import sql
+from analytics.config import TEXT_RETENTION
 from analytics.errors import StoreError, StoreLockedError, StoreWriteError
 from analytics.frames import ROUTER_SCORES_SCHEMA, results_to_frames
 from analytics.tiers import TIER_SCHEMA, TierRow
@@ -460,13 +461,15 @@ class Store:
             con.execute(sql.query("clear_tier_policies")).fetchall()
             con.execute(sql.query("insert_tier_policies")).fetchall()
 
-    def apply_retention(self, requests_before: datetime | None, texts_before: datetime | None,
+    def apply_retention(self, requests_before: datetime | None,
+                        texts_before: Mapping[str, datetime] | None = None,
                         max_hours: int = 6) -> tuple[int, int, bool]:
         """Retention (`[retention]`). Requests older than `requests_before` (production time,
         UTC) that were never sampled are rolled up per hour into `request_rollups` and deleted,
         the oldest hour first, at most `max_hours` hours a call, each hour in a transaction of
-        its own so that ingest's writes go between; prompts and answers of samples older than
-        `texts_before` are cleared (their figures stay), and rejected records' raw bytes.
+        its own so that ingest's writes go between. `texts_before`: per kind of text
+        (`TEXT_RETENTION`: the samples' prompts and answers, judge outputs, rejected records'
+        raw bytes) the time before which it is cleared; the figures stay.
         Returns (requests rolled up, rows whose text was cleared, whether older hours remain)."""
         rolled = cleared = 0
         more = False
@@ -484,12 +487,12 @@ class Store:
                 with self._tx({}) as con:
                     con.execute(sql.query("rollup_requests"), span).fetchall()
                     rolled += int(con.execute(sql.query("purge_requests"), span).fetchall()[0][0])
-        if texts_before is not None:
+        if texts_before:
             with self._tx({}) as con:
-                for q in ("purge_sample_texts", "purge_call_texts", "purge_floor_texts",
-                          "purge_judge_texts", "purge_rejected_raw"):
-                    cleared += int(con.execute(sql.query(q), {"before": texts_before}
-                                               ).fetchall()[0][0])
+                for kind, before in texts_before.items():
+                    for q in TEXT_RETENTION[kind]:
+                        cleared += int(con.execute(sql.query(q), {"before": before}
+                                                   ).fetchall()[0][0])
         return rolled, cleared, more
 
     def fetch_arrow(self, query: str) -> pa.Table:

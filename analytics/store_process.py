@@ -408,7 +408,7 @@ class StoreProcess:
         return await self._call(lake.export, lake_dir, instance)
 
     async def apply_retention(self, requests_before: datetime | None,
-                              texts_before: datetime | None) -> tuple[int, int, bool]:
+                              texts_before: Mapping[str, datetime] | None) -> tuple[int, int, bool]:
         return await self._call(Store.apply_retention, requests_before, texts_before)
 
     async def learned_rows(self, model: str) -> list[tuple[Any, ...]]:

@@ -265,12 +265,14 @@ class Service:
         now = datetime.datetime.now(datetime.UTC).replace(tzinfo=None)  # stored times: naive UTC
         requests_before = now - datetime.timedelta(days=rt.requests_days) \
             if rt.requests_days else None
-        texts_before = now - datetime.timedelta(days=rt.texts_days) if rt.texts_days else None
+        texts_before = {kind: now - datetime.timedelta(days=days) for kind, days in (
+            ("texts", rt.texts_days), ("judge", rt.judge_days), ("rejected", rt.rejected_days))
+            if days}
         rolled = cleared = 0
         more = True
         while more and not self.stop_event.is_set():
             r, c, more = await self.store.apply_retention(requests_before, texts_before)
-            rolled, cleared, texts_before = rolled + r, cleared + c, None
+            rolled, cleared, texts_before = rolled + r, cleared + c, {}
         if rolled or cleared:
             log.info("retention: %d requests rolled up per hour and deleted, %d texts cleared",
                      rolled, cleared)
@@ -456,7 +458,7 @@ class Service:
             if isinstance(r, LearnedRouter):
                 self._schedule_training(scheduler, Trainer(r, self.store))
         rt = self.cfg.retention
-        if rt.requests_days or rt.texts_days:
+        if rt.requests_days or rt.texts_days or rt.judge_days or rt.rejected_days:
             scheduler.add_job(self._apply_retention, "interval", seconds=rt.every_s,
                               max_instances=1, coalesce=True,
                               next_run_time=datetime.datetime.now())

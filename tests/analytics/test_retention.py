@@ -128,8 +128,10 @@ def test_texts_are_cleared_with_their_figures_kept(tmp_path: Path) -> None:
         fill(store)
         before = store.fetch(QUERIES[0])
         rows_before = len(store.learned_rows("mini"))
-        _, cleared, _ = store.apply_retention(None, HORIZON)
+        _, cleared, _ = store.apply_retention(None, {"texts": HORIZON})
         assert cleared > 100
+        assert store.fetch("SELECT count(*) FROM rejected WHERE raw IS NULL") == [(0,)]
+        assert store.apply_retention(None, {"rejected": HORIZON}) == (0, 1, False)
         assert store.fetch(
             "SELECT count(*) FROM samples s JOIN requests r ON r.request_id = s.sample_id "
             "WHERE r.ts < $h AND (s.messages IS NOT NULL OR s.response_text IS NOT NULL)",

@@ -31,6 +31,7 @@ def test_the_service_purges_old_requests_and_keeps_the_estimates(broker: Broker,
             kept = instance("kept", ms.url, {})
             purged = instance("purged", ms.url, {"SHADOWROUTE_RETENTION__REQUESTS_DAYS": "30",
                                                  "SHADOWROUTE_RETENTION__TEXTS_DAYS": "30",
+                                                 "SHADOWROUTE_RETENTION__REJECTED_DAYS": "30",
                                                  "SHADOWROUTE_RETENTION__EVERY_S": "0.5"})
             for x in (kept, purged):
                 x.start()
