@@ -131,6 +131,11 @@ class Budget:
                 w.cap = math.floor(self._caps[name] * self.share * NANO)
         self._wake()
 
+    def cap_usd(self, window: str) -> float:
+        """This instance's cap on `window` now (its share of the configured one; inf: none)."""
+        cap = self.windows[window].cap
+        return math.inf if cap is None else cap / NANO
+
     @property
     def limited(self) -> bool:
         return any(w.cap is not None for w in self.windows.values())

@@ -15,7 +15,6 @@ import functools
 import gc
 import inspect
 import logging
-import math
 import os
 import signal
 import socket
@@ -255,8 +254,7 @@ class Service:
             budget.set_share(share)
             log.info("shadow budget: this instance owns %d of %d partitions, so %.0f%% of the "
                      "caps ($%.4g/hour, $%.4g/day)", owned, total, 100 * share,
-                     budget.windows["hour"].cap / 1e9 if budget.windows["hour"].cap else math.inf,
-                     budget.windows["day"].cap / 1e9 if budget.windows["day"].cap else math.inf)
+                     budget.cap_usd("hour"), budget.cap_usd("day"))
 
     async def _apply_retention(self) -> None:
         """`[retention]`: an hour of requests at a time, each its own transaction, with the

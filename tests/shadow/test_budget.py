@@ -511,8 +511,10 @@ def test_an_instances_share_of_the_caps() -> None:
     assert b.try_reserve(0.1) is None  # past this instance's quarter, not the whole cap
     b.set_share(3 / 4)  # a rebalance gave it three
     assert b.left_usd("hour") == pytest.approx(0.55)
+    assert b.cap_usd("hour") == pytest.approx(0.75) and Budget().cap_usd("day") == math.inf
     b.set_share(0.0)  # none: it pays for nothing more, spend already made stays counted
     assert b.try_reserve(0.01) is None and b.spent_usd("hour") == pytest.approx(0.2)
+    assert b.cap_usd("hour") == 0.0  # a cap of nothing, not no cap
 
 
 def test_a_larger_share_wakes_a_waiting_call() -> None:
