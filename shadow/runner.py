@@ -114,6 +114,11 @@ class ShadowRunner:
         self._inflight: set[str] = set()
         self._queue: deque[PendingSample] = deque()  # read from the store, not started yet
         self._queued: set[str] = set()  # their ids
+        # The last read found every pending sample (fewer than asked for): the store holds no
+        # more until ingest writes some (and sets `wake`), so a worker short of work does not
+        # ask again. At a trickle, or at the end of a backlog, a read per finished sample cost
+        # ~5-15 ms each (the in-flight ids are read and skipped every time).
+        self._exhausted = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = False
         self.completed = 0
@@ -248,8 +253,9 @@ class ShadowRunner:
                 if len(self._queue) < self.workers and self._unwritten < self.flush_max:
                     # Read ahead for many samples, leaving out those in flight or queued (still
                     # pending in the store until their results are written).
-                    fresh = await self.sink.pending(self.workers * 4,
-                                                    self._inflight | self._queued)
+                    want = self.workers * 4
+                    fresh = await self.sink.pending(want, self._inflight | self._queued)
+                    self._exhausted = len(fresh) < want
                     for smp in fresh:
                         sid = smp.sample_id
                         if sid not in self._inflight and sid not in self._queued:
@@ -257,8 +263,11 @@ class ShadowRunner:
                             self._queued.add(sid)
                     if self._queue:
                         self._work.set()
-                    if len(fresh) >= self.workers:
+                    if len(fresh) >= self.workers and not self._exhausted:
                         continue  # more may be waiting: top the queue up before sleeping
+                else:
+                    # A wake-up not acted on now (ingest's, perhaps): read when next short.
+                    self._exhausted = False
                 try:
                     await asyncio.wait_for(self.wake.wait(), timeout=1.0)
                 except TimeoutError:
@@ -281,7 +290,8 @@ class ShadowRunner:
         while not self._stopping:
             if not queue:
                 self._work.clear()
-                self.wake.set()  # the loop reads more
+                if not self._exhausted:
+                    self.wake.set()  # the loop reads more
                 await self._work.wait()
                 continue
             if not self._room.is_set():  # writes are failing: start no new (paid) calls
@@ -289,7 +299,7 @@ class ShadowRunner:
                 continue
             sample = queue.popleft()
             queued.discard(sample.sample_id)
-            if len(queue) < self.workers:
+            if len(queue) < self.workers and not self._exhausted:
                 self.wake.set()  # read ahead before the queue runs dry
             await self._one(sample)
 
@@ -309,6 +319,7 @@ class ShadowRunner:
         if shed:
             self._queue.clear()  # it may hold shed samples; read again from the store
             self._queued.clear()
+            self._exhausted = False
             self.shed_total += shed
             log.warning("shadow backlog %d above shadow.max_queue %d: shed the %d newest samples",
                         pending, self.max_queue, shed)
@@ -356,7 +367,8 @@ class ShadowRunner:
         self.completed += sum(r.status != "pending" for r in batch)
         if self._unwritten < self.flush_max:
             self._room.set()
-        self.wake.set()  # room for more work now that these left the in-flight set
+        if not self._exhausted:
+            self.wake.set()  # room for more work now that these left the in-flight set
 
     @property
     def _unwritten(self) -> int:
@@ -437,5 +449,8 @@ class ShadowRunner:
                 except Exception:
                     log.exception("writing %d shadow results failed; retrying", len(self._buffer))
             await asyncio.sleep(0.05)
-            self.wake.set()
+            if not self._inflight:
+                self._exhausted = False  # idle() says some are pending: look for them now
+            if not self._exhausted:
+                self.wake.set()
 
