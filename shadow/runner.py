@@ -62,7 +62,7 @@ class ResultSink(Protocol):
 
 class ShadowRunner:
     def __init__(self, sink: ResultSink, routers: Sequence[Router], models: Sequence[ModelClient],
-                 *, concurrency: int, flush_every_s: float = 1.0, flush_at: int = 512,
+                 *, concurrency: int, flush_every_s: float = 1.0, flush_at: int = 1024,
                  flush_max: int = 5000,
                  on_result: Callable[[SampleResult], None] | None = None,
                  replay_tools: bool = False, max_queue: int | None = None,
@@ -375,12 +375,15 @@ class ShadowRunner:
         return len(self._buffer) + self._writing
 
     async def _flush_loop(self) -> None:
-        # Every `flush_every_s`, or as soon as `flush_at` results wait. At thousands of calls a
-        # second, many small writes beat few large ones although DuckDB spends more per result
-        # on them (~35 µs in batches of 640, ~11 µs in batches of 5,000): a write holds the GIL
+        # Every `flush_every_s`, or as soon as `flush_at` results wait. A write holds the GIL
         # in turns (frames, DuckDB taking it back between steps), and the calls finishing
-        # meanwhile wait. Overhead per call at 256 in flight, same runs: ~6-18 ms writing every
-        # 1 s, ~2-5 ms every 0.25 s, ~1.5-2.5 ms every ~500 results. At a trickle: once a second.
+        # meanwhile wait; but DuckDB's cost per write is mostly fixed (~20-30 ms of CPU for
+        # ~500 results, ~75 ms for 5,000: ~60 µs a result against ~15). Overhead per call at
+        # 256 in flight and 50 ms latency, same runs: ~6-18 ms writing every 1 s, ~2-5 ms every
+        # 0.25 s, ~1.5-2.5 ms every ~500 results. At 1,000 calls/s and 1 s latency
+        # (benchmarks/shadow_overhead.py, thread writer), batches of up to 1,024 (about one
+        # write a second) took 0.043-0.049 ms of CPU a call against 0.060-0.065 for ~500, p99
+        # no worse (two paired runs at load 4.2-4.6). At a trickle: once a second.
         failing_since: float | None = None
         while True:
             with contextlib.suppress(TimeoutError):
