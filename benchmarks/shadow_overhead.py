@@ -32,10 +32,17 @@ Figures per client:
 
 The last line printed is one JSON object: the chosen client's figures at the top level and each
 other client's under its name; `load_avg_1m` says how busy the machine was (other work shares
-its cores: read the figures with it).
+its cores: read the figures with it; each run's own is the load as it started).
+
+CPU per call moves with the machine's load (on 2 shared cores, 0.42-0.69 ms for the same code,
+the baseline 0.23-0.36 ms). `--repeat N` runs N rounds (each client, then the baseline) and
+reports each one's median round, every round's figures under `rounds`, and
+`cpu_ms_per_call_over_baseline`: the median over rounds of the client's CPU per call minus the
+baseline's in the same round (what the shadow stage adds to the library).
 
     python benchmarks/shadow_overhead.py [--calls 20000] [--in-flight 1000] [--latency-ms 1000]
         [--clients aiohttp,httpx] [--other-calls 3000] [--store-writer process|thread]
+        [--repeat 1]
 """
 
 from __future__ import annotations
@@ -78,6 +85,8 @@ from shadowroute.demo.broker import free_port  # noqa: E402
 from shadowroute.service import run_loop  # noqa: E402
 
 CHOSEN = "aiohttp"
+BARE = "bare"  # the baseline's name in --one: aiohttp alone, no shadow stage
+ROUND_KEYS = ("cpu_ms_per_call", "calls_per_s", "p99_overhead_ms", "rss_ratio", "load_avg_1m")
 RSS_BLOCK = 10_000
 RAMP_S = 0.5  # ShadowRunner's default: its workers start spread over this long
 
@@ -292,7 +301,7 @@ def figures(latencies: list[tuple[float, float]], n: int, in_flight: int, latenc
 def one(args: argparse.Namespace) -> None:
     """Child mode: one client's run, its figures as the last line."""
     raise_fd_limit()
-    if args.one == "bare":
+    if args.one == BARE:
         out = run_loop(bare_run(args.url, args.calls, args.in_flight, args.latency_ms / 1000,
                                 RAMP_S))
         print(json.dumps(out))
@@ -315,6 +324,8 @@ def main() -> None:
                     help="calls for the candidates after the first (httpx is slow here)")
     ap.add_argument("--store-writer", choices=("process", "thread"), default="process",
                     help="where DuckDB runs (storage.writer): a child process or a thread")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="rounds (each client, then the baseline); the median round is reported")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     ap.add_argument("--url", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -326,47 +337,73 @@ def main() -> None:
         if calls < 3 * args.in_flight and (flag == "--calls" or len(names) > 1):
             raise SystemExit(f"{flag} must be at least 3 x --in-flight ({3 * args.in_flight}) "
                              f"for a steady state between the first and the last round")
+    if args.repeat < 1:
+        raise SystemExit("--repeat must be at least 1")
     raise_fd_limit()  # inherited by the server and the children
     proc, url = start_server(args.latency_ms / 1000)
-    results: dict[str, dict[str, Any]] = {}
+    # Per round: each client, then the baseline, one after the other on the same server; the
+    # machine's load drifts between rounds, so each round's figures are read against its own
+    # baseline.
+    rounds: list[dict[str, dict[str, Any]]] = []
     try:
-        for i, name in enumerate(names):
-            calls = args.calls if i == 0 else min(args.calls, args.other_calls)
-            cmd = [sys.executable, __file__, "--one", name, "--url", url, "--calls", str(calls),
-                   "--in-flight", str(args.in_flight), "--latency-ms", str(args.latency_ms),
-                   "--store-writer", args.store_writer]
-            r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-            if r.returncode != 0:
-                raise SystemExit(f"{name}: run failed:\n{r.stderr[-2000:]}{r.stdout[-500:]}")
-            results[name] = json.loads(r.stdout.strip().splitlines()[-1])
-            f = results[name]
-            print(f"{name}: {f['calls']} calls, {f['calls_per_s']} calls/s, "
-                  f"{f['cpu_ms_per_call']} ms CPU/call, p99 +{f['p99_overhead_ms']} ms, "
-                  f"RSS x{f['rss_ratio']} ({f['rss_mb']} MB)", flush=True)
-        # The baseline, in the same run: aiohttp alone, the same calls, no shadow stage.
-        cmd = [sys.executable, __file__, "--one", "bare", "--url", url, "--calls",
-               str(args.calls), "--in-flight", str(args.in_flight), "--latency-ms",
-               str(args.latency_ms)]
-        r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-        if r.returncode != 0:
-            raise SystemExit(f"bare aiohttp: run failed:\n{r.stderr[-2000:]}{r.stdout[-500:]}")
-        bare = json.loads(r.stdout.strip().splitlines()[-1])
-        print(f"baseline, aiohttp alone: {bare['calls']} calls, {bare['calls_per_s']} calls/s, "
-              f"{bare['cpu_ms_per_call']} ms CPU/call, p99 +{bare['p99_overhead_ms']} ms",
-              flush=True)
+        for _ in range(args.repeat):
+            results: dict[str, dict[str, Any]] = {}
+            for i, name in enumerate(names):
+                calls = args.calls if i == 0 else min(args.calls, args.other_calls)
+                results[name] = run_child(name, url, calls, args)
+                f = results[name]
+                print(f"{name}: {f['calls']} calls, {f['calls_per_s']} calls/s, "
+                      f"{f['cpu_ms_per_call']} ms CPU/call, p99 +{f['p99_overhead_ms']} ms, "
+                      f"RSS x{f['rss_ratio']} ({f['rss_mb']} MB), load {f['load_avg_1m']}",
+                      flush=True)
+            # The baseline, in the same round: aiohttp alone, the same calls, no shadow stage.
+            bare = results[BARE] = run_child(BARE, url, args.calls, args)
+            print(f"baseline, aiohttp alone: {bare['calls']} calls, {bare['calls_per_s']} "
+                  f"calls/s, {bare['cpu_ms_per_call']} ms CPU/call, p99 "
+                  f"+{bare['p99_overhead_ms']} ms, load {bare['load_avg_1m']}", flush=True)
+            rounds.append(results)
     finally:
         proc.terminate()
         proc.wait(10)
     chosen, *others = names
-    out: dict[str, Any] = {"client": chosen, **results[chosen]}
+
+    def median_run(name: str) -> dict[str, Any]:
+        """The round whose CPU per call is the median (the upper one of an even count), with
+        every round's figures beside it when there were several."""
+        runs = sorted(rounds, key=lambda r: r[name]["cpu_ms_per_call"])
+        out = dict(runs[len(runs) // 2][name])
+        if len(rounds) > 1:
+            out["rounds"] = [{k: r[name][k] for k in ROUND_KEYS} for r in rounds]
+        if name != BARE:
+            extra = sorted(r[name]["cpu_ms_per_call"] - r[BARE]["cpu_ms_per_call"]
+                           for r in rounds)
+            out["cpu_ms_per_call_over_baseline"] = round(extra[len(extra) // 2], 4)
+        return out
+
+    out: dict[str, Any] = {"client": chosen, **median_run(chosen)}
     out.update({"in_flight": args.in_flight, "injected_latency_ms": args.latency_ms,
                 "store_writer": args.store_writer, "load_avg_1m": round(os.getloadavg()[0], 2),
-                "cpus": os.cpu_count()})
+                "cpus": os.cpu_count(), "repeat": args.repeat})
     for name in others:
-        out[name] = results[name]
-    out["baseline_aiohttp_alone"] = bare
+        out[name] = median_run(name)
+    out["baseline_aiohttp_alone"] = median_run(BARE)
     print(json.dumps(out))
 
+
+def run_child(name: str, url: str, calls: int, args: argparse.Namespace) -> dict[str, Any]:
+    """One client's run (or the baseline's, `BARE`) in a process of its own: its figures, with
+    the machine's load as it started."""
+    cmd = [sys.executable, __file__, "--one", name, "--url", url, "--calls", str(calls),
+           "--in-flight", str(args.in_flight), "--latency-ms", str(args.latency_ms),
+           "--store-writer", args.store_writer]
+    load = round(os.getloadavg()[0], 2)
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    if r.returncode != 0:
+        what = "bare aiohttp" if name == BARE else name
+        raise SystemExit(f"{what}: run failed:\n{r.stderr[-2000:]}{r.stdout[-500:]}")
+    out: dict[str, Any] = json.loads(r.stdout.strip().splitlines()[-1])
+    out["load_avg_1m"] = load
+    return out
 
 if __name__ == "__main__":
     main()

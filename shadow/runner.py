@@ -62,7 +62,7 @@ class ResultSink(Protocol):
 
 class ShadowRunner:
     def __init__(self, sink: ResultSink, routers: Sequence[Router], models: Sequence[ModelClient],
-                 *, concurrency: int, flush_every_s: float = 1.0, flush_at: int = 512,
+                 *, concurrency: int, flush_every_s: float = 1.0, flush_at: int = 1024,
                  flush_max: int = 5000,
                  on_result: Callable[[SampleResult], None] | None = None,
                  replay_tools: bool = False, max_queue: int | None = None,
@@ -114,6 +114,11 @@ class ShadowRunner:
         self._inflight: set[str] = set()
         self._queue: deque[PendingSample] = deque()  # read from the store, not started yet
         self._queued: set[str] = set()  # their ids
+        # The last read found every pending sample (fewer than asked for): the store holds no
+        # more until ingest writes some (and sets `wake`), so a worker short of work does not
+        # ask again. At a trickle, or at the end of a backlog, a read per finished sample cost
+        # ~5-15 ms each (the in-flight ids are read and skipped every time).
+        self._exhausted = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = False
         self.completed = 0
@@ -248,8 +253,9 @@ class ShadowRunner:
                 if len(self._queue) < self.workers and self._unwritten < self.flush_max:
                     # Read ahead for many samples, leaving out those in flight or queued (still
                     # pending in the store until their results are written).
-                    fresh = await self.sink.pending(self.workers * 4,
-                                                    self._inflight | self._queued)
+                    want = self.workers * 4
+                    fresh = await self.sink.pending(want, self._inflight | self._queued)
+                    self._exhausted = len(fresh) < want
                     for smp in fresh:
                         sid = smp.sample_id
                         if sid not in self._inflight and sid not in self._queued:
@@ -257,8 +263,11 @@ class ShadowRunner:
                             self._queued.add(sid)
                     if self._queue:
                         self._work.set()
-                    if len(fresh) >= self.workers:
+                    if len(fresh) >= self.workers and not self._exhausted:
                         continue  # more may be waiting: top the queue up before sleeping
+                else:
+                    # A wake-up not acted on now (ingest's, perhaps): read when next short.
+                    self._exhausted = False
                 try:
                     await asyncio.wait_for(self.wake.wait(), timeout=1.0)
                 except TimeoutError:
@@ -281,7 +290,8 @@ class ShadowRunner:
         while not self._stopping:
             if not queue:
                 self._work.clear()
-                self.wake.set()  # the loop reads more
+                if not self._exhausted:
+                    self.wake.set()  # the loop reads more
                 await self._work.wait()
                 continue
             if not self._room.is_set():  # writes are failing: start no new (paid) calls
@@ -289,7 +299,7 @@ class ShadowRunner:
                 continue
             sample = queue.popleft()
             queued.discard(sample.sample_id)
-            if len(queue) < self.workers:
+            if len(queue) < self.workers and not self._exhausted:
                 self.wake.set()  # read ahead before the queue runs dry
             await self._one(sample)
 
@@ -309,6 +319,7 @@ class ShadowRunner:
         if shed:
             self._queue.clear()  # it may hold shed samples; read again from the store
             self._queued.clear()
+            self._exhausted = False
             self.shed_total += shed
             log.warning("shadow backlog %d above shadow.max_queue %d: shed the %d newest samples",
                         pending, self.max_queue, shed)
@@ -356,19 +367,23 @@ class ShadowRunner:
         self.completed += sum(r.status != "pending" for r in batch)
         if self._unwritten < self.flush_max:
             self._room.set()
-        self.wake.set()  # room for more work now that these left the in-flight set
+        if not self._exhausted:
+            self.wake.set()  # room for more work now that these left the in-flight set
 
     @property
     def _unwritten(self) -> int:
         return len(self._buffer) + self._writing
 
     async def _flush_loop(self) -> None:
-        # Every `flush_every_s`, or as soon as `flush_at` results wait. At thousands of calls a
-        # second, many small writes beat few large ones although DuckDB spends more per result
-        # on them (~35 µs in batches of 640, ~11 µs in batches of 5,000): a write holds the GIL
+        # Every `flush_every_s`, or as soon as `flush_at` results wait. A write holds the GIL
         # in turns (frames, DuckDB taking it back between steps), and the calls finishing
-        # meanwhile wait. Overhead per call at 256 in flight, same runs: ~6-18 ms writing every
-        # 1 s, ~2-5 ms every 0.25 s, ~1.5-2.5 ms every ~500 results. At a trickle: once a second.
+        # meanwhile wait; but DuckDB's cost per write is mostly fixed (~20-30 ms of CPU for
+        # ~500 results, ~75 ms for 5,000: ~60 µs a result against ~15). Overhead per call at
+        # 256 in flight and 50 ms latency, same runs: ~6-18 ms writing every 1 s, ~2-5 ms every
+        # 0.25 s, ~1.5-2.5 ms every ~500 results. At 1,000 calls/s and 1 s latency
+        # (benchmarks/shadow_overhead.py, thread writer), batches of up to 1,024 (about one
+        # write a second) took 0.043-0.049 ms of CPU a call against 0.060-0.065 for ~500, p99
+        # no worse (two paired runs at load 4.2-4.6). At a trickle: once a second.
         failing_since: float | None = None
         while True:
             with contextlib.suppress(TimeoutError):
@@ -437,5 +452,8 @@ class ShadowRunner:
                 except Exception:
                     log.exception("writing %d shadow results failed; retrying", len(self._buffer))
             await asyncio.sleep(0.05)
-            self.wake.set()
+            if not self._inflight:
+                self._exhausted = False  # idle() says some are pending: look for them now
+            if not self._exhausted:
+                self.wake.set()
 
