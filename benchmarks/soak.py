@@ -58,7 +58,7 @@ import orjson
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from analytics.store import REOPEN_EVERY_S  # noqa: E402
+from analytics.config import REOPEN_EVERY_S  # noqa: E402
 from shadowroute.demo.broker import Broker  # noqa: E402
 from shadowroute.demo.traffic import TrafficGenerator  # noqa: E402
 from shadowroute.service import service_file  # noqa: E402
