@@ -105,9 +105,9 @@ def children(pid: int) -> list[int]:
         return []
 
 
-def slope(points: list[tuple[float, float]]) -> float | None:
-    """Least-squares MiB per minute over (seconds, MiB)."""
-    if len(points) < 3:
+def slope(points: list[tuple[float, float]], least: int = 3) -> float | None:
+    """Least-squares MiB per minute over (seconds, MiB), from at least `least` points."""
+    if len(points) < least:
         return None
     xs = [p[0] / 60 for p in points]
     ys = [p[1] for p in points]
@@ -136,7 +136,13 @@ def probe_summary(path: Path, period: float) -> dict[str, Any] | None:
                 r["glibc_in_use"], r["rss"] - sum(d.values()) - r["glibc_in_use"], r["rows"]])
     cols = ("rss", "duckdb_blocks", "duckdb_art", "duckdb_other", "glibc_in_use", "rest",
             "rows")
+    # Whole periods only: the last one may be cut short by the end of the run.
+    most = max((len(v) for v in periods.values()), default=0)
+    periods = {k: v for k, v in periods.items() if len(v) >= 0.9 * most}
+    means = [statistics.fmean(x[0] for x in v) for _, v in sorted(periods.items())]
+    sl = slope([((k + 0.5) * period, m) for k, m in enumerate(means) if k], 2)
     out: dict[str, Any] = {
+        "rss_slope_after_first_period": round(sl, 3) if sl is not None else None,
         "period_means": [dict(zip(cols, (round(statistics.fmean(x[i] for x in v), 2)
                                         for i in range(len(cols))), strict=True))
                          for _, v in sorted(periods.items())],
@@ -435,21 +441,25 @@ def main() -> None:
                 sl = slope([((k + 0.5) * period, m) for k, m in enumerate(means[name])])
                 mean_slopes[name] = round(sl, 3) if sl is not None else None
                 # The first period still warms up (see docs/architecture.md, "Soak and memory").
-                sl = slope([((k + 0.5) * period, m) for k, m in enumerate(means[name]) if k])
+                sl = slope([((k + 0.5) * period, m) for k, m in enumerate(means[name]) if k], 2)
                 after_first[name] = round(sl, 3) if sl is not None else None
                 # Each period's trough: what the store's reopens do not give back.
                 mins[name] = [round(min(windows[k]), 1) for k in range(full) if k in windows]
                 sl = slope([((k + 0.5) * period, m) for k, m in enumerate(mins[name])])
                 min_slopes[name] = round(sl, 3) if sl is not None else None
         (tmp / "rss.json").write_text(json.dumps(runs))
-        # What the store's RSS gains per 1,000 rows it holds (records stored, with retention:
-        # what is left after the purges), over the same stretch as the period means.
+        # What the store's RSS gains per 1,000 rows it holds (with retention: what is left after
+        # the purges), from the period means after the first.
         rows = [p for r in runs for p in r["rows_held"]]
         rows_per_min = slope(rows)
-        store_sl = mean_slopes.get("store")
+        probe = probe_summary(tmp / "probe.jsonl", period) if args.probe else None
+        # The probe's periods start at the store's reopens: the slope through them is the
+        # better one when there is one.
+        store_sl = (probe or {}).get("rss_slope_after_first_period")
+        for sl in (after_first.get("store"), mean_slopes.get("store")):
+            store_sl = sl if store_sl is None else store_sl
         per_1000 = (round(store_sl / rows_per_min * 1000, 4)
                     if store_sl is not None and rows_per_min else None)
-        probe = probe_summary(tmp / "probe.jsonl", period) if args.probe else None
         out = {
             "minutes": args.minutes, "rate": args.rate, "kills": kills, "exit_code": code,
             "memory_limit": args.memory_limit,
