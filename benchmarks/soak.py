@@ -117,14 +117,18 @@ def slope(points: list[tuple[float, float]], least: int = 3) -> float | None:
 
 
 def probe_summary(path: Path, period: float) -> dict[str, Any] | None:
-    """From `--probe`'s records: the store's state right after each reopen, and the slope
-    through those troughs of each figure, per minute (what a reopen does not give back); and
-    the mean of each reopen period (from the store's start) of its RSS split into DuckDB's
-    account by tag, glibc's heap in use and the rest (other allocators, code, stacks)."""
+    """From `--probe`'s records (of the longest-lived store process): the store's state right
+    after each reopen, and the slope through those troughs of each figure, per minute (what a
+    reopen does not give back); and the mean of each reopen period (from the store's start) of
+    its RSS split into DuckDB's account by tag, glibc's heap in use and the rest (other
+    allocators, code, stacks)."""
     try:
         lines = [json.loads(line) for line in path.read_text().splitlines()]
     except OSError:
         return None
+    # With kills, each start of the service has its own store process: the longest-lived one.
+    pids = [r.get("pid") for r in lines]
+    lines = [r for r in lines if r.get("pid") == max(set(pids), key=pids.count, default=None)]
     recs = [r for r in lines if r["kind"] == "reopen"]
     periods: dict[int, list[list[float]]] = {}
     for r in lines:

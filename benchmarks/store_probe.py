@@ -91,9 +91,11 @@ def install(out: str) -> None:
     every = float(os.environ.get("SOAK_STORE_PROBE_EVERY_S", "10"))
     last: list[Any] = [None]  # the previous reopen's tracemalloc snapshot
 
+    pid = os.getpid()  # a run with kills has a store process per start of the service
+
     def emit(rec: dict[str, Any]) -> None:
         with lock, open(out, "a") as f:
-            f.write(json.dumps(rec) + "\n")
+            f.write(json.dumps({"pid": pid, **rec}) + "\n")
 
     stores: list[Store] = []
 
