@@ -17,6 +17,7 @@ from consumers.errors import ConfigError
 INSTANCE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 # DuckDB size literals; checked, since `SET memory_limit` takes no bound parameter.
 MEMORY_LIMIT = re.compile(r"\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)", re.IGNORECASE)
+REOPEN_EVERY_S = 300.0  # `StorageConfig.reopen_every_s` (see `analytics.store.Store.reopen`)
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,12 @@ class StorageConfig:
     default, 80% of RAM). DuckDB keeps the blocks it read or wrote cached up to this limit, so
     the store process grows towards it under steady load and stays there; larger queries spill
     to a temporary directory beside the file."""
+    reopen_every_s: float = REOPEN_EVERY_S
+    """How often the store closes its DuckDB instance and opens the file again, between two
+    writes (no write or query is cut). DuckDB keeps some heap after every write and join until
+    its database is closed, and keeps loaded index nodes and cached blocks; a reopen gives them
+    back, so the store's memory is a sawtooth of this period (docs/architecture.md, "Soak and
+    memory"). A reopen holds the writes for ~0.1-0.3 s."""
 
 
 # What each of `[retention]`'s text horizons clears (`Store.apply_retention`).
@@ -100,6 +107,7 @@ def check_storage(st: StorageConfig, key: str = "storage") -> None:
     check_positive(f"{key}.max_record_bytes", st.max_record_bytes)
     check_choice(f"{key}.writer", st.writer, ("process", "thread"))
     check_positive(f"{key}.lake_every_s", st.lake_every_s)
+    check_positive(f"{key}.reopen_every_s", st.reopen_every_s)
     if st.instance_id and not INSTANCE_ID.fullmatch(st.instance_id):
         raise ConfigError(f"{key}.instance_id", "letters, digits, '.', '_' and '-' only (it "
                           f"names a directory of the lake), got {st.instance_id!r}")

@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any, ParamSpec, Protocol, TypeVar
 
 from analytics import lake
-from analytics.store import REOPEN_EVERY_S, Store, UserResult
+from analytics.config import REOPEN_EVERY_S
+from analytics.store import Store, UserResult
 from analytics.store_process import StoreProcess
 from analytics.tiers import TierRow
 from consumers.ingest import IngestBatch

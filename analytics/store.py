@@ -41,10 +41,6 @@ from shadow.results import PendingSample, SampleResult
 
 FETCH_CHUNK = 128  # rows per fetch of pending samples; see `pending_samples`
 USER_CLOSE_WAIT_S = 10.0  # longest a close waits for interrupted user queries to end
-# The writer's DuckDB instance is closed and opened again this often (see `Store.reopen`):
-# DuckDB keeps a few KB of heap after every UPDATE and join until its database is closed, and
-# holds read blocks in its cache up to `memory_limit`; a reopen gives both back.
-REOPEN_EVERY_S = 300.0
 REOPEN_READER_WAIT_S = 2.0  # longest a due reopen waits for open cursors before it tries later
 REOPEN_RETRY_S = 15.0  # after a reopen that could not run (a cursor stayed open, or it failed)
 REOPEN_OPEN_RETRY_S = 1.0  # after a reopen that closed the file but could not open it again

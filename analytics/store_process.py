@@ -51,8 +51,9 @@ from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 
 from analytics import lake
+from analytics.config import REOPEN_EVERY_S
 from analytics.errors import StoreError
-from analytics.store import REOPEN_EVERY_S, Store, UserResult
+from analytics.store import Store, UserResult
 from analytics.tiers import TierRow
 from consumers.ingest import IngestBatch
 from consumers.records import OffsetReset

@@ -16,7 +16,7 @@ pending samples, `--calls` calls of each form with `--exclude` ids left out:
 
 as the growth of glibc's heap in use (`mallinfo2().uordblks`) and of RSS, per call; then
   (d) `reopen_returned_bytes`: the heap in use given back by `Store.reopen` (the store process
-      reopens its DuckDB instance every `REOPEN_EVERY_S` for this), and the time it took.
+      reopens its DuckDB instance every `storage.reopen_every_s` for this), and the time it took.
 
 The last line printed is one JSON object.
 

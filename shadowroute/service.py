@@ -123,7 +123,7 @@ class Service:
         self.token = api_token(cfg.server)  # first: never serve a non-loopback port without one
         self.metrics = Metrics()
         self.store = open_store(cfg.storage.db_path, cfg.storage.writer, cfg.storage.threads,
-                                cfg.storage.memory_limit)
+                                cfg.storage.memory_limit, cfg.storage.reopen_every_s)
         self.ingestor = Ingestor(cfg)
         try:
             # What the OTel join held when the last run stopped: spans waiting for content.

@@ -107,6 +107,14 @@ def test_the_example_config_loads() -> None:
     assert cfg.shadow.models
 
 
+def test_the_store_reopen_interval_is_a_storage_key(tmp_path: Path) -> None:
+    assert load_config(None, env={}).storage.reopen_every_s == 300.0
+    cfg = load_config(write(tmp_path, "[storage]\nreopen_every_s = 120\n"), env={})
+    assert cfg.storage.reopen_every_s == 120.0
+    env = {"SHADOWROUTE_STORAGE__REOPEN_EVERY_S": "600"}
+    assert load_config(None, env=env).storage.reopen_every_s == 600.0
+
+
 def test_an_int_is_accepted_where_a_float_is_expected(tmp_path: Path) -> None:
     cfg = load_config(write(tmp_path, "[sampling]\ndefault_rate = 1\n"), env={})
     assert cfg.sampling.default_rate == 1.0
@@ -251,6 +259,8 @@ def test_os_environ_is_the_default(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     ("[storage]\ninstance_id = \"../eu\"\n", "storage.instance_id",
      "letters, digits, '.', '_' and '-' only (it names a directory of the lake), got '../eu'"),
     ("[storage]\nlake_every_s = 0\n", "storage.lake_every_s", "must be greater than 0, got 0.0"),
+    ("[storage]\nreopen_every_s = -5\n", "storage.reopen_every_s",
+     "must be greater than 0, got -5.0"),
     ("[retention]\nrequests_days = -1\n", "retention.requests_days",
      "must be 0 (keep) or more, got -1.0"),
     # Multi-tier policies name cheap models and routers that exist.
