@@ -14,6 +14,12 @@ process, or on a thread with `--store-writer thread`). The server is another pro
 is not counted; it shares the machine's cores). Candidates:
 
 - `aiohttp`: `shadow.http.AiohttpClient` (what the service uses);
+- `pyreqwest`: pyreqwest (Python bindings of Rust's reqwest/hyper: the HTTP work runs on a
+  Tokio thread, off the event loop) behind the same `HttpClient` protocol, with the response
+  size cap read as the service's client reads it (a `Content-Length` within the cap in one
+  go, else streamed and cut at the cap). Not the service's client: it is here because it is
+  the one maintained library measured that gets the stage under the CPU goal (see
+  docs/architecture.md, "Speed of the shadow stage"). `pip install 'shadowroute[bench]'`;
 - `httpx`: an `httpx.AsyncClient` with a pool of `--in-flight` connections, HTTP/2 off (the
   server speaks HTTP/1.1), behind the same `HttpClient` protocol. It is much slower at 1,000
   in flight, so it runs `--other-calls` calls (default 3,000), said in its figures.
@@ -41,14 +47,15 @@ reports each one's median round, every round's figures under `rounds`, and
 baseline's in the same round (what the shadow stage adds to the library).
 
     python benchmarks/shadow_overhead.py [--calls 20000] [--in-flight 1000] [--latency-ms 1000]
-        [--clients aiohttp,httpx] [--other-calls 3000] [--store-writer process|thread]
-        [--repeat 1]
+        [--clients aiohttp,pyreqwest,httpx] [--other-calls 3000] [--store-writer process|thread]
+        [--ramp-s 0.5] [--repeat 1]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime
 import functools
 import json
 import os
@@ -76,9 +83,15 @@ from shadow.errors import (  # noqa: E402
     ConnectFailed,
     ConnectionDropped,
     ResponseTimedOut,
+    ResponseTooLarge,
     SendTimedOut,
 )
-from shadow.http import AiohttpClient, HttpClient, HttpResponse  # noqa: E402
+from shadow.http import (  # noqa: E402
+    MAX_RESPONSE_BYTES,
+    AiohttpClient,
+    HttpClient,
+    HttpResponse,
+)
 from shadow.routers import RandomRouterConfig, build_routers  # noqa: E402
 from shadow.runner import SampleResult, ShadowRunner  # noqa: E402
 from shadowroute.demo.broker import free_port  # noqa: E402
@@ -88,7 +101,7 @@ CHOSEN = "aiohttp"
 BARE = "bare"  # the baseline's name in --one: aiohttp alone, no shadow stage
 ROUND_KEYS = ("cpu_ms_per_call", "calls_per_s", "p99_overhead_ms", "rss_ratio", "load_avg_1m")
 RSS_BLOCK = 10_000
-RAMP_S = 0.5  # ShadowRunner's default: its workers start spread over this long
+RAMP_S = 0.5  # ShadowRunner's default: its workers start spread over this long (--ramp-s)
 
 
 class HttpxClient:
@@ -116,12 +129,74 @@ class HttpxClient:
         await self.client.aclose()
 
 
+class ReqwestClient:
+    """pyreqwest behind the shadow stage's `HttpClient` protocol (the benchmark's comparison):
+    one client, at most `max_connections` requests in flight, no proxy (the server is on
+    loopback), the answer read with the size cap as `AiohttpClient._read` reads it."""
+
+    def __init__(self, max_connections: int, max_response_bytes: int = MAX_RESPONSE_BYTES
+                 ) -> None:
+        try:
+            from pyreqwest.client import ClientBuilder
+        except ImportError:
+            raise SystemExit("--clients pyreqwest: not installed (pip install "
+                             "'shadowroute[bench]')") from None
+        self.client = ClientBuilder().max_connections(max_connections).no_proxy().build()
+        self.cap = max_response_bytes
+        self._timeouts: dict[float, datetime.timedelta] = {}
+        self._open = False
+
+    async def post(self, url: str, body: bytes, headers: Mapping[str, str], timeout: float,
+                   *, ca_bundle: str | None = None) -> HttpResponse:
+        from pyreqwest.exceptions import (
+            ConnectError,
+            ConnectTimeoutError,
+            PoolTimeoutError,
+            RequestTimeoutError,
+            TransportError,
+        )
+        if not self._open:
+            await self.client.__aenter__()
+            self._open = True
+        td = self._timeouts.get(timeout)
+        if td is None:
+            td = self._timeouts[timeout] = datetime.timedelta(seconds=timeout)
+        try:
+            async with (self.client.post(url).headers(dict(headers)).body_bytes(body)
+                        .timeout(td).build_streamed()) as r:
+                n = r.get_header("content-length")
+                if n is not None and int(n) <= self.cap and not r.get_header("content-encoding"):
+                    return HttpResponse(r.status, r.headers, bytes(await r.bytes()))
+                chunks, size = [], 0
+                while (c := await r.body_reader.read_chunk()) is not None:
+                    size += len(c)
+                    if size > self.cap:
+                        raise ResponseTooLarge(f"response over the {self.cap}-byte cap")
+                    chunks.append(bytes(c))
+                return HttpResponse(r.status, r.headers, b"".join(chunks))
+        except (ConnectError, ConnectTimeoutError) as e:
+            raise ConnectFailed(f"connection error: {type(e).__name__}") from None
+        except PoolTimeoutError as e:
+            raise SendTimedOut(f"timeout sending the request ({type(e).__name__})") from None
+        except RequestTimeoutError:
+            raise ResponseTimedOut(f"timeout after {timeout:g}s with no response") from None
+        except TransportError as e:
+            raise ConnectionDropped(f"connection dropped: {type(e).__name__}") from None
+
+    async def aclose(self) -> None:
+        if self._open:
+            await self.client.__aexit__(None, None, None)
+            self._open = False
+
+
 def make_client(name: str, in_flight: int) -> HttpClient:
     if name == "aiohttp":
         return AiohttpClient(in_flight)
+    if name == "pyreqwest":
+        return ReqwestClient(in_flight)
     if name == "httpx":
         return HttpxClient(in_flight)
-    raise SystemExit(f"--clients: unknown client {name!r} (aiohttp, httpx)")
+    raise SystemExit(f"--clients: unknown client {name!r} (aiohttp, pyreqwest, httpx)")
 
 
 def raise_fd_limit() -> None:
@@ -170,7 +245,7 @@ def fill(store: Store, n: int) -> None:
 
 
 async def shadow_run(client_name: str, url: str, n: int, in_flight: int, db: Path,
-                     latency_s: float, writer: str) -> dict[str, Any]:
+                     latency_s: float, writer: str, ramp_s: float = RAMP_S) -> dict[str, Any]:
     filled = Store(db)
     fill(filled, n)
     filled.close()
@@ -200,7 +275,7 @@ async def shadow_run(client_name: str, url: str, n: int, in_flight: int, db: Pat
         client = ModelClient.from_config(model, shadow, http, budget)
         runner = ShadowRunner(store, build_routers((RandomRouterConfig("random"),)), [client],
                               concurrency=in_flight, max_queue=shadow.max_queue,
-                              on_result=on_result)
+                              on_result=on_result, ramp_s=ramp_s)
         child0 = proc_cpu_s(child) if child else 0.0
         cpu0, t0 = time.process_time(), time.perf_counter()
         task = asyncio.create_task(runner.run())
@@ -303,13 +378,13 @@ def one(args: argparse.Namespace) -> None:
     raise_fd_limit()
     if args.one == BARE:
         out = run_loop(bare_run(args.url, args.calls, args.in_flight, args.latency_ms / 1000,
-                                RAMP_S))
+                                args.ramp_s))
         print(json.dumps(out))
         return
     with tempfile.TemporaryDirectory() as tmp:
         out = run_loop(shadow_run(args.one, args.url, args.calls, args.in_flight,
                                   Path(tmp) / "bench.duckdb", args.latency_ms / 1000,
-                                  args.store_writer))  # as the service runs
+                                  args.store_writer, args.ramp_s))  # as the service runs
     print(json.dumps(out))
 
 
@@ -318,12 +393,16 @@ def main() -> None:
     ap.add_argument("--calls", type=int, default=20_000)
     ap.add_argument("--in-flight", type=int, default=1000)
     ap.add_argument("--latency-ms", type=float, default=1000.0)
-    ap.add_argument("--clients", default="aiohttp,httpx",
+    ap.add_argument("--clients", default="aiohttp,pyreqwest,httpx",
                     help="comma-separated candidates; the first is the chosen one")
     ap.add_argument("--other-calls", type=int, default=3000,
-                    help="calls for the candidates after the first (httpx is slow here)")
+                    help="calls for httpx (slow here: a few dozen calls a second)")
     ap.add_argument("--store-writer", choices=("process", "thread"), default="process",
                     help="where DuckDB runs (storage.writer): a child process or a thread")
+    ap.add_argument("--ramp-s", type=float, default=RAMP_S,
+                    help="the workers (and the baseline's) start spread over this long "
+                         "(ShadowRunner's ramp_s); with a fixed latency the calls stay in waves "
+                         "this wide, which sets p99 (docs/architecture.md)")
     ap.add_argument("--repeat", type=int, default=1,
                     help="rounds (each client, then the baseline); the median round is reported")
     ap.add_argument("--one", help=argparse.SUPPRESS)
@@ -334,11 +413,13 @@ def main() -> None:
         return
     names = [c.strip() for c in args.clients.split(",") if c.strip()]
     for flag, calls in (("--calls", args.calls), ("--other-calls", args.other_calls)):
-        if calls < 3 * args.in_flight and (flag == "--calls" or len(names) > 1):
+        if calls < 3 * args.in_flight and (flag == "--calls" or "httpx" in names):
             raise SystemExit(f"{flag} must be at least 3 x --in-flight ({3 * args.in_flight}) "
                              f"for a steady state between the first and the last round")
     if args.repeat < 1:
         raise SystemExit("--repeat must be at least 1")
+    if not args.ramp_s >= 0:
+        raise SystemExit(f"--ramp-s must be 0 or more seconds, got {args.ramp_s}")
     raise_fd_limit()  # inherited by the server and the children
     proc, url = start_server(args.latency_ms / 1000)
     # Per round: each client, then the baseline, one after the other on the same server; the
@@ -348,8 +429,8 @@ def main() -> None:
     try:
         for _ in range(args.repeat):
             results: dict[str, dict[str, Any]] = {}
-            for i, name in enumerate(names):
-                calls = args.calls if i == 0 else min(args.calls, args.other_calls)
+            for name in names:
+                calls = args.calls if name != "httpx" else min(args.calls, args.other_calls)
                 results[name] = run_child(name, url, calls, args)
                 f = results[name]
                 print(f"{name}: {f['calls']} calls, {f['calls_per_s']} calls/s, "
@@ -382,6 +463,7 @@ def main() -> None:
 
     out: dict[str, Any] = {"client": chosen, **median_run(chosen)}
     out.update({"in_flight": args.in_flight, "injected_latency_ms": args.latency_ms,
+                "ramp_s": args.ramp_s,
                 "store_writer": args.store_writer, "load_avg_1m": round(os.getloadavg()[0], 2),
                 "cpus": os.cpu_count(), "repeat": args.repeat})
     for name in others:
@@ -395,7 +477,7 @@ def run_child(name: str, url: str, calls: int, args: argparse.Namespace) -> dict
     the machine's load as it started."""
     cmd = [sys.executable, __file__, "--one", name, "--url", url, "--calls", str(calls),
            "--in-flight", str(args.in_flight), "--latency-ms", str(args.latency_ms),
-           "--store-writer", args.store_writer]
+           "--store-writer", args.store_writer, "--ramp-s", str(args.ramp_s)]
     load = round(os.getloadavg()[0], 2)
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     if r.returncode != 0:
