@@ -57,6 +57,7 @@ import argparse
 import asyncio
 import datetime
 import functools
+import importlib.util
 import json
 import os
 import resource
@@ -98,6 +99,7 @@ from shadowroute.demo.broker import free_port  # noqa: E402
 from shadowroute.service import run_loop  # noqa: E402
 
 CHOSEN = "aiohttp"
+DEFAULT_CLIENTS = ("aiohttp", "pyreqwest", "httpx")
 BARE = "bare"  # the baseline's name in --one: aiohttp alone, no shadow stage
 ROUND_KEYS = ("cpu_ms_per_call", "calls_per_s", "p99_overhead_ms", "rss_ratio", "load_avg_1m")
 RSS_BLOCK = 10_000
@@ -393,8 +395,9 @@ def main() -> None:
     ap.add_argument("--calls", type=int, default=20_000)
     ap.add_argument("--in-flight", type=int, default=1000)
     ap.add_argument("--latency-ms", type=float, default=1000.0)
-    ap.add_argument("--clients", default="aiohttp,pyreqwest,httpx",
-                    help="comma-separated candidates; the first is the chosen one")
+    ap.add_argument("--clients", default=None,
+                    help="comma-separated candidates; the first is the chosen one (default: "
+                         "aiohttp,pyreqwest,httpx, pyreqwest left out when not installed)")
     ap.add_argument("--other-calls", type=int, default=3000,
                     help="calls for httpx (slow here: a few dozen calls a second)")
     ap.add_argument("--store-writer", choices=("process", "thread"), default="process",
@@ -411,7 +414,14 @@ def main() -> None:
     if args.one:
         one(args)
         return
-    names = [c.strip() for c in args.clients.split(",") if c.strip()]
+    if args.clients is None:
+        names = list(DEFAULT_CLIENTS)
+        if importlib.util.find_spec("pyreqwest") is None:
+            names.remove("pyreqwest")
+            print("pyreqwest is not installed: left out (pip install 'shadowroute[bench]')",
+                  flush=True)
+    else:
+        names = [c.strip() for c in args.clients.split(",") if c.strip()]
     for flag, calls in (("--calls", args.calls), ("--other-calls", args.other_calls)):
         if calls < 3 * args.in_flight and (flag == "--calls" or "httpx" in names):
             raise SystemExit(f"{flag} must be at least 3 x --in-flight ({3 * args.in_flight}) "
