@@ -373,6 +373,25 @@ def test_message_events_with_a_json_body_and_content_events() -> None:
     assert r.response_text == "4"
 
 
+@pytest.mark.parametrize("where", ["content", "tool_calls"])
+def test_binary_values_in_a_message_make_it_not_replayable(where: str) -> None:
+    # An AnyValue's bytes inside a message's content parts or tool calls (found by the property
+    # test below): nothing a model can be sent, and no JSON to store. The span counts, with the
+    # reason, the same in both encodings.
+    a = old(gen_ai__prompt=None, gen_ai__completion=None)
+    message: dict[str, Any] = {"content": [{"type": "text", "text": "What is 2 + 2?", "raw": b"\x89P"}]}
+    if where == "tool_calls":
+        message = {"content": "What is 2 + 2?",
+                   "tool_calls": [{"id": "c1", "function": {"name": "f", "arguments": b""}}]}
+    events = (("gen_ai.user.message", message),
+              ("gen_ai.choice", {"index": 0, "message": {"role": "assistant", "content": "4"}}))
+    r = one(export(span(a, events=events)))
+    assert_valid(r)
+    assert r.messages == [] and r.response_text == "4"
+    assert r.not_replayable == f"event gen_ai.user.message.{where} holds binary values (bytes)"
+    assert r.input_tokens == 20  # still counted, with its tokens
+
+
 # -- content not captured: traffic, not replayable ---------------------------------------------
 
 @pytest.mark.parametrize("attrs", [

@@ -335,6 +335,16 @@ def _as_text(v: Any) -> str:
         raise _Unusable("content cannot be written as JSON") from None
 
 
+def _writable(v: Any, where: str) -> None:
+    """`v`, kept in a message as it came, must be JSON as it is: ingest writes the messages and
+    the shadow stage sends them. An AnyValue's bytes (`bytes_value`; base64 text in OTLP/JSON)
+    cannot be, and are nothing a model could be sent either."""
+    try:
+        orjson.dumps(v)
+    except orjson.JSONEncodeError:
+        raise _Unusable(f"{where} holds binary values (bytes)") from None
+
+
 def _content(texts: list[str]) -> str | list[dict[str, str]]:
     if len(texts) == 1:
         return texts[0]
@@ -411,12 +421,13 @@ def _plain_message(m: Any, where: str, role: str | None = None) -> dict[str, Any
         if type(content) is not list or not all(type(p) is dict and type(p.get("text", "")) is str
                                                 for p in content):
             raise _Unusable(f"{where}.content must be a string or a list of text parts")
+        _writable(content, f"{where}.content")
     out: dict[str, Any] = {"role": r, "content": content}
     calls = m.get("tool_calls")
     if calls is not None:
         if type(calls) is not list or not all(type(c) is dict for c in calls):
             raise _Unusable(f"{where}.tool_calls must be a list of objects")
-        _as_text(calls)  # must be writable as JSON
+        _writable(calls, f"{where}.tool_calls")
         out["tool_calls"] = calls
     if m.get("tool_call_id") is not None or (m.get("id") is not None and r == "tool"):
         out["tool_call_id"] = _as_text(m.get("tool_call_id", m.get("id")))
