@@ -139,10 +139,12 @@ class ReqwestClient:
     def __init__(self, max_connections: int, max_response_bytes: int = MAX_RESPONSE_BYTES
                  ) -> None:
         try:
+            import pyreqwest.exceptions as errors
             from pyreqwest.client import ClientBuilder
         except ImportError:
             raise SystemExit("--clients pyreqwest: not installed (pip install "
                              "'shadowroute[bench]')") from None
+        self.errors = errors
         self.client = ClientBuilder().max_connections(max_connections).no_proxy().build()
         self.cap = max_response_bytes
         self._timeouts: dict[float, datetime.timedelta] = {}
@@ -150,13 +152,7 @@ class ReqwestClient:
 
     async def post(self, url: str, body: bytes, headers: Mapping[str, str], timeout: float,
                    *, ca_bundle: str | None = None) -> HttpResponse:
-        from pyreqwest.exceptions import (
-            ConnectError,
-            ConnectTimeoutError,
-            PoolTimeoutError,
-            RequestTimeoutError,
-            TransportError,
-        )
+        e = self.errors
         if not self._open:
             await self.client.__aenter__()
             self._open = True
@@ -176,14 +172,14 @@ class ReqwestClient:
                         raise ResponseTooLarge(f"response over the {self.cap}-byte cap")
                     chunks.append(bytes(c))
                 return HttpResponse(r.status, r.headers, b"".join(chunks))
-        except (ConnectError, ConnectTimeoutError) as e:
-            raise ConnectFailed(f"connection error: {type(e).__name__}") from None
-        except PoolTimeoutError as e:
-            raise SendTimedOut(f"timeout sending the request ({type(e).__name__})") from None
-        except RequestTimeoutError:
+        except (e.ConnectError, e.ConnectTimeoutError) as x:
+            raise ConnectFailed(f"connection error: {type(x).__name__}") from None
+        except e.PoolTimeoutError as x:
+            raise SendTimedOut(f"timeout sending the request ({type(x).__name__})") from None
+        except e.RequestTimeoutError:
             raise ResponseTimedOut(f"timeout after {timeout:g}s with no response") from None
-        except TransportError as e:
-            raise ConnectionDropped(f"connection dropped: {type(e).__name__}") from None
+        except e.TransportError as x:
+            raise ConnectionDropped(f"connection dropped: {type(x).__name__}") from None
 
     async def aclose(self) -> None:
         if self._open:
