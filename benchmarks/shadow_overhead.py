@@ -98,7 +98,6 @@ from shadow.runner import SampleResult, ShadowRunner  # noqa: E402
 from shadowroute.demo.broker import free_port  # noqa: E402
 from shadowroute.service import run_loop  # noqa: E402
 
-CHOSEN = "aiohttp"
 DEFAULT_CLIENTS = ("aiohttp", "pyreqwest", "httpx")
 BARE = "bare"  # the baseline's name in --one: aiohttp alone, no shadow stage
 ROUND_KEYS = ("cpu_ms_per_call", "calls_per_s", "p99_overhead_ms", "rss_ratio", "load_avg_1m")
